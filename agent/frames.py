@@ -1,0 +1,94 @@
+"""Frame: one image from a source, with where and when it came from."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def safe_name(text: str, max_len: int = 120) -> str:
+    """``text`` reduced to ``[A-Za-z0-9._-]`` (other runs become ``_``), no leading dot, at most
+    ``max_len`` characters; safe as a file name and an MQTT topic level."""
+    cleaned = _UNSAFE.sub("_", text).lstrip(".")[:max_len]
+    return cleaned or "_"
+
+
+def utc_iso(timestamp: float) -> str:
+    """Seconds since the epoch to UTC ISO 8601 with milliseconds and ``Z``."""
+    return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def utc_compact(timestamp: float) -> str:
+    """Seconds since the epoch to a sortable, file-safe UTC stamp: ``20261122T020631.123Z``."""
+    dt = datetime.fromtimestamp(timestamp, UTC)
+    return dt.strftime("%Y%m%dT%H%M%S.") + f"{dt.microsecond // 1000:03d}Z"
+
+
+@dataclass(slots=True)
+class Frame:
+    """One decoded image and its provenance.
+
+    ``image`` is ``H x W x 3`` uint8 in OpenCV's BGR order. ``timestamp`` is the capture
+    time in seconds since the epoch (UTC); for files it is the file's modification time,
+    so re-reading the same file gives the same frame id. ``name`` is a file-safe stem
+    unique within the source (the file name for folders, a time stamp and sequence
+    number for live sources). ``encoded`` holds the source's own JPEG/PNG bytes when it
+    had them, so they can be stored or published without re-encoding.
+    """
+
+    image: NDArray[np.uint8]
+    source_id: str
+    sequence: int
+    timestamp: float
+    name: str
+    encoded: bytes | None = field(default=None, repr=False)
+    encoded_format: str = "jpg"
+
+    @property
+    def width(self) -> int:
+        """Image width in pixels."""
+        return int(self.image.shape[1])
+
+    @property
+    def height(self) -> int:
+        """Image height in pixels."""
+        return int(self.image.shape[0])
+
+    @property
+    def frame_id(self) -> str:
+        """Identifier unique per device and stable for the same input: ``<source>_<name>``."""
+        return safe_name(f"{self.source_id}_{self.name}", max_len=160)
+
+
+def live_frame_name(timestamp: float, sequence: int) -> str:
+    """Frame name for a live source: UTC stamp plus sequence, e.g. ``20261122T020631.123Z-000042``."""
+    return f"{utc_compact(timestamp)}-{sequence:06d}"
+
+
+@dataclass(slots=True)
+class FrameResult:
+    """What the detector made of one frame, passed to every output stage.
+
+    ``timings_ms`` holds per-stage durations in milliseconds (``decode``, ``preprocess``,
+    ``invoke``, ``postprocess`` and later ``write``/``publish``). ``keep`` is set by the
+    harvest policy: True when the frame is kept (written to the VoTT project, published
+    as frame + annotation), False when only its detections go out. ``skipped_inference``
+    is True when the change gate let the frame through without running the detector.
+    """
+
+    frame: Frame
+    detections: Any
+    model: str
+    runtime: str
+    inference_ms: float
+    timings_ms: dict[str, float] = field(default_factory=dict)
+    keep: bool = True
+    keep_reasons: list[str] = field(default_factory=list)
+    skipped_inference: bool = False
