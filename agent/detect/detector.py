@@ -1,0 +1,259 @@
+"""The detector: a model, a runtime, preprocessing, decoding and NMS behind one call.
+
+``Detector(settings).detect(bgr_image)`` returns ``Detections`` in original-frame pixels.
+Everything that can be wrong with a model (not a detector, unknown layout, labels that
+do not match its classes, an Edge TPU model without the TPU) fails in the constructor,
+which also runs one warm-up inference, so a broken model stops the agent at start-up.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from agent.boxes import denormalize_xyxy
+from agent.detect.layouts import Candidates, Layout, OutputTensor, decode_ssd, decode_yolo, detect_layout
+from agent.detect.model import ModelSpec, resolve_model
+from agent.detect.nms import nms
+from agent.detect.preprocess import InputTransform, Preprocessor
+from agent.detect.runtime import make_interpreter
+from agent.detect.settings import DetectorSettings
+from agent.detect.tflite_file import SSD_POSTPROCESS_OP
+from agent.detections import Detections
+from agent.errors import UserError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SCORE_THRESHOLD = 0.25
+DEFAULT_IOU_THRESHOLD = 0.45
+DEFAULT_MAX_DETECTIONS = 100
+
+
+@dataclass(frozen=True, slots=True)
+class DetectionParams:
+    """The thresholds in force, after settings, card and defaults are merged."""
+
+    score_threshold: float
+    iou_threshold: float
+    max_detections: int
+    class_agnostic: bool
+
+
+def _first(*values: Any) -> Any:
+    return next((v for v in values if v is not None), None)
+
+
+class Detector:
+    """One model on one interpreter. Not thread-safe: use it from one thread."""
+
+    def __init__(self, settings: DetectorSettings, *, warm_up: bool = True) -> None:
+        self.settings = settings
+        self.spec: ModelSpec = resolve_model(settings.model_path(), settings.labels)
+        card = self.spec.card
+        self.interpreter, self.runtime = make_interpreter(
+            str(self.spec.path),
+            self.spec.file_info,
+            runtime=settings.runtime,
+            num_threads=settings.num_threads,
+            edgetpu=settings.edgetpu,
+        )
+        input_details = self.interpreter.get_input_details()
+        if len(input_details) != 1 or len(input_details[0]["shape"]) != 4:
+            shapes = [list(d["shape"]) for d in input_details]
+            raise UserError(
+                f"{self.spec.path} takes inputs {shapes}; a detector takes one image [1, H, W, 3]"
+            )
+        self._input = input_details[0]
+        self.outputs = [OutputTensor.from_details(d) for d in self.interpreter.get_output_details()]
+        forced = settings.layout if settings.layout != "auto" else card.layout
+        labels = self.spec.labels
+        pp = self.spec.file_info.postprocess_options or {}
+        self.layout: Layout = detect_layout(
+            self.outputs,
+            forced=forced,
+            has_postprocess_op=SSD_POSTPROCESS_OP in self.spec.file_info.custom_ops,
+            num_labels=len(labels) if labels is not None else None,
+            automl_order=self.spec.ssd_output_order,
+            postprocess_classes=int(pp["num_classes"]) if "num_classes" in pp else None,
+            model_name=str(self.spec.path),
+        )
+        self.model_labels = self._check_labels(labels)
+        self.labels = tuple(settings.label_map.get(name, name) for name in self.model_labels)
+        self.params = DetectionParams(
+            score_threshold=_first(settings.score_threshold, card.score_threshold, DEFAULT_SCORE_THRESHOLD),
+            iou_threshold=_first(settings.iou_threshold, card.iou_threshold, DEFAULT_IOU_THRESHOLD),
+            max_detections=_first(settings.max_detections, card.max_detections, DEFAULT_MAX_DETECTIONS),
+            class_agnostic=bool(_first(settings.class_agnostic_nms, card.class_agnostic_nms, False)),
+        )
+        self._class_filter = self._class_mask(settings.classes)
+        self._class_thresholds = self._threshold_table(settings.class_thresholds)
+        family = self.layout.family
+        fmt = card.input
+        letterbox = fmt.resize == "letterbox" or (fmt.resize == "auto" and family == "yolo")
+        default_norm = ([0.0], [255.0]) if family == "yolo" else ([127.5], [127.5])
+        mean = _as_list(fmt.mean)
+        std = _as_list(fmt.std)
+        dtype = np.dtype(self._input["dtype"])
+        if mean is None and std is None and dtype != np.uint8:
+            mean, std = default_norm
+        elif (mean is None) != (std is None):
+            mean = mean if mean is not None else default_norm[0]
+            std = std if std is not None else default_norm[1]
+        scale, zero_point = self._input.get("quantization", (0.0, 0))
+        try:
+            self.preprocess = Preprocessor(
+                tuple(int(d) for d in self._input["shape"]),  # type: ignore[arg-type]
+                dtype,
+                (float(scale), int(zero_point)),
+                letterbox=letterbox,
+                rgb=fmt.color_order == "rgb",
+                mean=mean,
+                std=std,
+            )
+        except ValueError as exc:
+            raise UserError(f"{self.spec.path}: {exc}") from None
+        self.input_height, self.input_width = self.preprocess.in_h, self.preprocess.in_w
+        if warm_up:
+            self._warm_up()
+
+    @property
+    def name(self) -> str:
+        """The model's name (card ``name`` or file stem)."""
+        return self.spec.name
+
+    def _check_labels(self, labels: list[str] | None) -> tuple[str, ...]:
+        classes = self.layout.num_classes
+        if labels is None:
+            if classes is None:
+                return ()
+            log.warning(
+                "no labels found for %s; detections are named class_0..class_%d. Pass --labels or "
+                "put labels in the model card",
+                self.spec.path,
+                classes - 1,
+            )
+            return tuple(f"class_{i}" for i in range(classes))
+        if classes is not None and len(labels) != classes:
+            raise UserError(
+                f"{self.spec.path} has {classes} classes but the labels ({self.spec.labels_source}) "
+                f"name {len(labels)}; use the labels file that belongs to this model"
+                + (
+                    " (for label maps whose first line is a background entry, set label_offset: 1 in the card)"
+                    if abs(len(labels) - classes) == 1
+                    else ""
+                )
+            )
+        return tuple(labels)
+
+    def _class_mask(self, keep: list[str] | None) -> NDArray[np.bool_] | None:
+        if keep is None:
+            return None
+        unknown = sorted(set(keep) - set(self.labels))
+        if unknown:
+            raise UserError(
+                f"detector.classes names {unknown} which the model does not detect; it knows {list(self.labels)}"
+            )
+        wanted = set(keep)
+        return np.array([name in wanted for name in self.labels], dtype=bool)
+
+    def _threshold_table(self, thresholds: dict[str, float]) -> NDArray[np.float32] | None:
+        if not thresholds:
+            return None
+        unknown = sorted(set(thresholds) - set(self.labels))
+        if unknown:
+            raise UserError(
+                f"detector.class_thresholds names {unknown}; the model's labels are {list(self.labels)}"
+            )
+        table = np.full(len(self.labels), self.params.score_threshold, dtype=np.float32)
+        for i, name in enumerate(self.labels):
+            if name in thresholds:
+                table[i] = thresholds[name]
+        return table
+
+    def _warm_up(self) -> None:
+        blank = np.zeros((self.input_height, self.input_width, 3), dtype=np.uint8)
+        try:
+            self.detect(blank)
+        except UserError:
+            raise
+        except Exception as exc:
+            raise UserError(
+                f"{self.spec.path} fails on its first inference with {self.runtime}: {exc}"
+            ) from None
+
+    def invoke(self, tensor: NDArray[Any]) -> list[NDArray[Any]]:
+        """Run the model on an input tensor; returns the raw output arrays."""
+        self.interpreter.set_tensor(self._input["index"], tensor)
+        self.interpreter.invoke()
+        return [self.interpreter.get_tensor(o.index) for o in self.outputs]
+
+    def detect(self, image: NDArray[np.uint8], timings: dict[str, float] | None = None) -> Detections:
+        """Detections for one BGR image, boxes in its pixels, best first.
+
+        ``timings`` (when given) receives ``preprocess``, ``invoke`` and ``postprocess`` in ms.
+        """
+        t0 = time.perf_counter()
+        tensor, transform = self.preprocess(image)
+        t1 = time.perf_counter()
+        raw = self.invoke(tensor)
+        t2 = time.perf_counter()
+        detections = self.decode(raw, transform)
+        t3 = time.perf_counter()
+        if timings is not None:
+            timings["preprocess"] = (t1 - t0) * 1000.0
+            timings["invoke"] = (t2 - t1) * 1000.0
+            timings["postprocess"] = (t3 - t2) * 1000.0
+        return detections
+
+    def decode(self, raw: list[NDArray[Any]], transform: InputTransform) -> Detections:
+        """Raw outputs to filtered, NMS-ed detections in original-frame pixels."""
+        p = self.params
+        low = float(self._class_thresholds.min()) if self._class_thresholds is not None else p.score_threshold
+        if self.layout.family == "ssd":
+            cand = decode_ssd(raw, self.outputs, self.layout, low)
+            keep = np.arange(len(cand.score))[: p.max_detections]  # NMS already ran in the graph
+        else:
+            cand = decode_yolo(raw[0], self.outputs[0], self.layout, low)
+            keep = None
+        cand = self._filter(cand)
+        if keep is None:
+            keep = nms(
+                cand.xyxy,
+                cand.score,
+                cand.class_id,
+                iou_threshold=p.iou_threshold,
+                max_detections=p.max_detections,
+                class_agnostic=p.class_agnostic,
+            )
+        else:
+            keep = keep[: len(cand.score)]
+        xyxy = cand.xyxy[keep]
+        if cand.normalized:
+            xyxy = denormalize_xyxy(xyxy, self.input_width, self.input_height)
+        xyxy = transform.to_original(xyxy)
+        result = Detections.create(xyxy, cand.score[keep], cand.class_id[keep], self.labels)
+        return result.clipped(transform.width, transform.height).sorted_by_score()
+
+    def _filter(self, cand: Candidates) -> Candidates:
+        n_labels = len(self.labels)
+        mask = (
+            (cand.class_id >= 0) & (cand.class_id < n_labels) if n_labels else np.ones(len(cand.score), bool)
+        )
+        if self._class_filter is not None:
+            mask &= self._class_filter[np.clip(cand.class_id, 0, max(n_labels - 1, 0))]
+        if self._class_thresholds is not None:
+            mask &= cand.score >= self._class_thresholds[np.clip(cand.class_id, 0, max(n_labels - 1, 0))]
+        if mask.all():
+            return cand
+        return Candidates(cand.xyxy[mask], cand.score[mask], cand.class_id[mask], cand.normalized)
+
+
+def _as_list(value: float | list[float] | None) -> list[float] | None:
+    if value is None:
+        return None
+    return [float(value)] if isinstance(value, int | float) else [float(v) for v in value]

@@ -1,0 +1,225 @@
+"""Model output layouts: which one a model has, and how to decode it.
+
+Detected from the output tensors (read after ``allocate_tensors``, before which shapes
+read ``[]``), never guessed by index alone; a model card's ``layout`` overrides.
+
+- ``ssd_tf1``: ``TFLite_Detection_PostProcess`` outputs in the order boxes ``[1,M,4]``,
+  classes ``[1,M]``, scores ``[1,M]``, count ``[1]`` (TF1 Object Detection API, AutoML).
+- ``ssd_tf2``: the same op, outputs ordered scores, boxes, count, classes (TF2 OD API,
+  EfficientDet-Lite, Model Maker).
+- ``yolov5``: one ``[1, N, 5+nc]`` tensor: cx, cy, w, h, objectness, class scores;
+  score = objectness x class score.
+- ``yolov8`` (and YOLO11): one ``[1, 4+nc, N]`` tensor (or ``[1, N, 4+nc]``): cx, cy, w, h,
+  class scores, no objectness.
+Boxes of YOLO exports are normalised to the input size in Ultralytics' TFLite exports and
+in input pixels in some others; the decoder tells them apart per frame by their range.
+Every tensor is dequantised with its own scale and zero point.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from agent.boxes import FloatArray, cxcywh_to_xyxy, yxyx_to_xyxy
+from agent.errors import UserError
+
+SSD_ROLES_TF1 = ("boxes", "classes", "scores", "count")
+SSD_ROLES_TF2 = ("scores", "boxes", "count", "classes")
+AUTOML_ROLE_NAMES = {
+    "bounding_boxes": "boxes",
+    "class_labels": "classes",
+    "class_confidences": "scores",
+    "num_of_boxes": "count",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class OutputTensor:
+    """One output tensor as the interpreter describes it."""
+
+    index: int
+    name: str
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    scale: float
+    zero_point: int
+
+    @classmethod
+    def from_details(cls, details: dict[str, Any]) -> OutputTensor:
+        """From an entry of ``interpreter.get_output_details()``."""
+        scale, zero_point = details.get("quantization", (0.0, 0))
+        return cls(
+            index=int(details["index"]),
+            name=str(details.get("name", "")),
+            shape=tuple(int(d) for d in details["shape"]),
+            dtype=np.dtype(details["dtype"]),
+            scale=float(scale),
+            zero_point=int(zero_point),
+        )
+
+    def dequantize(self, raw: NDArray[Any]) -> NDArray[np.float32]:
+        """Raw tensor values to float32 with this tensor's own quantisation."""
+        if self.dtype == np.float32 or not self.scale:
+            return raw.astype(np.float32, copy=False)
+        return (raw.astype(np.float32) - np.float32(self.zero_point)) * np.float32(self.scale)
+
+
+@dataclass(frozen=True, slots=True)
+class Layout:
+    """The layout of a model's outputs and where each part lives."""
+
+    kind: str  # ssd_tf1 | ssd_tf2 | yolov5 | yolov8
+    num_classes: int | None
+    ssd_roles: dict[str, int] | None = None  # role -> position in the output list
+    channels_first: bool = True  # yolov8: [1, 4+nc, N] (True) or [1, N, 4+nc]
+
+    @property
+    def family(self) -> str:
+        """``ssd`` or ``yolo``: decides default resize and normalisation."""
+        return "ssd" if self.kind.startswith("ssd") else "yolo"
+
+
+def _not_a_detector(outputs: list[OutputTensor], model_name: str) -> UserError:
+    shapes = ", ".join(str(list(o.shape)) for o in outputs)
+    return UserError(
+        f"{model_name} does not look like an object detector: its outputs are {shapes}. "
+        "edge-agent reads SSD models with TFLite_Detection_PostProcess (4 outputs), YOLOv5 [1,N,5+nc] "
+        "and YOLOv8/11 [1,4+nc,N]. If this is one of those with unusual shapes, set `layout:` in the "
+        "model card (model.yaml beside the model)"
+    )
+
+
+def _ssd_roles(
+    outputs: list[OutputTensor], forced: str, automl_order: list[str] | None
+) -> tuple[str, dict[str, int]]:
+    if automl_order and forced == "auto":
+        roles = [AUTOML_ROLE_NAMES.get(name) for name in automl_order]
+        if sorted(r for r in roles if r) == sorted(SSD_ROLES_TF1):
+            mapping = {str(role): i for i, role in enumerate(roles)}
+            kind = "ssd_tf1" if [r for r in roles] == list(SSD_ROLES_TF1) else "ssd_tf2"
+            return kind, mapping
+    if forced in ("ssd_tf1", "ssd_tf2"):
+        order = SSD_ROLES_TF1 if forced == "ssd_tf1" else SSD_ROLES_TF2
+        return forced, {role: i for i, role in enumerate(order)}
+    boxes = [i for i, o in enumerate(outputs) if len(o.shape) == 3 and o.shape[-1] == 4]
+    counts = [i for i, o in enumerate(outputs) if int(np.prod(o.shape)) == 1]
+    if boxes == [0] and counts == [3]:
+        return "ssd_tf1", {role: i for i, role in enumerate(SSD_ROLES_TF1)}
+    if boxes == [1] and counts == [2]:
+        return "ssd_tf2", {role: i for i, role in enumerate(SSD_ROLES_TF2)}
+    raise UserError(
+        "the model has 4 SSD-like outputs in an order edge-agent does not know; "
+        "set `layout: ssd_tf1` (boxes, classes, scores, count) or `layout: ssd_tf2` "
+        "(scores, boxes, count, classes) in the model card"
+    )
+
+
+def detect_layout(
+    outputs: list[OutputTensor],
+    *,
+    forced: str = "auto",
+    has_postprocess_op: bool,
+    num_labels: int | None,
+    automl_order: list[str] | None = None,
+    postprocess_classes: int | None = None,
+    model_name: str = "the model",
+) -> Layout:
+    """Work out the layout from the output tensors; ``forced`` (from the card) wins."""
+    if forced.startswith("ssd") or (forced == "auto" and has_postprocess_op and len(outputs) == 4):
+        if len(outputs) != 4:
+            raise _not_a_detector(outputs, model_name)
+        kind, roles = _ssd_roles(outputs, forced, automl_order)
+        return Layout(kind, postprocess_classes, ssd_roles=roles)
+    if len(outputs) != 1 or len(outputs[0].shape) != 3 or outputs[0].shape[0] != 1:
+        raise _not_a_detector(outputs, model_name)
+    _, a, b = outputs[0].shape
+    if forced == "yolov5" or (
+        forced == "auto" and a > b and not (num_labels is not None and num_labels == b - 4)
+    ):
+        if b < 6:
+            raise _not_a_detector(outputs, model_name)
+        return Layout("yolov5", b - 5)
+    if forced in ("yolov8", "auto"):
+        channels_first = a < b
+        rows = a if channels_first else b
+        if rows < 5:
+            raise _not_a_detector(outputs, model_name)
+        return Layout("yolov8", rows - 4, channels_first=channels_first)
+    raise _not_a_detector(outputs, model_name)
+
+
+@dataclass(slots=True)
+class Candidates:
+    """Decoded boxes before NMS: ``xyxy`` in model-input pixels (or normalised when
+    ``normalized``), ``score``, ``class_id``."""
+
+    xyxy: FloatArray
+    score: NDArray[np.float32]
+    class_id: NDArray[np.int32]
+    normalized: bool
+
+
+def decode_ssd(
+    raw: list[NDArray[Any]], outputs: list[OutputTensor], layout: Layout, threshold: float
+) -> Candidates:
+    """Decode ``TFLite_Detection_PostProcess`` outputs; boxes come back normalised (0..1)."""
+    assert layout.ssd_roles is not None
+    r = layout.ssd_roles
+
+    def part(role: str) -> NDArray[np.float32]:
+        return outputs[r[role]].dequantize(raw[r[role]])
+
+    boxes = part("boxes").reshape(-1, 4)
+    scores = part("scores").reshape(-1)
+    classes = np.rint(part("classes").reshape(-1)).astype(np.int32)
+    count = int(np.clip(np.rint(part("count").reshape(-1)[0]), 0, len(scores)))
+    keep = scores[:count] >= threshold
+    return Candidates(yxyx_to_xyxy(boxes[:count][keep]), scores[:count][keep], classes[:count][keep], True)
+
+
+def decode_yolo(raw: NDArray[Any], output: OutputTensor, layout: Layout, threshold: float) -> Candidates:
+    """Decode a YOLOv5 or YOLOv8 head: keep candidates whose best score is above ``threshold``.
+
+    Works on the quantised values where it can (a monotonic mapping) so that only the few
+    candidates above the threshold are dequantised: a YOLOv8 head has 8,400 of them.
+    """
+    table = raw[0]
+    if layout.kind == "yolov8" and not layout.channels_first:
+        table = table.T
+    if layout.kind == "yolov5":
+        table = table.T  # -> [5+nc, N]
+    first_class = 5 if layout.kind == "yolov5" else 4
+    quantized = output.dtype != np.float32 and output.scale > 0
+    cls = table[first_class:]
+    best_class = np.argmax(cls, axis=0).astype(np.int32)
+    best_raw = np.take_along_axis(cls, best_class[None, :], axis=0)[0]
+    if layout.kind == "yolov5":
+        objectness_raw = table[4]
+        pre = objectness_raw >= _raw_bound(threshold, output) if quantized else objectness_raw > threshold
+        idx = np.flatnonzero(pre)
+        scores = output.dequantize(objectness_raw[idx]) * output.dequantize(best_raw[idx])
+    else:
+        pre = best_raw >= _raw_bound(threshold, output) if quantized else best_raw > threshold
+        idx = np.flatnonzero(pre)
+        scores = output.dequantize(best_raw[idx])
+    above = scores > threshold
+    idx, scores = idx[above], scores[above]
+    boxes_all = table[:4]
+    normalized = _looks_normalized(boxes_all, output)
+    boxes = output.dequantize(boxes_all[:, idx]).T
+    return Candidates(cxcywh_to_xyxy(boxes), scores.astype(np.float32), best_class[idx], normalized)
+
+
+def _raw_bound(threshold: float, output: OutputTensor) -> float:
+    """The raw (quantised) value below which a dequantised score cannot exceed ``threshold``."""
+    return float(np.floor(threshold / output.scale + output.zero_point))
+
+
+def _looks_normalized(boxes_raw: NDArray[Any], output: OutputTensor) -> bool:
+    # Centre x of the right-most anchors reaches the input width in pixel outputs, ~1.0 in normalised ones.
+    peak = float(output.dequantize(boxes_raw[0:2].max(axis=1, keepdims=True)).max())
+    return peak <= 2.0

@@ -1,0 +1,55 @@
+"""The ``detector`` section of the configuration."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, field_validator
+
+from agent.config_model import StrictModel
+from agent.detect.model import Layout
+from agent.detect.runtime import RuntimeName, parse_edgetpu_device
+
+BUNDLED_MODEL = Path(__file__).resolve().parent.parent / "data" / "print3d_guidance.tflite"
+
+
+class DetectorSettings(StrictModel):
+    """Which model runs where, and how its raw detections are filtered.
+
+    Thresholds left unset come from the model card, then from the defaults (score 0.25,
+    IoU 0.45, 100 detections).
+    """
+
+    model: str | None = Field(default=None, description="path to a .tflite model; unset: the bundled one")
+    labels: str | None = Field(default=None, description="labels file overriding the model's own")
+    runtime: RuntimeName = "auto"
+    num_threads: int | None = Field(default=None, ge=1, le=64)
+    edgetpu: str | None = Field(default=None, description="usb, usb:N, pci or pci:N")
+    layout: Layout = "auto"
+    score_threshold: float | None = Field(default=None, ge=0.0, le=1.0)
+    iou_threshold: float | None = Field(default=None, gt=0.0, le=1.0)
+    max_detections: int | None = Field(default=None, ge=1, le=10000)
+    class_agnostic_nms: bool | None = None
+    classes: list[str] | None = Field(default=None, description="keep only these labels (after label_map)")
+    label_map: dict[str, str] = Field(default_factory=dict, description="model label -> dataset label")
+    class_thresholds: dict[str, float] = Field(default_factory=dict, description="label -> score threshold")
+
+    @field_validator("edgetpu")
+    @classmethod
+    def _check_edgetpu(cls, value: str | None) -> str | None:
+        try:
+            return parse_edgetpu_device(value)
+        except Exception as exc:
+            raise ValueError(str(exc)) from None
+
+    @field_validator("class_thresholds")
+    @classmethod
+    def _check_thresholds(cls, value: dict[str, float]) -> dict[str, float]:
+        for label, threshold in value.items():
+            if not 0.0 <= threshold <= 1.0:
+                raise ValueError(f"threshold for {label!r} must be between 0 and 1")
+        return value
+
+    def model_path(self) -> Path:
+        """The model file to load (the bundled guidance model when ``model`` is unset)."""
+        return Path(self.model).expanduser() if self.model else BUNDLED_MODEL
