@@ -1,0 +1,733 @@
+"""Print-failure score and the alert state machine that decides when to warn and when to act.
+
+The method is Obico's (TheSpaghettiDetective, ``obico-server`` ``backend/lib/prediction.py``,
+``backend/config/settings.py``, ``backend/api/octoprint_views.py``), whose parameters were
+found by a grid search over real failed prints sampled once every 10 s:
+
+1. **Per-frame score** ``p``: the sum of the confidences of the failure detections in the
+   frame (Obico sums every box its one-class model finds above 0.08). We weight each label
+   (``spaghetti`` 1.0, ``adhesion`` 0.5, other labels 0) and by default sum too: several
+   failure boxes are more evidence than one, and Obico's thresholds are calibrated on sums.
+   ``aggregate: max`` is there for models that report one failure as many overlapping boxes.
+2. **Smoothing**: an exponentially weighted mean of ``p`` (span 12 samples), a short rolling
+   mean over this print (310 samples) and a long rolling mean over the printer's lifetime
+   (7200 samples, ~20 h: the camera's base noise level, kept across prints; on a new install
+   it starts as if it had seen an hour of clean frames).
+3. **Levels**: the signal is the EWM minus the long mean. It must exceed
+   ``clamp(short_mean_excess * 3.8, threshold, threshold_high)``: at least 0.38, more when
+   this print has been noisy all along, never more than 0.78. ``warn`` fires at 1x that level
+   and ``act`` (pause, when configured) at 1.75x, as Obico escalates "warning" to "error".
+   Unlike Obico we hold the short mean still while alerting, so that a failure does not
+   raise its own bar before it can escalate to act.
+4. **Not crying wolf**: no alerts in the first 30 samples of a print (Obico's safe frames);
+   at least 90 s between alerts (Obico's cooldown), except that a warning may always
+   escalate to act; one warning and one act per episode, an episode ending only when the
+   signal falls below 0.8x the level (hysteresis); a cap per print.
+5. **Resume**: Obico treats resuming as acknowledging the alert. Here a resume restarts the
+   smoothing from a clean state, waits a few samples, and takes the score level the user
+   accepted by resuming (mess still in view) as the print's new zero, so the same scene does
+   not pause the print again; only a score that rises again does.
+
+``AlertMonitor`` is pure logic with an injectable clock: feed it detections (or scores),
+the printer's state and a time, and it returns ``AlertEvent``s. Its state is saved
+atomically after every change so that an agent restarted mid-print carries on where it was.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, fields
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from numpy.typing import NDArray
+from pydantic import Field, field_validator, model_validator
+
+from agent.config_model import StrictModel
+from agent.detections import Detections
+from agent.errors import ConfigError
+from agent.frames import utc_iso
+from agent.fsutil import atomic_write_json
+from agent.printer import PrinterClient, PrintState, PrintStatus
+
+log = logging.getLogger(__name__)
+
+STATE_VERSION = 1
+# Two readings of the same print may disagree this much in elapsed time / start time (s).
+SAME_PRINT_TOLERANCE_S = 60.0
+
+
+class AlertSettings(StrictModel):
+    """``alerts:`` section. Defaults are Obico's learned values where Obico has one."""
+
+    failure_labels: dict[str, float] = Field(default_factory=lambda: {"spaghetti": 1.0, "adhesion": 0.5})
+    """Label -> weight of its confidence in the frame score. Ours: the print3d model's failure
+    labels; Obico's model has one 'failure' label with weight 1."""
+    min_detection_score: float = Field(0.08, ge=0, le=1)
+    """Detections below this confidence are ignored. Obico ml_api ``THRESH = 0.08``. The
+    detector's own threshold applies first, so keep it this low for failure labels."""
+    aggregate: Literal["sum", "max"] = "sum"
+    """How a frame's weighted confidences combine. Obico ``sum_p_in_detections``: sum."""
+    area_of_interest: tuple[float, float, float, float] | None = None
+    """Normalised ``x1, y1, x2, y2`` of the bed; detections centred outside are ignored. Ours."""
+    threshold: float = Field(0.38, gt=0)
+    """Lowest warn level of the smoothed signal. Obico ``THRESHOLD_LOW = 0.38``."""
+    threshold_high: float = Field(0.78, gt=0)
+    """Highest warn level, however noisy the print. Obico ``THRESHOLD_HIGH = 0.78``."""
+    short_mean_multiple: float = Field(3.8, ge=0)
+    """The level rises to this many times the print's short-mean excess over the long mean.
+    Obico ``ROLLING_MEAN_SHORT_MULTIPLE = 3.8``."""
+    warn_multiplier: float = Field(1.0, gt=0)
+    """``warn`` fires above this multiple of the level. Obico: ``is_failing(escalating_factor=1)``."""
+    act_multiplier: float = Field(1.75, gt=0)
+    """``act`` fires above this multiple of the level. Obico ``ESCALATING_FACTOR = 1.75``."""
+    clear_ratio: float = Field(0.8, gt=0, le=1)
+    """An alert clears when the signal falls below this fraction of its level. Ours (hysteresis)."""
+    ewm_span: int = Field(12, ge=1)
+    """Span of the exponentially weighted mean, in samples (alpha = 2/(span+1)). Obico: 12."""
+    short_window_samples: int = Field(310, ge=1)
+    """Short rolling mean window, in samples, reset per print. Obico ``ROLLING_WIN_SHORT = 310``."""
+    freeze_short_mean_while_alerting: bool = True
+    """Keep the short mean still while the level is warn or act, so a failure does not raise its
+    own bar before it can escalate to act. Ours; Obico keeps updating it (``False``)."""
+    long_window_samples: int = Field(7200, ge=1)
+    """Long rolling mean window, in samples, kept across prints. Obico ``ROLLING_WIN_LONG = 7200``."""
+    long_mean_prior_samples: int = Field(360, ge=0)
+    """A fresh long mean counts as this many clean samples already seen (360 = 1 h at 10 s). Ours:
+    Obico starts from no history, so on a new install a failure visible from the first frames
+    becomes the 'normal' level and never alerts."""
+    min_sample_interval_s: float = Field(8.0, ge=0)
+    """Frames closer than this to the last sample are not counted: the parameters above assume
+    one sample per 10 s. Obico ``MIN_DETECTION_INTERVAL = 10``; 8 here so a 10 s sampler's
+    jitter never halves the rate."""
+    startup_grace_samples: int = Field(30, ge=0)
+    """No alerts in a print's first samples (30 = 5 min at 10 s). Obico ``INIT_SAFE_FRAME_NUM = 30``."""
+    resume_grace_samples: int = Field(6, ge=1)
+    """Samples after a resume without alerts, whose mean score becomes the print's new zero. Ours."""
+    cooldown_s: float = Field(90.0, ge=0)
+    """Least time between alerts (an escalation from warn to act is never delayed).
+    Obico ``ALERT_COOLDOWN_SECONDS = 90``."""
+    max_alerts_per_print: int = Field(6, ge=1)
+    """At most this many warn + act alerts per print (3 episodes); later ones are only logged. Ours."""
+    action: Literal["none", "pause"] = "none"
+    """What ``act`` does: ``pause`` asks the printer host to pause. Obico's ``action_on_failure``."""
+    history_samples: int = Field(60, ge=1, le=2000)
+    """How many recent samples (score, smoothed) an alert carries (60 = 10 min at 10 s). Ours."""
+    state_file: Path | None = None
+    """Where the monitor's state is saved after every change, to survive restarts. None: not saved."""
+
+    @field_validator("failure_labels")
+    @classmethod
+    def _check_labels(cls, value: dict[str, float]) -> dict[str, float]:
+        if not value:
+            raise ValueError("name at least one failure label, e.g. {spaghetti: 1.0}")
+        bad = [name for name, weight in value.items() if not (math.isfinite(weight) and weight >= 0)]
+        if bad:
+            raise ValueError(f"failure label weights must be >= 0 (fix {', '.join(bad)})")
+        return value
+
+    @field_validator("area_of_interest")
+    @classmethod
+    def _check_aoi(
+        cls, value: tuple[float, float, float, float] | None
+    ) -> tuple[float, float, float, float] | None:
+        if value is not None:
+            x1, y1, x2, y2 = value
+            if not (0 <= x1 < x2 <= 1 and 0 <= y1 < y2 <= 1):
+                raise ValueError(
+                    f"area_of_interest {list(value)} must be normalised [x1, y1, x2, y2] with "
+                    "0 <= x1 < x2 <= 1 and 0 <= y1 < y2 <= 1, e.g. [0.1, 0.2, 0.9, 1.0]"
+                )
+        return value
+
+    @model_validator(mode="after")
+    def _check_levels(self) -> AlertSettings:
+        if self.threshold_high < self.threshold:
+            raise ValueError(
+                f"threshold_high ({self.threshold_high}) must be >= threshold ({self.threshold})"
+            )
+        if self.act_multiplier < self.warn_multiplier:
+            raise ValueError(
+                f"act_multiplier ({self.act_multiplier}) must be >= warn_multiplier ({self.warn_multiplier})"
+            )
+        return self
+
+
+def validate_failure_labels(settings: AlertSettings, model_labels: Sequence[str]) -> None:
+    """Raise ``ConfigError`` when none of the configured failure labels is one of the model's."""
+    if not set(settings.failure_labels) & set(model_labels):
+        raise ConfigError(
+            f"alerts.failure_labels {sorted(settings.failure_labels)} names none of the model's labels "
+            f"{list(model_labels)}: use the model's names for its failure classes"
+        )
+
+
+def failure_score(
+    detections: Detections, settings: AlertSettings, image_size: tuple[int, int] | None = None
+) -> float:
+    """One frame's failure score: weighted confidences of failure detections, summed (or max).
+
+    ``image_size`` is ``(width, height)`` in pixels, needed only with an ``area_of_interest``.
+    """
+    if len(detections) == 0:
+        return 0.0
+    weights = _label_weights(detections, settings.failure_labels)
+    keep = (weights > 0) & (detections.score >= settings.min_detection_score)
+    if settings.area_of_interest is not None:
+        if image_size is None:
+            raise ValueError("failure_score needs image_size (width, height) when an area_of_interest is set")
+        width, height = image_size
+        x1, y1, x2, y2 = settings.area_of_interest
+        cx = (detections.xyxy[:, 0] + detections.xyxy[:, 2]) / (2.0 * width)
+        cy = (detections.xyxy[:, 1] + detections.xyxy[:, 3]) / (2.0 * height)
+        keep &= (cx >= x1) & (cx <= x2) & (cy >= y1) & (cy <= y2)
+    weighted = detections.score[keep].astype(np.float64) * weights[keep]
+    if weighted.size == 0:
+        return 0.0
+    return float(weighted.sum() if settings.aggregate == "sum" else weighted.max())
+
+
+def _label_weights(detections: Detections, table: dict[str, float]) -> NDArray[np.float64]:
+    """Per-detection weight, looked up through a per-class table (ids without a name: ``class_<id>``)."""
+    ids = detections.class_id
+    n_classes = max(len(detections.labels), int(ids.max()) + 1)
+    lut = np.array(
+        [
+            table.get(detections.labels[i] if i < len(detections.labels) else f"class_{i}", 0.0)
+            for i in range(n_classes)
+        ],
+        dtype=np.float64,
+    )
+    return np.where(ids >= 0, lut[np.clip(ids, 0, n_classes - 1)], 0.0)
+
+
+class AlertLevel(StrEnum):
+    """Where the smoothed signal stands (with hysteresis)."""
+
+    OK = "ok"
+    WARN = "warn"
+    ACT = "act"
+
+
+_RANK = {AlertLevel.OK: 0, AlertLevel.WARN: 1, AlertLevel.ACT: 2}
+EventKind = Literal["warn", "act", "clear"]
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    """What the monitor made of one counted frame (for score curves and replay)."""
+
+    at: float
+    frame_id: str | None
+    score: float
+    smoothed: float
+    short_mean: float
+    long_mean: float
+    baseline: float
+    signal: float
+    warn_level: float
+    act_level: float
+    level: AlertLevel
+    in_grace: bool
+
+
+@dataclass(frozen=True, slots=True)
+class AlertEvent:
+    """A ``warn``, ``act`` or ``clear`` decision and everything needed to explain it.
+
+    ``action`` is ``pause`` on an ``act`` when the settings ask for it, else ``none``.
+    ``history`` holds the recent samples as ``(epoch s, score, smoothed)``.
+    """
+
+    kind: EventKind
+    at: float
+    reason: str
+    print_name: str | None
+    frame_id: str | None
+    score: float
+    smoothed: float
+    signal: float
+    warn_level: float
+    act_level: float
+    short_mean: float
+    long_mean: float
+    baseline: float
+    action: Literal["none", "pause"]
+    alerts_this_print: int
+    max_alerts_per_print: int
+    history: tuple[tuple[float, float, float], ...] = ()
+
+    @property
+    def active(self) -> bool:
+        """True for warn and act (the Home Assistant binary sensor is on), False for clear."""
+        return self.kind != "clear"
+
+
+@dataclass
+class MonitorState:
+    """Everything the monitor remembers; saved as JSON (``version`` 1)."""
+
+    version: int = STATE_VERSION
+    saved_at: float = 0.0
+    # The print being watched.
+    has_print: bool = False
+    print_ended: bool = True
+    print_name: str | None = None
+    print_started_at: float | None = None
+    print_elapsed_s: float | None = None
+    print_first_seen_at: float | None = None
+    print_status: str = PrintStatus.IDLE.value
+    # Smoothing. The long mean belongs to the printer and survives prints.
+    ewm: float = 0.0
+    short_mean: float = 0.0
+    short_count: int = 0
+    long_mean: float = 0.0
+    long_count: int = 0
+    samples_this_print: int = 0
+    grace_left: int = 0
+    baseline: float = 0.0
+    baseline_scores: list[float] | None = None
+    # Alerting.
+    level: str = AlertLevel.OK.value
+    notified: str = AlertLevel.OK.value
+    alerts_this_print: int = 0
+    last_alert_at: float | None = None
+    last_sample_at: float | None = None
+    cap_logged: bool = False
+    history: list[list[float]] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready dict."""
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: Any) -> MonitorState:
+        """Parse a saved state; raises ``ValueError`` when it is not one this version wrote."""
+        if not isinstance(data, dict) or data.get("version") != STATE_VERSION:
+            raise ValueError(f"not an alert state of version {STATE_VERSION}")
+        known = {f.name for f in fields(cls)}
+        state = cls(**{k: v for k, v in data.items() if k in known})
+        AlertLevel(state.level)
+        AlertLevel(state.notified)
+        PrintStatus(state.print_status)
+        return state
+
+
+class AlertMonitor:
+    """Turns per-frame failure scores and the printer's state into warn / act / clear events.
+
+    Call ``update`` once per analysed frame with the printer's current state. Only frames
+    taken while printing count; a new print (another job name, a job restarted, a print
+    seen ending) resets the print's state; a resume restarts smoothing from a clean state.
+    No threads and no I/O besides saving ``state_file``.
+    """
+
+    def __init__(self, settings: AlertSettings, *, clock: Callable[[], float] = time.time) -> None:
+        self.settings = settings
+        self._clock = clock
+        self._alpha = 2.0 / (settings.ewm_span + 1)
+        self._save_failed = False
+        self._unknown_logged = False
+        self.last_sample: Sample | None = None
+        self.state = self._load() if settings.state_file else MonitorState()
+        if self.state.long_count == 0:
+            self.state.long_count = settings.long_mean_prior_samples
+
+    # -- public API --------------------------------------------------------------------------
+
+    @property
+    def level(self) -> AlertLevel:
+        """The current level of the smoothed signal (with hysteresis)."""
+        return AlertLevel(self.state.level)
+
+    @property
+    def alert_active(self) -> bool:
+        """True while a warn or act alert has been sent and not cleared."""
+        return self.state.notified != AlertLevel.OK.value
+
+    def update(
+        self,
+        detections: Detections,
+        frame_id: str | None = None,
+        now: float | None = None,
+        print_state: PrintState | None = None,
+        *,
+        image_size: tuple[int, int] | None = None,
+    ) -> list[AlertEvent]:
+        """Count one frame's detections; the events it triggers (usually none).
+
+        ``now`` is epoch seconds (default: the clock); ``print_state`` None means no printer
+        integration (one untracked print, always printing); ``image_size`` is ``(width,
+        height)``, needed with an ``area_of_interest``.
+        """
+        score = failure_score(detections, self.settings, image_size)
+        return self.update_score(score, frame_id=frame_id, now=now, print_state=print_state)
+
+    def update_score(
+        self,
+        score: float,
+        *,
+        frame_id: str | None = None,
+        now: float | None = None,
+        print_state: PrintState | None = None,
+    ) -> list[AlertEvent]:
+        """``update`` for an already computed frame score."""
+        now = self._clock() if now is None else float(now)
+        ps = print_state if print_state is not None else PrintState.untracked(now)
+        if ps.status == PrintStatus.UNKNOWN:
+            if not self._unknown_logged:
+                log.info("printer state unknown (%s): frames are not counted until it answers", ps.raw_state)
+                self._unknown_logged = True
+            return []
+        self._unknown_logged = False
+        events, changed = self._observe(ps, score, frame_id, now)
+        if events or changed:
+            self._save(now, durable=bool(events) or changed == "durable")
+        for event in events:
+            _log_event(event)
+        return events
+
+    def _observe(
+        self, ps: PrintState, score: float, frame_id: str | None, now: float
+    ) -> tuple[list[AlertEvent], Literal["", "sample", "durable"]]:
+        """Apply one reading; the events and how much changed ("" nothing, "durable" print state)."""
+        st = self.state
+        events: list[AlertEvent] = []
+        if ps.status == PrintStatus.IDLE:
+            if not st.has_print or st.print_ended:
+                return events, ""
+            log.info("print %r ended (%s)", st.print_name, ps.raw_state or "idle")
+            events += self._clear_if_active(now, score, frame_id, "the print ended")
+            st.print_ended = True
+            st.print_status = PrintStatus.IDLE.value
+            return events, "durable"
+
+        changed: Literal["", "sample", "durable"] = ""
+        if self._is_new_print(ps):
+            events += self._clear_if_active(now, score, frame_id, "a new print started")
+            self._start_print(ps, now)
+            changed = "durable"
+        elif st.print_status == PrintStatus.PAUSED.value and ps.status == PrintStatus.PRINTING:
+            events += self._resume(now, score, frame_id)
+        if st.print_status != ps.status.value:
+            changed = "durable"
+        st.print_status = ps.status.value
+        if ps.elapsed_s is not None:
+            st.print_elapsed_s = ps.elapsed_s
+        if ps.started_at is not None:
+            st.print_started_at = ps.started_at
+        if ps.status == PrintStatus.PRINTING and self._sample_due(now):
+            events += self._sample(score, frame_id, now)
+            changed = changed or "sample"
+        return events, changed
+
+    # -- print tracking ----------------------------------------------------------------------
+
+    def _is_new_print(self, ps: PrintState) -> bool:
+        st = self.state
+        if not st.has_print or st.print_ended or ps.job_name != st.print_name:
+            return True
+        tol = SAME_PRINT_TOLERANCE_S
+        if (
+            ps.elapsed_s is not None
+            and st.print_elapsed_s is not None
+            and ps.elapsed_s < st.print_elapsed_s - tol
+        ):
+            return True  # the job went back to its start: the same file printed again
+        return (
+            ps.started_at is not None
+            and st.print_started_at is not None
+            and abs(ps.started_at - st.print_started_at) > tol
+        )
+
+    def _start_print(self, ps: PrintState, now: float) -> None:
+        st = self.state
+        st.has_print, st.print_ended = True, False
+        st.print_name, st.print_first_seen_at = ps.job_name, now
+        st.print_started_at, st.print_elapsed_s = ps.started_at, ps.elapsed_s
+        st.ewm, st.short_mean, st.short_count, st.samples_this_print = 0.0, 0.0, 0, 0
+        st.grace_left = self.settings.startup_grace_samples
+        st.baseline, st.baseline_scores = 0.0, None
+        st.level = st.notified = AlertLevel.OK.value
+        st.alerts_this_print, st.last_alert_at, st.last_sample_at = 0, None, None
+        st.cap_logged = False
+        st.history = []
+        log.info(
+            "new print %r: alert state reset; no alerts for its first %d samples",
+            ps.job_name,
+            st.grace_left,
+        )
+
+    def _resume(self, now: float, score: float, frame_id: str | None) -> list[AlertEvent]:
+        st = self.state
+        events = self._clear_if_active(now, score, frame_id, "the print was resumed")
+        st.ewm = 0.0
+        st.level = st.notified = AlertLevel.OK.value
+        st.grace_left = max(st.grace_left, self.settings.resume_grace_samples)
+        st.baseline_scores = []
+        st.last_sample_at = None
+        log.info(
+            "print %r resumed: smoothing restarts; the mean score of the next %d samples becomes its new zero",
+            st.print_name,
+            st.grace_left,
+        )
+        return events
+
+    # -- scoring -----------------------------------------------------------------------------
+
+    def _sample_due(self, now: float) -> bool:
+        last = self.state.last_sample_at
+        return last is None or not (0 <= now - last < self.settings.min_sample_interval_s)
+
+    def _sample(self, score: float, frame_id: str | None, now: float) -> list[AlertEvent]:
+        s, st = self.settings, self.state
+        st.ewm = self._alpha * score + (1.0 - self._alpha) * st.ewm
+        if not (s.freeze_short_mean_while_alerting and st.level != AlertLevel.OK.value):
+            st.short_count += 1
+            st.short_mean += (score - st.short_mean) / min(st.short_count, s.short_window_samples)
+        st.long_count += 1
+        st.long_mean += (score - st.long_mean) / min(st.long_count, s.long_window_samples)
+        st.samples_this_print += 1
+        st.last_sample_at = now
+        st.history.append([now, score, st.ewm])
+        del st.history[: -s.history_samples]
+
+        in_grace = st.grace_left > 0
+        if in_grace:
+            st.grace_left -= 1
+            if st.baseline_scores is not None:
+                st.baseline_scores.append(score)
+                if st.grace_left == 0:
+                    # Start the smoothing at the level the user accepted by resuming.
+                    st.baseline = float(np.mean(st.baseline_scores))
+                    st.ewm = st.baseline
+                    st.baseline_scores = None
+                    log.info("print %r: score level after resume is %.3f", st.print_name, st.baseline)
+
+        base = min(max((st.short_mean - st.long_mean) * s.short_mean_multiple, s.threshold), s.threshold_high)
+        warn_level, act_level = base * s.warn_multiplier, base * s.act_multiplier
+        signal = st.ewm - max(st.long_mean, st.baseline)
+        level = (
+            AlertLevel.OK
+            if in_grace
+            else _next_level(self.level, signal, warn_level, act_level, s.clear_ratio)
+        )
+        st.level = level.value
+        self.last_sample = Sample(
+            at=now,
+            frame_id=frame_id,
+            score=score,
+            smoothed=st.ewm,
+            short_mean=st.short_mean,
+            long_mean=st.long_mean,
+            baseline=st.baseline,
+            signal=signal,
+            warn_level=warn_level,
+            act_level=act_level,
+            level=level,
+            in_grace=in_grace,
+        )
+        return self._decide(level, now, score, frame_id)
+
+    def _decide(self, level: AlertLevel, now: float, score: float, frame_id: str | None) -> list[AlertEvent]:
+        s, st = self.settings, self.state
+        notified = AlertLevel(st.notified)
+        smp = self.last_sample
+        assert smp is not None
+        if level == AlertLevel.OK:
+            if notified == AlertLevel.OK:
+                return []
+            reason = (
+                f"the smoothed signal {smp.signal:.2f} fell below {s.clear_ratio:g}x the warn level "
+                f"{smp.warn_level:.2f}"
+            )
+            return self._clear_if_active(now, score, frame_id, reason)
+        if _RANK[level] <= _RANK[notified]:
+            return []  # already said so in this episode
+        if st.alerts_this_print >= s.max_alerts_per_print:
+            if not st.cap_logged:
+                log.warning(
+                    "print %r: %s suppressed, %d alerts already sent for this print (max_alerts_per_print)",
+                    st.print_name,
+                    level.value,
+                    st.alerts_this_print,
+                )
+                st.cap_logged = True
+            return []
+        escalation = notified != AlertLevel.OK
+        if not escalation and st.last_alert_at is not None:
+            since = now - st.last_alert_at
+            if since < 0:  # the clock went back: restart the cooldown rather than wait for it
+                st.last_alert_at, since = now, 0.0
+            if since < s.cooldown_s:
+                log.debug("%s held back: %.0f s of cooldown left", level.value, s.cooldown_s - since)
+                return []
+        st.notified = level.value
+        st.alerts_this_print += 1
+        st.last_alert_at = now
+        if level == AlertLevel.ACT:
+            reason = (
+                f"the smoothed signal {smp.signal:.2f} rose above the act level {smp.act_level:.2f} "
+                f"({s.act_multiplier:g}x {smp.act_level / s.act_multiplier:.2f}); action: {s.action}"
+            )
+        else:
+            reason = (
+                f"the smoothed signal {smp.signal:.2f} rose above the warn level {smp.warn_level:.2f} "
+                f"({s.warn_multiplier:g}x {smp.warn_level / s.warn_multiplier:.2f})"
+            )
+        reason += f"; this frame scored {score:.2f}"
+        kind: EventKind = "act" if level == AlertLevel.ACT else "warn"
+        return [self._event(kind, now, reason, score, frame_id)]
+
+    def _clear_if_active(
+        self, now: float, score: float, frame_id: str | None, reason: str
+    ) -> list[AlertEvent]:
+        if not self.alert_active:
+            return []
+        self.state.notified = AlertLevel.OK.value
+        return [self._event("clear", now, reason, score, frame_id)]
+
+    def _event(
+        self, kind: EventKind, now: float, reason: str, score: float, frame_id: str | None
+    ) -> AlertEvent:
+        s, st = self.settings, self.state
+        smp = self.last_sample
+        return AlertEvent(
+            kind=kind,
+            at=now,
+            reason=reason,
+            print_name=st.print_name,
+            frame_id=frame_id,
+            score=score,
+            smoothed=st.ewm,
+            signal=smp.signal if smp else 0.0,
+            warn_level=smp.warn_level if smp else s.threshold * s.warn_multiplier,
+            act_level=smp.act_level if smp else s.threshold * s.act_multiplier,
+            short_mean=st.short_mean,
+            long_mean=st.long_mean,
+            baseline=st.baseline,
+            action=s.action if kind == "act" else "none",
+            alerts_this_print=st.alerts_this_print,
+            max_alerts_per_print=s.max_alerts_per_print,
+            history=tuple((h[0], h[1], h[2]) for h in st.history),
+        )
+
+    # -- persistence -------------------------------------------------------------------------
+
+    def _load(self) -> MonitorState:
+        path = self.settings.state_file
+        assert path is not None
+        if not path.exists():
+            return MonitorState()
+        try:
+            state = MonitorState.from_json(json.loads(path.read_text(encoding="utf-8")))
+        except (OSError, ValueError, TypeError) as exc:
+            log.warning("alert state %s unreadable (%s): starting from a clean state", path, exc)
+            return MonitorState()
+        if state.has_print and not state.print_ended:
+            log.info(
+                "restored alert state for print %r (%d samples, level %s, %d alerts sent)",
+                state.print_name,
+                state.samples_this_print,
+                state.level,
+                state.alerts_this_print,
+            )
+        return state
+
+    def _save(self, now: float, *, durable: bool) -> None:
+        """Write the state atomically; fsync only for changes that matter after a power cut
+        (events, print changes), so a sample every 10 s does not wear out an SD card."""
+        path = self.settings.state_file
+        if path is None:
+            return
+        self.state.saved_at = now
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(path, self.state.to_json(), indent=None, fsync=durable)
+        except OSError as exc:
+            if not self._save_failed:
+                log.error(
+                    "cannot save alert state to %s (%s): a restart will start from a clean state", path, exc
+                )
+                self._save_failed = True
+            return
+        self._save_failed = False
+
+
+def _next_level(
+    current: AlertLevel, signal: float, warn: float, act: float, clear_ratio: float
+) -> AlertLevel:
+    """The level after one sample: up at 1x a level, down only below ``clear_ratio`` x it."""
+    if signal > act or (current == AlertLevel.ACT and signal >= act * clear_ratio):
+        return AlertLevel.ACT
+    if signal > warn or (current != AlertLevel.OK and signal >= warn * clear_ratio):
+        return AlertLevel.WARN
+    return AlertLevel.OK
+
+
+def _log_event(event: AlertEvent) -> None:
+    if event.kind == "clear":
+        log.info("alert cleared for print %r: %s", event.print_name, event.reason)
+    else:
+        log.warning(
+            "ALERT %s for print %r (frame %s, alert %d/%d): %s",
+            event.kind,
+            event.print_name,
+            event.frame_id,
+            event.alerts_this_print,
+            event.max_alerts_per_print,
+            event.reason,
+        )
+
+
+def run_action(event: AlertEvent, printer: PrinterClient) -> bool:
+    """Carry out an ``act`` event's action (pause the print); True when the printer accepted.
+
+    Every other event is a no-op returning False.
+    """
+    if event.kind != "act" or event.action != "pause":
+        return False
+    log.warning("pausing print %r because %s", event.print_name, event.reason)
+    return printer.pause(f"print-failure alert: {event.reason}")
+
+
+def _r(value: float) -> float:
+    return round(float(value), 4)
+
+
+def alert_payload(event: AlertEvent, *, device_id: str | None = None) -> dict[str, Any]:
+    """The JSON body for ``<prefix>/<device>/alerts``: level, scores, history, snapshot frame id.
+
+    Keys match ``agent.mqtt.topics.alert_message`` (``device_id``, ``timestamp`` = the event's
+    time, UTC ISO with Z); ``active`` is what the Home Assistant failure sensor shows."""
+    payload: dict[str, Any] = {
+        "level": event.kind,
+        "active": event.active,
+        "timestamp": utc_iso(event.at),
+        "reason": event.reason,
+        "action": event.action,
+        "print": event.print_name,
+        "frame_id": event.frame_id,
+        "score": _r(event.score),
+        "smoothed": _r(event.smoothed),
+        "signal": _r(event.signal),
+        "warn_level": _r(event.warn_level),
+        "act_level": _r(event.act_level),
+        "short_mean": _r(event.short_mean),
+        "long_mean": _r(event.long_mean),
+        "baseline": _r(event.baseline),
+        "alerts_this_print": event.alerts_this_print,
+        "max_alerts_per_print": event.max_alerts_per_print,
+        "history": [
+            {"timestamp": utc_iso(t), "score": _r(p), "smoothed": _r(e)} for t, p, e in event.history
+        ],
+    }
+    if device_id is not None:
+        payload["device_id"] = device_id
+    return payload
