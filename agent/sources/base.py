@@ -1,0 +1,242 @@
+"""The one interface every frame source has, and the start-up retry rule live sources share.
+
+A source is opened by ``open_source`` (which calls ``open()``: errors the user must fix surface
+there, before any thread starts), iterated once from one thread, and closed from any thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator
+from types import TracebackType
+from typing import TypeVar
+
+import numpy as np
+from numpy.typing import NDArray
+
+from agent.errors import UserError
+from agent.frames import Frame, live_frame_name
+from agent.sources.pacing import Backoff, RateLimiter
+from agent.sources.settings import SourceSettings
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+STAT_KEYS = ("frames", "corrupt_skipped", "reconnects", "errors", "dropped")
+
+
+class SourceUnavailable(Exception):
+    """The source cannot be reached or read right now. ``permanent`` when retrying cannot help
+    (wrong credentials, 404); the message says what happened, without secrets."""
+
+    def __init__(self, message: str, *, permanent: bool = False) -> None:
+        super().__init__(message)
+        self.permanent = permanent
+
+
+class FrameSource(ABC):
+    """Frames from one source: ``for frame in source: ...``; ``close()`` from any thread.
+
+    A source is iterated once: when the iteration ends (exhausted, broken off, closed) the
+    source is finished and its resources are freed.
+
+    Every frame is an ``agent.frames.Frame`` (BGR uint8) with this source's ``source_id`` and an
+    increasing ``sequence`` starting at 0. ``live`` is True for cameras and streams (a consumer
+    that falls behind should drop frames) and False for files (every frame matters).
+    ``stats()`` returns counters: ``frames`` yielded, ``corrupt_skipped`` images that did not
+    decode, ``reconnects`` after a failure, ``errors`` (failed reads/connects), ``dropped`` live
+    frames received but not passed on because a newer one arrived first (with ``interval_s`` set
+    this includes the frames the interval passes over).
+    """
+
+    kind: str = "source"
+    live: bool = False
+    #: Interval (s) used when the settings set no limit; snapshot polling overrides it.
+    default_interval_s: float = 0.0
+
+    def __init__(self, settings: SourceSettings) -> None:
+        self.settings = settings
+        self.source_id = settings.source_id
+        self.description = f"{self.kind} source {settings.redacted_url}"
+        self._stop = threading.Event()
+        self._limiter = RateLimiter(settings.frame_interval_s or self.default_interval_s)
+        self._counters = dict.fromkeys(STAT_KEYS, 0)
+        self._counter_lock = threading.Lock()
+        self._state_lock = threading.Lock()
+        self._iterating = False
+        self._released = False
+        self._next_sequence = 0
+
+    # --- lifecycle -------------------------------------------------------------------------
+    def open(self) -> None:  # noqa: B027 - optional hook
+        """Check the source and connect; raises ``UserError``/``ConfigError`` with the fix."""
+
+    @abstractmethod
+    def _frames(self) -> Iterator[Frame]:
+        """Yield frames until the source ends or ``self._stop`` is set."""
+
+    def _interrupt(self) -> None:  # noqa: B027 - optional hook
+        """Unblock a read in progress (called from ``close`` on any thread); must be thread-safe."""
+
+    def _release(self) -> None:  # noqa: B027 - optional hook
+        """Free devices, files and connections; runs once, on the thread that used them."""
+
+    def __iter__(self) -> Iterator[Frame]:
+        with self._state_lock:
+            if self._iterating:
+                raise RuntimeError(f"{self.description} is already being iterated")
+            if self._released:
+                return
+            self._iterating = True
+        try:
+            for frame in self._frames():
+                if self._stop.is_set():
+                    break
+                self._count("frames")
+                yield frame
+        finally:
+            # Iteration is over (exhausted, broken off, or closed): the source is finished.
+            self._stop.set()
+            self._interrupt_quietly()
+            with self._state_lock:
+                self._iterating = False
+            self._release_once()
+
+    def close(self) -> None:
+        """Stop: iteration ends promptly (within one read timeout at worst) and resources are
+        freed. Safe to call from any thread and more than once."""
+        self._stop.set()
+        self._interrupt_quietly()
+        with self._state_lock:
+            if self._iterating:
+                return  # the iterating thread releases when it notices the stop
+        self._release_once()
+
+    def _interrupt_quietly(self) -> None:
+        try:
+            self._interrupt()
+        except Exception:  # closing must not fail
+            log.debug("%s: interrupt failed", self.description, exc_info=True)
+
+    def _release_once(self) -> None:
+        with self._state_lock:
+            if self._released:
+                return
+            self._released = True
+        try:
+            self._release()
+        except Exception:  # closing must not fail
+            log.debug("%s: release failed", self.description, exc_info=True)
+
+    @property
+    def closed(self) -> bool:
+        """True once ``close()`` was called or the iteration ended."""
+        return self._stop.is_set()
+
+    def __enter__(self) -> FrameSource:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    # --- helpers for subclasses --------------------------------------------------------------
+    def stats(self) -> dict[str, int]:
+        """A copy of the counters (see the class docstring)."""
+        with self._counter_lock:
+            return dict(self._counters)
+
+    def _count(self, key: str, n: int = 1) -> None:
+        with self._counter_lock:
+            self._counters[key] += n
+
+    def _set_count(self, key: str, value: int) -> None:
+        with self._counter_lock:
+            self._counters[key] = value
+
+    def _frame(
+        self,
+        image: NDArray[np.uint8],
+        *,
+        timestamp: float,
+        name: str | None = None,
+        encoded: bytes | None = None,
+        encoded_format: str = "jpg",
+        origin: str | None = None,
+    ) -> Frame:
+        """A Frame with the next sequence number; ``name`` defaults to the live-frame name and
+        ``origin`` (where it came from) to the source's URL without credentials."""
+        sequence = self._next_sequence
+        self._next_sequence += 1
+        return Frame(
+            image=image,
+            source_id=self.source_id,
+            sequence=sequence,
+            timestamp=timestamp,
+            name=name if name is not None else live_frame_name(timestamp, sequence),
+            encoded=encoded,
+            encoded_format=encoded_format,
+            origin=origin if origin is not None else self.settings.redacted_url,
+        )
+
+    def _connect_at_start(self, connect: Callable[[], T], hint: str) -> T:
+        """``connect_at_start`` for this source (stops early when the source is closed)."""
+        return connect_at_start(connect, self.settings, self.description, hint, self._stop)
+
+    def _skip_corrupt(self, detail: str) -> None:
+        """Count an image that did not decode; log the first one, then every hundredth."""
+        self._count("corrupt_skipped")
+        count = self.stats()["corrupt_skipped"]
+        if count == 1 or count % 100 == 0:
+            log.warning("%s: skipped a corrupt image (%s); %d so far", self.description, detail, count)
+        else:
+            log.debug("%s: skipped a corrupt image (%s)", self.description, detail)
+
+    def _log_retry(self, failures: int, message: str, delay_s: float) -> None:
+        """Log a failed reconnect: the first three, then every tenth (it may last hours)."""
+        if failures <= 3 or failures % 10 == 0:
+            log.warning(
+                "%s: %s; reconnect attempt %d in %.1f s", self.description, message, failures, delay_s
+            )
+        else:
+            log.debug("%s: %s; reconnect attempt %d in %.1f s", self.description, message, failures, delay_s)
+
+
+def connect_at_start(
+    connect: Callable[[], T],
+    settings: SourceSettings,
+    description: str,
+    hint: str,
+    stop: threading.Event | None = None,
+) -> T:
+    """``connect()`` with up to ``settings.startup_attempts`` tries and backoff between them.
+
+    Raises ``UserError`` naming the source, the last failure and ``hint`` when every try failed,
+    or at once when a failure is permanent (``SourceUnavailable.permanent``).
+    """
+    stop = stop or threading.Event()
+    backoff = Backoff(settings.reconnect_initial_s, settings.reconnect_max_s)
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            return connect()
+        except SourceUnavailable as exc:
+            if exc.permanent or attempt >= settings.startup_attempts or stop.is_set():
+                tries = f"after {attempt} attempts" if attempt > 1 else "on the first attempt"
+                raise UserError(f"cannot open {description}: {exc} ({tries}). {hint}") from None
+            delay = backoff.next_delay_s()
+            log.warning(
+                "%s: %s (attempt %d of %d); retrying in %.1f s",
+                description,
+                exc,
+                attempt,
+                settings.startup_attempts,
+                delay,
+            )
+            if stop.wait(delay):
+                raise UserError(f"cannot open {description}: closed while connecting") from None

@@ -1,0 +1,339 @@
+"""Typed settings of one frame source (the ``source:`` section of the config) and how the kind of
+source is worked out from its URL.
+
+``url`` names what to read: a folder of images, one image, a video file, a V4L2 device
+(``/dev/video0`` or a camera index such as ``0``), an ``rtsp://`` stream, an ``http(s)://`` MJPEG
+stream or snapshot URL, or ``picamera2``. ``kind: auto`` decides from the URL; HTTP URLs that say
+neither ``?action=stream`` nor ``snapshot`` are probed by ``open_source`` (a multipart response is
+an MJPEG stream, an image is a snapshot).
+
+Secrets never live in the YAML: passwords and API keys come from an environment variable
+(``password_env``, ``api_key_env``) or a file (``password_file``, ``api_key_file``).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import parse_qs, urlsplit
+
+from pydantic import ConfigDict, Field, StrictBool, StrictFloat, StrictInt, field_validator, model_validator
+
+from agent.config_model import StrictModel
+from agent.frames import safe_name
+
+SourceKind = Literal["auto", "folder", "video", "v4l2", "rtsp", "mjpeg", "snapshot", "picamera2"]
+
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp"})
+PICAMERA2_URL = "picamera2"
+_HTTP_SCHEMES = ("http", "https")
+_RTSP_SCHEMES = ("rtsp", "rtsps")
+# Headers that carry secrets: they must come from api_key_env/_file or password_env/_file.
+_SECRET_HEADERS = frozenset({"authorization", "x-api-key", "proxy-authorization", "cookie"})
+
+# libcamera enum controls that may be given by name (values from libcamera's control_ids).
+PICAMERA2_ENUM_CONTROLS: dict[str, dict[str, int]] = {
+    "AfMode": {"Manual": 0, "Auto": 1, "Continuous": 2},
+    "AfRange": {"Normal": 0, "Macro": 1, "Full": 2},
+    "AfSpeed": {"Normal": 0, "Fast": 1},
+    "AfMetering": {"Auto": 0, "Windows": 1},
+    "AfTrigger": {"Start": 0, "Cancel": 1},
+    "AeMeteringMode": {"CentreWeighted": 0, "Spot": 1, "Matrix": 2, "Custom": 3},
+    "AeConstraintMode": {"Normal": 0, "Highlight": 1, "Shadows": 2, "Custom": 3},
+    "AeExposureMode": {"Normal": 0, "Short": 1, "Long": 2, "Custom": 3},
+    "AwbMode": {
+        "Auto": 0,
+        "Incandescent": 1,
+        "Tungsten": 2,
+        "Fluorescent": 3,
+        "Indoor": 4,
+        "Daylight": 5,
+        "Cloudy": 6,
+        "Custom": 7,
+    },
+    "NoiseReductionMode": {"Off": 0, "Fast": 1, "HighQuality": 2, "Minimal": 3, "ZSL": 4},
+}
+
+ControlValue = StrictBool | StrictInt | StrictFloat | str | list[StrictInt | StrictFloat]
+
+
+class V4l2Options(StrictModel):
+    """What to ask a V4L2/USB camera for; ``None`` keeps the driver's choice.
+
+    ``fourcc`` is the pixel format as four characters: ``MJPG`` lets most USB cameras deliver
+    1080p at full frame rate over USB 2, ``YUYV`` is uncompressed.
+    """
+
+    width_px: int | None = Field(default=None, ge=16, le=16384)
+    height_px: int | None = Field(default=None, ge=16, le=16384)
+    fourcc: str | None = Field(default=None, min_length=4, max_length=4)
+    fps: float | None = Field(default=None, gt=0, le=1000)
+
+
+class Picamera2Options(StrictModel):
+    """Raspberry Pi camera (libcamera through picamera2) configuration.
+
+    ``mode: video`` uses ``create_video_configuration`` (continuous capture, default main size
+    1280x720); ``still`` uses ``create_still_configuration`` (full sensor resolution, slower).
+    ``format`` is the main stream's pixel format; ``RGB888`` is stored B,G,R in memory, which is
+    OpenCV's order, so it needs no conversion. ``controls`` are libcamera controls passed to the
+    configuration, in libcamera's units: ``ExposureTime`` microseconds, ``AnalogueGain`` a factor,
+    ``LensPosition`` dioptres (1 / focus distance in metres; 0 is infinity), ``FrameDurationLimits``
+    microseconds. Enum controls may be given by name, e.g. for Camera Module 3
+    ``{AfMode: Continuous}`` or ``{AfMode: Manual, LensPosition: 2.5}`` (focus at 40 cm).
+    ``fps`` sets ``FrameDurationLimits`` to a fixed frame rate. ``tuning_file`` is a path or the
+    name of a file in libcamera's tuning folder (e.g. ``imx708_noir.json``).
+    """
+
+    camera_num: int = Field(default=0, ge=0, le=16)
+    mode: Literal["video", "still"] = "video"
+    width_px: int | None = Field(default=None, ge=16, le=16384)
+    height_px: int | None = Field(default=None, ge=16, le=16384)
+    format: Literal["RGB888", "BGR888", "XRGB8888", "XBGR8888", "YUV420"] = "RGB888"
+    fps: float | None = Field(default=None, gt=0, le=1000)
+    controls: dict[str, ControlValue] = Field(default_factory=dict)
+    tuning_file: str | None = None
+    buffer_count: int | None = Field(default=None, ge=1, le=32)
+
+    @field_validator("controls")
+    @classmethod
+    def _known_enum_names(cls, controls: dict[str, Any]) -> dict[str, Any]:
+        for name, value in controls.items():
+            if not isinstance(value, str):
+                continue
+            names = PICAMERA2_ENUM_CONTROLS.get(name)
+            if names is None:
+                raise ValueError(
+                    f"control {name}={value!r}: only enum controls take a name "
+                    f"({', '.join(sorted(PICAMERA2_ENUM_CONTROLS))}); give a number"
+                )
+            if value not in names:
+                raise ValueError(f"control {name}={value!r}: use one of {', '.join(names)} or a number")
+        return controls
+
+    @model_validator(mode="after")
+    def _size_pairs(self) -> Picamera2Options:
+        if (self.width_px is None) != (self.height_px is None):
+            raise ValueError("set both width_px and height_px, or neither")
+        return self
+
+
+class SourceSettings(StrictModel):
+    """One frame source. Every key has a default that works; intervals are seconds.
+
+    Frame pacing: ``interval_s`` (at least this many seconds between frames, e.g. 10 for a
+    printer webcam) and ``max_fps`` (at most this many frames per second); when both are set the
+    longer interval wins, when neither is set frames come as fast as the source gives them
+    (snapshot URLs are then polled once per second). Video files are sampled by their own clock
+    (a frame every ``interval_s`` of video), everything else by the wall clock.
+    """
+
+    # Validation errors must not echo a URL that holds a password.
+    model_config = ConfigDict(hide_input_in_errors=True)
+
+    url: str = "/dev/video0"
+    kind: SourceKind = "auto"
+    id: str | None = Field(default=None, min_length=1, max_length=64)
+
+    max_fps: float | None = Field(default=None, gt=0, le=1000)
+    interval_s: float | None = Field(default=None, ge=0, le=86400)
+
+    # folder and video files
+    watch: bool = False
+    watch_poll_s: float = Field(default=1.0, gt=0, le=3600)
+    watch_settle_s: float = Field(default=1.0, ge=0, le=3600)
+    loop: bool = False
+
+    # live sources: connecting and reconnecting
+    reconnect_initial_s: float = Field(default=1.0, gt=0, le=3600)
+    reconnect_max_s: float = Field(default=30.0, gt=0, le=86400)
+    connect_timeout_s: float = Field(default=10.0, gt=0, le=600)
+    read_timeout_s: float = Field(default=15.0, gt=0, le=3600)
+    startup_attempts: int = Field(default=3, ge=1, le=10000)
+
+    # HTTP (MJPEG, snapshot) and RTSP credentials
+    username: str | None = None
+    password_env: str | None = None
+    password_file: str | None = None
+    api_key_env: str | None = None
+    api_key_file: str | None = None
+    headers: dict[str, str] = Field(default_factory=dict)
+    tls_verify: bool = True
+    max_frame_mb: float = Field(default=16.0, gt=0, le=512)
+
+    rtsp_transport: Literal["tcp", "udp"] = "tcp"
+    v4l2: V4l2Options = Field(default_factory=V4l2Options)
+    picamera2: Picamera2Options = Field(default_factory=Picamera2Options)
+
+    @field_validator("url", mode="before")
+    @classmethod
+    def _url_text(cls, value: Any) -> Any:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return str(value)  # `url: 0` in YAML means camera index 0
+        if isinstance(value, Path):
+            return str(value)
+        return value
+
+    @field_validator("url")
+    @classmethod
+    def _url_well_formed(cls, url: str) -> str:
+        url = url.strip()
+        if not url:
+            raise ValueError("empty; give a folder, video file, /dev/videoN, rtsp:// or http:// URL")
+        scheme = _scheme(url)
+        if scheme is None:
+            return url
+        if scheme not in _HTTP_SCHEMES + _RTSP_SCHEMES:
+            raise ValueError(
+                f"unsupported URL scheme {scheme!r}; use http://, https://, rtsp:// or rtsps:// "
+                "(or a file path, /dev/videoN, a camera index, or 'picamera2')"
+            )
+        parts = urlsplit(url)
+        try:
+            port = parts.port
+        except ValueError:
+            raise ValueError(f"{redact_url(url)} has an invalid port number") from None
+        if not parts.hostname:
+            raise ValueError(f"{redact_url(url)} has no host name, e.g. http://octopi.local/webcam/")
+        if port == 0:
+            raise ValueError(f"{redact_url(url)} has port 0")
+        if parts.password is not None:
+            raise ValueError(
+                "the URL holds a password; secrets do not belong in the config: put the user in "
+                "`username` and the password in an environment variable named by `password_env` "
+                "(or a file named by `password_file`)"
+            )
+        return url
+
+    @field_validator("id")
+    @classmethod
+    def _id_file_safe(cls, value: str | None) -> str | None:
+        if value is not None and safe_name(value) != value:
+            raise ValueError(
+                f"{value!r} must use only letters, digits, '.', '_' and '-', e.g. {safe_name(value)!r}"
+            )
+        return value
+
+    @field_validator("headers")
+    @classmethod
+    def _no_secret_headers(cls, headers: dict[str, str]) -> dict[str, str]:
+        for name in headers:
+            if name.strip().lower() in _SECRET_HEADERS:
+                raise ValueError(
+                    f"header {name!r} carries a secret and does not belong in the config; use "
+                    "api_key_env/api_key_file (X-Api-Key) or username with password_env/password_file"
+                )
+        return headers
+
+    @model_validator(mode="after")
+    def _consistent(self) -> SourceSettings:
+        if self.reconnect_max_s < self.reconnect_initial_s:
+            raise ValueError(
+                f"reconnect_max_s ({self.reconnect_max_s}) is below reconnect_initial_s "
+                f"({self.reconnect_initial_s})"
+            )
+        if self.password_env and self.password_file:
+            raise ValueError("set password_env or password_file, not both")
+        if self.api_key_env and self.api_key_file:
+            raise ValueError("set api_key_env or api_key_file, not both")
+        if (self.password_env or self.password_file) and not self.username:
+            raise ValueError("password_env/password_file need `username` too")
+        v4l2 = self.v4l2
+        if (v4l2.width_px is None) != (v4l2.height_px is None):
+            raise ValueError("v4l2: set both width_px and height_px, or neither")
+        return self
+
+    @property
+    def frame_interval_s(self) -> float:
+        """Minimum seconds between frames from ``interval_s`` and ``max_fps``; 0 means no limit."""
+        interval = self.interval_s or 0.0
+        if self.max_fps:
+            interval = max(interval, 1.0 / self.max_fps)
+        return interval
+
+    @property
+    def redacted_url(self) -> str:
+        """``url`` safe to log: user names and query values that look like keys are masked."""
+        return redact_url(self.url)
+
+    @property
+    def source_id(self) -> str:
+        """``id`` when set, else a file-safe id derived from the URL (never from credentials)."""
+        return self.id or default_source_id(self.url, self.picamera2.camera_num)
+
+
+def _scheme(url: str) -> str | None:
+    match = re.match(r"^([A-Za-z][A-Za-z0-9+.-]*)://", url)
+    return match.group(1).lower() if match else None
+
+
+_SECRET_QUERY = re.compile(r"(?i)([?&](?:api_?key|apikey|key|token|password|pass|pwd|auth)=)[^&#]*")
+
+
+def redact_url(url: str) -> str:
+    """``url`` without user info and with secret-looking query values replaced by ``***``."""
+    if _scheme(url) is None:
+        return url
+    parts = urlsplit(url)
+    netloc = parts.netloc.rpartition("@")[2]
+    redacted = parts._replace(netloc=netloc).geturl()
+    return _SECRET_QUERY.sub(r"\1***", redacted)
+
+
+def is_camera_index(url: str) -> bool:
+    """True when ``url`` is a bare camera index such as ``0``."""
+    return url.isdigit() and len(url) <= 3
+
+
+def v4l2_device_path(url: str) -> str:
+    """``/dev/videoN`` for a camera index, ``url`` itself for a device path."""
+    return f"/dev/video{int(url)}" if is_camera_index(url) else url
+
+
+def guess_kind(url: str) -> SourceKind | None:
+    """The source kind the URL alone tells, or None for an HTTP URL that must be probed.
+
+    Raises ``FileNotFoundError`` for a local path that does not exist.
+    """
+    if url == PICAMERA2_URL:
+        return "picamera2"
+    if is_camera_index(url) or url.startswith("/dev/"):
+        return "v4l2"
+    scheme = _scheme(url)
+    if scheme in _RTSP_SCHEMES:
+        return "rtsp"
+    if scheme in _HTTP_SCHEMES:
+        parts = urlsplit(url)
+        action = [value.lower() for value in parse_qs(parts.query).get("action", [])]
+        if "snapshot" in action or "snapshot" in parts.path.lower():
+            return "snapshot"
+        if "stream" in action:
+            return "mjpeg"
+        return None
+    path = Path(url).expanduser()
+    if path.is_dir():
+        return "folder"
+    if path.is_file():
+        return "folder" if path.suffix.lower() in IMAGE_SUFFIXES else "video"
+    raise FileNotFoundError(url)
+
+
+def default_source_id(url: str, camera_num: int = 0) -> str:
+    """A short file-safe id for ``url``: folder or file stem, ``video0``, ``host_path``..."""
+    if url == PICAMERA2_URL:
+        return PICAMERA2_URL if camera_num == 0 else f"{PICAMERA2_URL}-{camera_num}"
+    if is_camera_index(url):
+        return f"video{int(url)}"
+    if url.startswith("/dev/"):
+        return safe_name(Path(url).name, max_len=64)
+    if _scheme(url) is not None:
+        parts = urlsplit(url)
+        host = parts.hostname or "stream"
+        port = f"_{parts.port}" if parts.port else ""
+        url_path = parts.path.strip("/")
+        text = f"{host}{port}_{url_path}" if url_path else f"{host}{port}"
+        return safe_name(text, max_len=64).strip("_-")
+    path = Path(url).expanduser()
+    name = path.name if path.is_dir() else path.stem
+    return safe_name(name or path.resolve().name or "source", max_len=64)
