@@ -1,0 +1,671 @@
+"""The MQTT connection and the publisher the pipeline calls.
+
+Three threads meet here:
+
+- the caller (pipeline output stage) builds payloads and stores them in the outbox
+  (``publish_*``); it never waits for the network;
+- paho's network thread (``connect_async`` + ``loop_start``) reconnects with capped
+  exponential backoff; our callbacks on it only enqueue events and wake the sender;
+- the sender thread (``mqtt-sender``) owns everything else: it drains the outbox into a
+  bounded in-flight window, deletes messages on PUBACK, publishes the retained
+  latest-value topics (status, stats, failure, image, discovery) and logs connection
+  problems once each.
+
+paho keeps messages it was given across reconnects and resends them itself, so the sender
+hands each stored message to paho once per process; after a restart the outbox is drained
+from the start again (a message acknowledged just before a kill can arrive twice, with the
+same frame id).
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import re
+import ssl
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, cast
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+
+from agent.errors import ConfigError
+from agent.frames import FrameResult
+from agent.mqtt import homeassistant
+from agent.mqtt.outbox import Message, MessageClass, Outbox, StoredMessage
+from agent.mqtt.settings import MqttSettings
+from agent.mqtt.topics import (
+    JSON_TYPE,
+    OFFLINE,
+    ONLINE,
+    STOPPED,
+    Topics,
+    alert_message,
+    annotated_jpeg,
+    annotation_message,
+    detections_message,
+    encode_frame,
+    frame_message,
+    stats_payload,
+)
+
+log = logging.getLogger(__name__)
+
+_CHECKPOINT_INTERVAL_S = 2.0
+_IDLE_WAIT_S = 0.5
+_PACKET_OVERHEAD = 1024  # fixed header, topic length, packet id and our properties, generously
+
+
+def create_publisher(
+    settings: MqttSettings, *, on_frame_synced: Callable[[str], None] | None = None
+) -> MqttPublisher | None:
+    """A started ``MqttPublisher``, or None when ``settings.enabled`` is false."""
+    if not settings.enabled:
+        return None
+    publisher = MqttPublisher(settings, on_frame_synced=on_frame_synced)
+    publisher.start()
+    return publisher
+
+
+def build_tls_context(settings: MqttSettings) -> ssl.SSLContext:
+    """The client TLS context: the broker is verified against ``ca_file`` (system CAs when unset)
+    and, for mutual TLS, ``cert_file``/``key_file`` are presented. Raises ``ConfigError`` for a
+    missing or unreadable file."""
+    for key in ("ca_file", "cert_file", "key_file"):
+        value = getattr(settings, key)
+        if value and not Path(value).expanduser().is_file():
+            raise ConfigError(f"mqtt.{key} {value!r} does not exist or is not a file; fix the path")
+    try:
+        ca = str(Path(settings.ca_file).expanduser()) if settings.ca_file else None
+        context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=ca)
+        if settings.cert_file:
+            key_path = str(Path(settings.key_file).expanduser()) if settings.key_file else None
+            context.load_cert_chain(str(Path(settings.cert_file).expanduser()), key_path)
+    except ssl.SSLError as exc:
+        raise ConfigError(
+            f"mqtt TLS files cannot be loaded ({exc.reason or exc}); ca_file must hold PEM CA certificates, "
+            f"cert_file the client certificate and key_file its unencrypted private key"
+        ) from None
+    if settings.insecure_skip_verify:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+class _Client(mqtt.Client):
+    """paho's client, remembering why the last connection attempt failed: paho's reconnect loop
+    swallows that exception (``on_connect_fail`` gets no argument), yet the user needs the reason
+    (refused, certificate not trusted, ...)."""
+
+    last_socket_error: BaseException | None = None
+
+    def _create_socket(self) -> Any:
+        self.last_socket_error = None
+        try:
+            return super()._create_socket()
+        except Exception as exc:
+            self.last_socket_error = exc
+            raise
+
+
+@dataclass(frozen=True, slots=True)
+class _Event:
+    kind: str  # connected | disconnected | connect_failed | ack | ha_birth
+    reason: ReasonCode | None = None
+    mid: int = 0
+    detail: str = ""
+    max_packet: int = 0
+
+
+class MqttPublisher:
+    """Publishes detections, frames, annotations, alerts and stats through the on-disk outbox.
+
+    ``on_frame_synced(frame_id)`` is called (on the sender thread; keep it quick) when the
+    broker has acknowledged a frame's JPEG. Create, ``start()``, call ``publish_*`` from any
+    thread, ``close()`` at exit. A broker that is down is not an error: messages wait.
+    """
+
+    def __init__(
+        self, settings: MqttSettings, *, on_frame_synced: Callable[[str], None] | None = None
+    ) -> None:
+        self.settings = settings
+        self.topics = Topics(settings.topic_prefix, settings.device_id)
+        self.on_frame_synced = on_frame_synced
+        self._v5 = settings.protocol == "5"
+        password = settings.read_password()
+        tls_context = build_tls_context(settings) if settings.use_tls else None
+        self._outbox = Outbox(
+            settings.outbox.path,
+            max_bytes=int(settings.outbox.max_mb * 1024 * 1024),
+            max_age_s=settings.outbox.max_age_h * 3600.0,
+        )
+        self._client = self._build_client(password, tls_context)
+        self._events: queue.SimpleQueue[_Event] = queue.SimpleQueue()
+        self._wake = threading.Event()
+        self._lock = threading.Lock()  # guards the latest-value slots and counters read by stats()
+        self._latest: dict[str, bytes] = {}
+        self._latest_dirty: set[str] = set()
+        self._mids: dict[int, int] = {}  # paho mid -> outbox seq
+        self._link_up = False
+        self._ever_connected = False
+        self._problems_logged: set[str] = set()  # since the last successful connection
+        self._last_error: str | None = None
+        self._transport_error = ""
+        self._refusal_logged: set[int] = set()
+        self._counters = {"sent": 0, "acked": 0, "refused": 0, "connects": 0, "store_failed": 0}
+        self._closing = threading.Event()
+        self._clean_close = True
+        self._status_mid: int | None = None
+        self._max_packet = 0  # the broker's MQTT 5 Maximum Packet Size (0: no limit announced)
+        self._sender = threading.Thread(target=self._run, name="mqtt-sender", daemon=True)
+        self._started = False
+        self._closed = False
+
+    # ---- set-up ----------------------------------------------------------------------------------------
+
+    def _build_client(self, password: str | None, tls_context: ssl.SSLContext | None) -> _Client:
+        s = self.settings
+        client = _Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=s.effective_client_id,
+            protocol=MQTTProtocolVersion.MQTTv5 if self._v5 else MQTTProtocolVersion.MQTTv311,
+            clean_session=None if self._v5 else True,
+            reconnect_on_failure=True,
+        )
+        # paho accepts float seconds here although its annotation says int.
+        client.reconnect_delay_set(cast(int, s.reconnect_min_s), cast(int, s.reconnect_max_s))
+        client.max_inflight_messages_set(s.outbox.inflight_max)
+        client.max_queued_messages_set(0)
+        client.connect_timeout = s.connect_timeout_s
+        if s.username is not None or password is not None:
+            client.username_pw_set(s.username, password)
+        if tls_context is not None:
+            client.tls_set_context(tls_context)
+            if s.insecure_skip_verify:
+                client.tls_insecure_set(True)
+        client.will_set(self.topics.status, OFFLINE, qos=1, retain=True)
+        client.on_connect = self._on_connect
+        client.on_connect_fail = self._on_connect_fail
+        client.on_disconnect = self._on_disconnect
+        client.on_publish = self._on_publish
+        client.on_message = self._on_message
+        client.on_log = self._on_log
+        return client
+
+    def start(self) -> None:
+        """Start connecting (in the background) and sending what the outbox holds."""
+        if self._started:
+            return
+        self._started = True
+        s = self.settings
+        waiting = len(self._outbox)
+        log.info(
+            "MQTT: publishing to %s:%d as %r (device %r, MQTT %s, TLS %s); outbox %s holds %d message(s)",
+            s.host,
+            s.effective_port,
+            s.effective_client_id,
+            s.device_id,
+            s.protocol,
+            "on" if s.use_tls else "off",
+            s.outbox.path,
+            waiting,
+        )
+        if s.insecure_skip_verify:
+            log.warning("MQTT: insecure_skip_verify is on: the broker's certificate is NOT verified")
+        if self._v5:
+            self._client.connect_async(s.host, s.effective_port, s.keepalive_s, clean_start=True)
+        else:
+            self._client.connect_async(s.host, s.effective_port, s.keepalive_s)
+        self._client.loop_start()
+        self._sender.start()
+
+    def __enter__(self) -> MqttPublisher:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close(clean=True)
+
+    # ---- what the pipeline calls -----------------------------------------------------------------------
+
+    def publish_detections(self, result: FrameResult) -> None:
+        """Queue the ``detections`` JSON of one processed frame."""
+        self._store(detections_message(self.topics, result))
+
+    def publish_frame(self, result: FrameResult, annotation: Mapping[str, Any] | None = None) -> None:
+        """Queue a kept frame's JPEG (resized to ``frame_max_width_px`` when wider) and, when given, its
+        annotation (VoTT asset JSON plus scores, geometry scaled with the JPEG). With Home Assistant
+        on, the frame with its boxes drawn also becomes the retained ``image``."""
+        s = self.settings
+        encoded = encode_frame(result.frame, s.frame_max_width_px, s.frame_jpeg_quality)
+        self._store(frame_message(self.topics, result.frame, encoded, s.frame_expiry_s))
+        if annotation is not None:
+            self._store(annotation_message(self.topics, result.frame.frame_id, annotation, encoded.scale))
+        if s.home_assistant.enabled:
+            image = annotated_jpeg(result, s.frame_max_width_px, s.frame_jpeg_quality)
+            self._set_latest(self.topics.image, image)
+
+    def publish_alert(self, payload: Mapping[str, Any]) -> None:
+        """Queue an alert (JSON; ``device_id`` and ``timestamp`` added when absent). Alerts are sent
+        before anything else waiting and dropped last. A boolean ``active`` in the payload also sets
+        the retained ``failure`` state (``set_failure``)."""
+        self._store(alert_message(self.topics, payload))
+        active = payload.get("active")
+        if isinstance(active, bool):
+            self.set_failure(active)
+
+    def set_failure(self, active: bool) -> None:
+        """Set the retained ``failure`` state (``ON``/``OFF``), the Home Assistant binary sensor."""
+        self._set_latest(self.topics.failure, b"ON" if active else b"OFF")
+
+    def publish_stats(self, stats: Mapping[str, Any]) -> None:
+        """Set the retained ``stats`` JSON: ``stats`` plus ``mqtt`` (this publisher's ``stats()``).
+        Only the latest value is kept; call it every ``pipeline.stats_interval_s``."""
+        self._set_latest(self.topics.stats, stats_payload(self.topics.device_id, stats, self.stats()))
+
+    def stats(self) -> dict[str, Any]:
+        """Connection and outbox figures: ``connected``, ``last_error``, ``sent``, ``acked``,
+        ``refused``, ``connects``, ``store_failed`` and ``outbox`` (messages, bytes, by_class,
+        inflight, stored, dropped by reason and class, dropped_total, oldest_age_s)."""
+        with self._lock:
+            out: dict[str, Any] = {"connected": self._link_up, "last_error": self._last_error}
+            out.update(self._counters)
+        out["outbox"] = self._outbox.stats() if not self._closed else {}
+        return out
+
+    def close(self, clean: bool = True) -> None:
+        """Stop: wait up to ``close_timeout_s`` for messages in flight, publish ``stopped`` (``clean``)
+        or ``offline``, disconnect. What was not acknowledged stays in the outbox for the next start."""
+        if self._closed:
+            return
+        self._clean_close = clean
+        if self._started:
+            self._closing.set()
+            self._wake.set()
+            self._sender.join(self.settings.close_timeout_s + 5.0)
+            self._client.disconnect()
+            stopper = threading.Thread(target=self._client.loop_stop, name="mqtt-stop", daemon=True)
+            stopper.start()
+            # Bounded: paho's thread may sit in a connect attempt; it is a daemon and ends on its own.
+            stopper.join(2.0)
+        self._closed = True
+        self._outbox.close()
+
+    # ---- storing ---------------------------------------------------------------------------------------
+
+    def _store(self, message: Message) -> None:
+        if self._closed:
+            raise RuntimeError("MQTT publisher is closed")
+        try:
+            self._outbox.put(message)
+        except Exception as exc:  # a full or failing disk must not stop the pipeline
+            with self._lock:
+                self._counters["store_failed"] += 1
+                first = self._counters["store_failed"] == 1
+            if first:
+                log.error("MQTT outbox %s cannot store messages (%s); they are lost", self._outbox.path, exc)
+            return
+        self._wake.set()
+
+    def _set_latest(self, topic: str, payload: bytes) -> None:
+        with self._lock:
+            self._latest[topic] = payload
+            self._latest_dirty.add(topic)
+        self._wake.set()
+
+    # ---- paho callbacks: only enqueue and wake ---------------------------------------------------------
+
+    def _on_connect(
+        self, client: mqtt.Client, userdata: Any, flags: Any, reason: ReasonCode, properties: Any
+    ) -> None:
+        max_packet = int(getattr(properties, "MaximumPacketSize", 0) or 0)
+        self._events.put(_Event("connected", reason=reason, max_packet=max_packet))
+        self._wake.set()
+
+    def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
+        error = self._client.last_socket_error
+        self._events.put(_Event("connect_failed", detail=_describe_exception(error)))
+        self._wake.set()
+
+    def _on_disconnect(
+        self, client: mqtt.Client, userdata: Any, flags: Any, reason: ReasonCode, properties: Any
+    ) -> None:
+        self._events.put(_Event("disconnected", reason=reason, detail=self._transport_error))
+        self._transport_error = ""
+        self._wake.set()
+
+    def _on_publish(
+        self, client: mqtt.Client, userdata: Any, mid: int, reason: ReasonCode, properties: Any
+    ) -> None:
+        self._events.put(_Event("ack", reason=reason, mid=mid))
+        self._wake.set()
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
+        if message.payload == ONLINE.encode():
+            self._events.put(_Event("ha_birth"))
+            self._wake.set()
+
+    def _on_log(self, client: mqtt.Client, userdata: Any, level: int, text: str) -> None:
+        if level == mqtt.MQTT_LOG_ERR:
+            self._transport_error = text
+            if text.startswith("Caught exception"):
+                log.error("MQTT: %s", text)
+
+    # ---- the sender thread -----------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        next_checkpoint = time.monotonic() + _CHECKPOINT_INTERVAL_S
+        while not self._closing.is_set():
+            self._wake.wait(_IDLE_WAIT_S)
+            self._wake.clear()
+            try:
+                self._handle_events()
+                if self._link_up and not self._closing.is_set():
+                    self._send_latest()
+                    self._fill_window()
+                if time.monotonic() >= next_checkpoint:
+                    next_checkpoint = time.monotonic() + _CHECKPOINT_INTERVAL_S
+                    self._outbox.enforce_bounds()
+                    self._outbox.checkpoint()
+            except Exception:  # the sender must outlive any single bad message or disk hiccup
+                log.exception("MQTT sender: unexpected error; continuing")
+                time.sleep(_IDLE_WAIT_S)
+        self._finish()
+
+    def _finish(self) -> None:
+        deadline = time.monotonic() + self.settings.close_timeout_s
+        try:
+            while self._link_up and self._outbox.inflight_count and time.monotonic() < deadline:
+                self._wait_and_handle(deadline)
+            if self._link_up:
+                status = STOPPED if self._clean_close else OFFLINE
+                info = self._client.publish(self.topics.status, status, qos=1, retain=True)
+                self._status_mid = info.mid
+                while self._link_up and self._status_mid is not None and time.monotonic() < deadline:
+                    self._wait_and_handle(deadline)
+            self._outbox.checkpoint()
+        except Exception:
+            log.exception("MQTT sender: error while closing")
+        left = len(self._outbox)
+        if left:
+            log.info("MQTT: %d message(s) stay in the outbox for the next start", left)
+
+    def _wait_and_handle(self, deadline: float) -> None:
+        self._wake.wait(max(0.0, min(0.1, deadline - time.monotonic())))
+        self._wake.clear()
+        self._handle_events()
+
+    def _handle_events(self) -> None:
+        acked: list[int] = []
+        while True:
+            try:
+                event = self._events.get_nowait()
+            except queue.Empty:
+                break
+            if event.kind == "ack":
+                seq = self._mids.pop(event.mid, None)
+                if seq is None:
+                    if event.mid == self._status_mid:
+                        self._status_mid = None
+                elif event.reason is not None and event.reason.is_failure:
+                    self._refused(seq, event.reason)
+                else:
+                    acked.append(seq)
+            elif event.kind == "connected":
+                self._max_packet = event.max_packet
+                self._connected(event.reason)
+            elif event.kind == "disconnected":
+                self._disconnected(event.reason, event.detail)
+            elif event.kind == "connect_failed":
+                self._report_problem(*self._explain_socket_failure(event.detail))
+            elif event.kind == "ha_birth":
+                self._publish_discovery()
+        if acked:
+            self._acknowledged(acked)
+
+    def _acknowledged(self, seqs: list[int]) -> None:
+        done = self._outbox.ack(seqs)
+        with self._lock:
+            self._counters["acked"] += len(done)
+        if self.on_frame_synced is None:
+            return
+        for item in done:
+            if item.message.klass == MessageClass.FRAME and item.message.frame_id:
+                try:
+                    self.on_frame_synced(item.message.frame_id)
+                except Exception:
+                    log.exception("MQTT: on_frame_synced(%r) failed", item.message.frame_id)
+
+    def _refused(self, seq: int, reason: ReasonCode) -> None:
+        item = self._outbox.refuse(seq)
+        with self._lock:
+            self._counters["refused"] += 1
+        if item is not None and reason.value not in self._refusal_logged:
+            self._refusal_logged.add(reason.value)
+            hint = ""
+            if reason.value == 0x87:
+                hint = (
+                    f"; the broker's ACL must let user {self.settings.username!r} write "
+                    f"{self.topics.base}/# (e.g. `pattern write {self.settings.topic_prefix}/%u/#` with "
+                    f"device_id equal to the user name)"
+                )
+            log.error(
+                "MQTT broker refused a message on %s: %s (reason code %d)%s; such messages are dropped and "
+                "counted as 'refused' (logged once per reason)",
+                item.message.topic,
+                reason.getName(),
+                reason.value,
+                hint,
+            )
+
+    def _connected(self, reason: ReasonCode | None) -> None:
+        if reason is not None and reason.is_failure:
+            self._report_problem(*self._explain_refusal(reason))
+            return
+        s = self.settings
+        with self._lock:
+            self._link_up = True
+            self._counters["connects"] += 1
+            self._last_error = None
+        self._problems_logged.clear()
+        log.info(
+            "MQTT: %s %s:%d (outbox: %d waiting)",
+            "reconnected to" if self._ever_connected else "connected to",
+            s.host,
+            s.effective_port,
+            len(self._outbox),
+        )
+        self._ever_connected = True
+        self._client.publish(self.topics.status, ONLINE, qos=1, retain=True)
+        with self._lock:
+            self._latest_dirty.update(self._latest)
+        if s.home_assistant.enabled:
+            self._client.subscribe(homeassistant.birth_topic(s), qos=1)
+            self._publish_discovery()
+
+    def _disconnected(self, reason: ReasonCode | None, transport_error: str) -> None:
+        if not self._link_up:
+            # The attempt failed before CONNACK: a TLS alert from the broker, or a refusal.
+            if transport_error:
+                self._report_problem(*self._explain_socket_failure(transport_error))
+            return
+        with self._lock:
+            self._link_up = False
+        if self._closing.is_set():
+            return
+        why = transport_error or (reason.getName() if reason is not None else "unknown reason")
+        with self._lock:
+            self._last_error = f"connection lost: {why}"
+        log.warning(
+            "MQTT: connection to %s:%d lost (%s); reconnecting with backoff up to %g s, messages wait in "
+            "the outbox",
+            self.settings.host,
+            self.settings.effective_port,
+            why,
+            self.settings.reconnect_max_s,
+        )
+
+    def _report_problem(self, key: str, level: int, message: str) -> None:
+        """Log a connection problem once (again only after a successful connection); retries repeat it
+        at debug level only. ``stats()["last_error"]`` always holds the latest."""
+        with self._lock:
+            self._last_error = message
+        if key not in self._problems_logged:
+            self._problems_logged.add(key)
+            log.log(level, "%s", message)
+        else:
+            log.debug("%s", message)
+
+    def _explain_refusal(self, reason: ReasonCode) -> tuple[str, int, str]:
+        s = self.settings
+        hints = {
+            0x86: "check mqtt.username and the password (mqtt.password_env or mqtt.password_file)",
+            # Mosquitto answers a wrong password with 0x87 too.
+            0x87: "check mqtt.username and the password (mqtt.password_env or mqtt.password_file), and that "
+            "the broker allows this user, client id or certificate",
+            0x85: f"the broker rejected client id {s.effective_client_id!r}; set mqtt.client_id",
+            0x8C: "the broker wants another authentication method",
+            0x84: "the broker does not speak this MQTT version; try mqtt.protocol: '3.1.1'",
+            0x8A: "this client is banned by the broker",
+        }
+        hint = hints.get(reason.value, "see the broker's log")
+        message = (
+            f"MQTT broker {s.host}:{s.effective_port} refused the connection: {reason.getName()} "
+            f"(reason code {reason.value}); {hint}. Retrying with backoff; messages wait in the outbox."
+        )
+        return f"refused:{reason.value}", logging.ERROR, message
+
+    def _explain_socket_failure(self, detail: str) -> tuple[str, int, str]:
+        s = self.settings
+        detail = _clean_detail(detail)
+        where = f"{s.host}:{s.effective_port}"
+        low = detail.lower()
+        if "certificate verify failed" in low or "hostname mismatch" in low:
+            message = (
+                f"MQTT: TLS to {where} failed, the broker's certificate is not trusted: {detail}. "
+                f"mqtt.ca_file must be the CA that signed the broker's certificate, and mqtt.host a name "
+                f"(or IP) in that certificate."
+            )
+            return f"tls-verify:{detail}", logging.ERROR, message
+        if "certificate required" in low or ("handshake failure" in low and s.cert_file is None):
+            message = (
+                f"MQTT: the broker at {where} requires a client certificate ({detail}); set mqtt.cert_file "
+                f"and mqtt.key_file to a certificate signed by the CA the broker trusts."
+            )
+            return f"tls-client-cert:{detail}", logging.ERROR, message
+        if "unknown ca" in low or "bad certificate" in low or "certificate unknown" in low:
+            message = (
+                f"MQTT: the broker at {where} rejected our client certificate ({detail}); mqtt.cert_file "
+                f"must be signed by a CA in the broker's cafile."
+            )
+            return f"tls-client-cert:{detail}", logging.ERROR, message
+        if "wrong version number" in low or "ssl" in low or "tls" in low:
+            hint = (
+                "is the port a TLS listener?"
+                if s.use_tls
+                else "the port may expect TLS: set mqtt.tls / ca_file"
+            )
+            message = f"MQTT: TLS with {where} failed ({detail}); {hint}"
+            return f"tls:{detail}", logging.ERROR, message
+        message = (
+            f"MQTT broker {where} is not reachable ({detail or 'connection failed'}); retrying with backoff "
+            f"up to {s.reconnect_max_s:g} s, messages wait in the outbox."
+        )
+        return f"unreachable:{detail}", logging.WARNING, message
+
+    def _publish_discovery(self) -> None:
+        if not (self._link_up and self.settings.home_assistant.enabled):
+            return
+        for topic, payload in homeassistant.discovery_messages(self.settings, self.topics):
+            self._client.publish(topic, payload, qos=1, retain=True)
+
+    def _send_latest(self) -> None:
+        with self._lock:
+            pending = [(t, self._latest[t]) for t in self._latest_dirty]
+            self._latest_dirty.clear()
+        for topic, payload in pending:
+            props = None
+            if self._v5 and topic == self.topics.stats:
+                props = Properties(PacketTypes.PUBLISH)
+                props.ContentType = JSON_TYPE
+            self._client.publish(topic, payload, qos=1, retain=True, properties=props)
+
+    def _fill_window(self) -> None:
+        room = self.settings.outbox.inflight_max - self._outbox.inflight_count
+        if room <= 0:
+            return
+        now = time.time()
+        for item in self._outbox.take(room):
+            if self._max_packet and item.message.size + _PACKET_OVERHEAD > self._max_packet:
+                # Sending it would only get us disconnected, again and again.
+                log.error(
+                    "MQTT: %s is %d bytes, over the broker's maximum packet size (%d); dropped. Lower "
+                    "mqtt.frame_max_width_px / frame_jpeg_quality or raise the broker's max_packet_size",
+                    item.message.topic,
+                    item.message.size,
+                    self._max_packet,
+                )
+                self._outbox.refuse(item.seq)
+                continue
+            try:
+                info = self._client.publish(
+                    item.message.topic,
+                    item.message.payload,
+                    qos=item.message.qos,
+                    retain=item.message.retain,
+                    properties=self._properties(item, now),
+                )
+            except ValueError as exc:  # e.g. a payload over MQTT's 256 MB limit
+                log.error("MQTT: cannot publish %s (%s); dropped", item.message.topic, exc)
+                self._outbox.refuse(item.seq)
+                continue
+            if item.message.qos == 0:
+                self._outbox.ack([item.seq])
+            else:
+                self._mids[info.mid] = item.seq
+            with self._lock:
+                self._counters["sent"] += 1
+
+    def _properties(self, item: StoredMessage, now: float) -> Properties | None:
+        if not self._v5:
+            return None
+        message = item.message
+        props = Properties(PacketTypes.PUBLISH)
+        if message.content_type:
+            props.ContentType = message.content_type
+            if message.content_type == JSON_TYPE:
+                props.PayloadFormatIndicator = 1
+        for key, value in message.user_properties:
+            props.UserProperty = (key, value)
+        expiry = item.remaining_expiry_s(now)
+        if expiry is not None:
+            props.MessageExpiryInterval = expiry
+        return props
+
+
+_SSL_DETAIL = re.compile(r"\[SSL: [A-Z0-9_]+\] ([^(]+?)\s*(\(_ssl\.c:\d+\))?$")
+
+
+def _clean_detail(text: str) -> str:
+    """``failed to receive on socket: [SSL: X] tlsv13 alert ... (_ssl.c:2580)`` -> ``tlsv13 alert ...``."""
+    match = _SSL_DETAIL.search(text)
+    return match.group(1) if match else text
+
+
+def _describe_exception(error: BaseException | None) -> str:
+    if error is None:
+        return ""
+    if isinstance(error, ssl.SSLCertVerificationError):
+        return f"certificate verify failed: {error.verify_message}"
+    if isinstance(error, ssl.SSLError):
+        return str(error.reason or error).replace("_", " ").lower() if error.reason else str(error)
+    if isinstance(error, OSError) and error.strerror:
+        return error.strerror
+    return str(error) or type(error).__name__

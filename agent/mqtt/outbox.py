@@ -1,0 +1,501 @@
+"""The outbox: QoS 1 messages wait on disk until the broker acknowledges them.
+
+paho keeps unsent messages only in memory; this table is ours. A message is committed
+here *before* it is handed to paho and deleted only when its PUBACK arrives, so broker
+outages, network loss and agent restarts (SIGKILL included) lose nothing: on start-up
+and on reconnect the sender drains the table again.
+
+Storage: one SQLite file in WAL mode with ``synchronous=NORMAL``. Why not ``FULL``:
+
+- A commit in WAL/NORMAL is a ``write()`` into the WAL file, i.e. into the kernel's page
+  cache. A killed process (SIGKILL, OOM, crash) loses nothing that was committed, because
+  the kernel still writes those pages out.
+- On *power loss* the database stays consistent (the WAL is checksummed and a torn tail is
+  ignored), but commits since the WAL was last synced can be lost. ``FULL`` would fsync on
+  every commit: several milliseconds per message on an SD card, once per detection
+  message of every frame, wearing the card and competing with inference. Instead the
+  sender calls ``checkpoint()`` every couple of seconds, which syncs the WAL; that bounds
+  what power loss can take to the last ~2 s of messages, produced from frames that were
+  themselves only in RAM. Acknowledged rows whose deletion is lost come back and are sent
+  again: a duplicate with the same frame id, which consumers de-duplicate.
+
+Sending order: alerts first (oldest first), then every other message in the order it was
+stored. In-flight messages (sent, not yet acknowledged) are at most ``inflight_max``.
+
+Bounds (every drop is counted by reason and class, see ``Outbox.stats``):
+
+- ``expired``: a message past its own expiry (frames: ``frame_expiry_s``) is never sent.
+- ``age``: anything older than ``max_age_s`` is dropped, whatever its class.
+- ``size``: while the stored payload bytes exceed ``max_bytes``, the oldest message of the
+  lowest class goes: frames first, then annotations, then detections, and alerts last.
+- ``refused``: the broker answered the PUBACK with an error reason code (e.g. 0x87 not
+  authorised): sending it again cannot succeed.
+
+Messages in flight are never dropped by the bounds (their PUBACK may be on its way).
+Times for age and expiry are wall-clock seconds (they must survive restarts).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from enum import IntEnum
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+_SCHEMA_VERSION = 1
+_SWEEP_INTERVAL_S = 5.0
+_DROP_LOG_INTERVAL_S = 60.0
+
+
+class MessageClass(IntEnum):
+    """Priority class: lower values are sent first and dropped last."""
+
+    ALERT = 0
+    DETECTION = 1
+    ANNOTATION = 2
+    FRAME = 3
+
+    @property
+    def label(self) -> str:
+        """Lower-case name used in stats (``alert``, ``detection``, ``annotation``, ``frame``)."""
+        return self.name.lower()
+
+
+# Order in which the size bound evicts: frames give way first, alerts last.
+EVICTION_ORDER = (MessageClass.FRAME, MessageClass.ANNOTATION, MessageClass.DETECTION, MessageClass.ALERT)
+DROP_REASONS = ("expired", "age", "size", "refused")
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One message to publish. ``expiry_s`` is the MQTT 5 message expiry (None: none);
+    ``frame_id`` ties it to a frame (reported when the broker acknowledges a frame)."""
+
+    topic: str
+    payload: bytes
+    klass: MessageClass
+    qos: int = 1
+    retain: bool = False
+    content_type: str | None = None
+    user_properties: tuple[tuple[str, str], ...] = ()
+    expiry_s: int | None = None
+    frame_id: str | None = None
+
+    @property
+    def size(self) -> int:
+        """Bytes counted against the outbox bound: payload plus topic."""
+        return len(self.payload) + len(self.topic)
+
+
+@dataclass(frozen=True, slots=True)
+class StoredMessage:
+    """A message as stored: ``seq`` (sending order), wall-clock ``created`` and ``expires`` (s)."""
+
+    seq: int
+    message: Message
+    created: float
+    expires: float | None
+
+    def remaining_expiry_s(self, now: float) -> int | None:
+        """Whole seconds left before expiry (at least 1), or None without expiry."""
+        if self.expires is None:
+            return None
+        return max(1, int(self.expires - now))
+
+
+class Outbox:
+    """A durable, bounded FIFO of ``Message`` in one SQLite file; safe to share between threads."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        max_bytes: int,
+        max_age_s: float,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.path = Path(path)
+        self.max_bytes = int(max_bytes)
+        self.max_age_s = float(max_age_s)
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._inflight: dict[int, StoredMessage] = {}
+        self._count = dict.fromkeys(MessageClass, 0)
+        self._bytes = dict.fromkeys(MessageClass, 0)
+        self._dropped: dict[str, dict[str, int]] = {
+            r: {c.label: 0 for c in MessageClass} for r in DROP_REASONS
+        }
+        self._stored_total = 0
+        self._dirty = False
+        self._last_sweep = 0.0
+        self._last_drop_log: dict[str, float] = {}
+        self._db = self._open()
+        self._load_totals()
+
+    # ---- lifecycle -------------------------------------------------------------------------------------
+
+    def _open(self) -> sqlite3.Connection:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            return self._connect()
+        except sqlite3.DatabaseError as exc:
+            # A damaged file must not stop the agent from doing its main job: keep it for
+            # inspection and start an empty outbox.
+            aside = self.path.with_name(f"{self.path.name}.corrupt-{int(self._clock())}")
+            log.error(
+                "MQTT outbox %s is unreadable (%s); moved it to %s and started empty", self.path, exc, aside
+            )
+            for suffix in ("", "-wal", "-shm"):
+                src = Path(f"{self.path}{suffix}")
+                if src.exists():
+                    src.replace(Path(f"{aside}{suffix}"))
+            return self._connect()
+
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30.0)
+        try:
+            db.execute("PRAGMA auto_vacuum = INCREMENTAL")  # effective only when the file is new
+            mode = db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                log.warning("MQTT outbox %s: WAL mode unavailable (journal_mode=%s)", self.path, mode)
+            db.execute("PRAGMA synchronous = NORMAL")
+            db.execute("PRAGMA journal_size_limit = 16777216")
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+            if version not in (0, _SCHEMA_VERSION):
+                raise sqlite3.DatabaseError(f"schema version {version}, expected {_SCHEMA_VERSION}")
+            db.executescript(
+                """
+                CREATE TABLE IF NOT EXISTS messages (
+                    seq INTEGER PRIMARY KEY,
+                    topic TEXT NOT NULL,
+                    payload BLOB NOT NULL,
+                    qos INTEGER NOT NULL,
+                    retain INTEGER NOT NULL,
+                    klass INTEGER NOT NULL,
+                    content_type TEXT,
+                    user_properties TEXT,
+                    expiry_s INTEGER,
+                    frame_id TEXT,
+                    created REAL NOT NULL,
+                    expires REAL,
+                    size INTEGER NOT NULL
+                );
+                CREATE INDEX IF NOT EXISTS messages_klass_seq ON messages (klass, seq);
+                CREATE INDEX IF NOT EXISTS messages_created ON messages (created);
+                CREATE INDEX IF NOT EXISTS messages_expires ON messages (expires) WHERE expires IS NOT NULL;
+                """
+            )
+            db.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
+        except BaseException:
+            db.close()
+            raise
+        return db
+
+    def _load_totals(self) -> None:
+        rows = self._db.execute("SELECT klass, COUNT(*), COALESCE(SUM(size), 0) FROM messages GROUP BY klass")
+        for klass, count, size in rows:
+            if klass in MessageClass._value2member_map_:
+                self._count[MessageClass(klass)] = int(count)
+                self._bytes[MessageClass(klass)] = int(size)
+
+    def close(self) -> None:
+        """Checkpoint and close the file; messages not yet acknowledged stay for the next start."""
+        with self._lock:
+            self._inflight.clear()
+            try:
+                self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            except sqlite3.Error as exc:
+                log.debug("MQTT outbox checkpoint on close failed: %s", exc)
+            self._db.close()
+
+    # ---- producing -------------------------------------------------------------------------------------
+
+    def put(self, message: Message) -> int:
+        """Store ``message`` durably (committed before this returns) and return its sequence number.
+
+        May drop older messages (or this one) to respect the size bound.
+        """
+        now = self._clock()
+        expires = now + message.expiry_s if message.expiry_s else None
+        with self._lock:
+            cur = self._db.execute(
+                "INSERT INTO messages (topic, payload, qos, retain, klass, content_type, user_properties,"
+                " expiry_s, frame_id, created, expires, size) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    message.topic,
+                    message.payload,
+                    message.qos,
+                    int(message.retain),
+                    int(message.klass),
+                    message.content_type,
+                    json.dumps(message.user_properties) if message.user_properties else None,
+                    message.expiry_s,
+                    message.frame_id,
+                    now,
+                    expires,
+                    message.size,
+                ),
+            )
+            seq = int(cur.lastrowid or 0)
+            self._count[message.klass] += 1
+            self._bytes[message.klass] += message.size
+            self._stored_total += 1
+            self._dirty = True
+            if self.total_bytes > self.max_bytes:
+                self._evict_for_size()
+        return seq
+
+    # ---- sending ---------------------------------------------------------------------------------------
+
+    def take(self, limit: int) -> list[StoredMessage]:
+        """Up to ``limit`` messages to send next (alerts first, then in stored order), now marked in
+        flight. Stale messages are dropped first."""
+        if limit <= 0:
+            return []
+        now = self._clock()
+        with self._lock:
+            if now - self._last_sweep >= _SWEEP_INTERVAL_S:
+                self._drop_stale(now)
+            exclude = list(self._inflight)
+            marks = ",".join("?" * len(exclude))
+            not_inflight = f"AND seq NOT IN ({marks})" if exclude else ""
+            fresh = "AND (expires IS NULL OR expires > ?)"
+            picked: list[StoredMessage] = []
+            for where in ("klass = 0", "klass > 0"):
+                room = limit - len(picked)
+                if room <= 0:
+                    break
+                rows = self._db.execute(
+                    f"SELECT {_COLUMNS} FROM messages"
+                    f" WHERE {where} {not_inflight} {fresh} ORDER BY seq LIMIT ?",
+                    (*exclude, now, room),
+                ).fetchall()
+                picked.extend(_row_to_stored(row) for row in rows)
+            for item in picked:
+                self._inflight[item.seq] = item
+            return picked
+
+    def ack(self, seqs: Iterable[int]) -> list[StoredMessage]:
+        """The broker acknowledged these: delete them (one transaction). Returns the in-flight records
+        that were deleted (unknown sequence numbers are ignored)."""
+        done: list[StoredMessage] = []
+        with self._lock:
+            items = [self._inflight.pop(s) for s in seqs if s in self._inflight]
+            if not items:
+                return done
+            self._db.execute("BEGIN")
+            try:
+                for item in items:
+                    cur = self._db.execute("DELETE FROM messages WHERE seq = ?", (item.seq,))
+                    if cur.rowcount:
+                        self._forget(item.message.klass, item.message.size)
+                        done.append(item)
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._dirty = True
+        return done
+
+    def refuse(self, seq: int) -> StoredMessage | None:
+        """The broker refused this message (PUBACK error code): drop it, counted as ``refused``."""
+        with self._lock:
+            item = self._inflight.pop(seq, None)
+            if item is None:
+                return None
+            cur = self._db.execute("DELETE FROM messages WHERE seq = ?", (seq,))
+            if cur.rowcount:
+                self._forget(item.message.klass, item.message.size)
+                self._count_drop("refused", item.message.klass, 1)
+            self._dirty = True
+        return item
+
+    def release(self, seqs: Iterable[int] | None = None) -> None:
+        """No longer in flight (all when ``seqs`` is None): they will be taken again."""
+        with self._lock:
+            if seqs is None:
+                self._inflight.clear()
+            else:
+                for seq in seqs:
+                    self._inflight.pop(seq, None)
+
+    # ---- bounds ----------------------------------------------------------------------------------------
+
+    def enforce_bounds(self) -> None:
+        """Drop expired and too old messages now, then apply the size bound."""
+        with self._lock:
+            self._drop_stale(self._clock())
+            if self.total_bytes > self.max_bytes:
+                self._evict_for_size()
+
+    def _drop_stale(self, now: float) -> None:
+        self._last_sweep = now
+        self._drop_where("expired", "expires IS NOT NULL AND expires <= ?", (now,))
+        self._drop_where("age", "created < ?", (now - self.max_age_s,))
+
+    def _drop_where(self, reason: str, where: str, params: tuple[Any, ...]) -> None:
+        exclude = list(self._inflight)
+        not_inflight = f" AND seq NOT IN ({','.join('?' * len(exclude))})" if exclude else ""
+        rows = self._db.execute(
+            f"SELECT klass, COUNT(*), COALESCE(SUM(size), 0) FROM messages WHERE {where}{not_inflight}"
+            f" GROUP BY klass",
+            (*params, *exclude),
+        ).fetchall()
+        if not rows:
+            return
+        self._db.execute(f"DELETE FROM messages WHERE {where}{not_inflight}", (*params, *exclude))
+        for klass, count, size in rows:
+            self._count[MessageClass(klass)] -= int(count)
+            self._bytes[MessageClass(klass)] -= int(size)
+            self._count_drop(reason, MessageClass(klass), int(count))
+        self._dirty = True
+
+    def _evict_for_size(self) -> None:
+        exclude = set(self._inflight)
+        for klass in EVICTION_ORDER:
+            while self.total_bytes > self.max_bytes and self._count[klass] > 0:
+                rows = self._db.execute(
+                    "SELECT seq, size FROM messages WHERE klass = ? ORDER BY seq LIMIT 256", (int(klass),)
+                ).fetchall()
+                victims: list[int] = []
+                freed = 0
+                for seq, size in rows:
+                    if seq in exclude:
+                        continue
+                    victims.append(seq)
+                    freed += size
+                    if self.total_bytes - freed <= self.max_bytes:
+                        break
+                if not victims:
+                    break
+                self._db.execute("BEGIN")
+                try:
+                    self._db.executemany("DELETE FROM messages WHERE seq = ?", [(s,) for s in victims])
+                    self._db.execute("COMMIT")
+                except BaseException:
+                    self._db.execute("ROLLBACK")
+                    raise
+                self._count[klass] -= len(victims)
+                self._bytes[klass] -= freed
+                self._count_drop("size", klass, len(victims))
+                self._dirty = True
+            if self.total_bytes <= self.max_bytes:
+                return
+
+    def _forget(self, klass: MessageClass, size: int) -> None:
+        self._count[klass] -= 1
+        self._bytes[klass] -= size
+
+    def _count_drop(self, reason: str, klass: MessageClass, count: int) -> None:
+        self._dropped[reason][klass.label] += count
+        if reason == "refused":
+            return  # the sender logs refusals with the broker's reason code
+        now = time.monotonic()
+        if now - self._last_drop_log.get(reason, -_DROP_LOG_INTERVAL_S) >= _DROP_LOG_INTERVAL_S:
+            self._last_drop_log[reason] = now
+            log.warning(
+                "MQTT outbox dropped %d %s message(s): %s (further drops are counted in stats, logged "
+                "at most once a minute)",
+                count,
+                klass.label,
+                _REASON_TEXT[reason],
+            )
+
+    # ---- maintenance and figures -----------------------------------------------------------------------
+
+    def checkpoint(self) -> None:
+        """Sync the WAL and copy it into the database (bounds what power loss can take); returns quickly
+        when nothing changed since the last call."""
+        with self._lock:
+            if not self._dirty:
+                return
+            self._dirty = False
+            try:
+                self._db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                free = self._db.execute("PRAGMA freelist_count").fetchone()[0]
+                if free > 2048:
+                    self._db.execute(f"PRAGMA incremental_vacuum({int(free)})")
+            except sqlite3.Error as exc:
+                log.debug("MQTT outbox checkpoint failed: %s", exc)
+
+    @property
+    def total_bytes(self) -> int:
+        """Bytes stored (payload plus topic) over all classes."""
+        return sum(self._bytes.values())
+
+    def __len__(self) -> int:
+        return sum(self._count.values())
+
+    @property
+    def inflight_count(self) -> int:
+        """Messages taken and not yet acknowledged, refused or released."""
+        return len(self._inflight)
+
+    def stats(self) -> dict[str, Any]:
+        """Counts for the stats topic: ``messages``, ``bytes``, ``by_class`` (messages), ``inflight``,
+        ``stored`` (since start), ``dropped`` (reason -> class -> count), ``dropped_total`` and
+        ``oldest_age_s`` (None when empty)."""
+        with self._lock:
+            row = self._db.execute("SELECT MIN(created) FROM messages").fetchone()
+            oldest = row[0] if row else None
+            dropped = {reason: dict(classes) for reason, classes in self._dropped.items()}
+            return {
+                "messages": len(self),
+                "bytes": self.total_bytes,
+                "by_class": {c.label: self._count[c] for c in MessageClass},
+                "inflight": len(self._inflight),
+                "stored": self._stored_total,
+                "dropped": dropped,
+                "dropped_total": sum(sum(v.values()) for v in dropped.values()),
+                "oldest_age_s": None if oldest is None else round(max(0.0, self._clock() - oldest), 1),
+            }
+
+
+_COLUMNS = (
+    "seq, topic, payload, qos, retain, klass, content_type, user_properties, "
+    "expiry_s, frame_id, created, expires"
+)
+
+_REASON_TEXT = {
+    "expired": "past their message expiry",
+    "age": "older than outbox.max_age_h",
+    "size": "outbox over outbox.max_mb (frames go first, then annotations, detections, alerts)",
+}
+
+
+def _row_to_stored(row: tuple[Any, ...]) -> StoredMessage:
+    (
+        seq,
+        topic,
+        payload,
+        qos,
+        retain,
+        klass,
+        content_type,
+        user_props,
+        expiry_s,
+        frame_id,
+        created,
+        expires,
+    ) = row
+    props = tuple((str(k), str(v)) for k, v in json.loads(user_props)) if user_props else ()
+    message = Message(
+        topic=topic,
+        payload=bytes(payload),
+        klass=MessageClass(klass),
+        qos=int(qos),
+        retain=bool(retain),
+        content_type=content_type,
+        user_properties=props,
+        expiry_s=expiry_s,
+        frame_id=frame_id,
+    )
+    return StoredMessage(seq=int(seq), message=message, created=float(created), expires=expires)

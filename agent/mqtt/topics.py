@@ -1,0 +1,297 @@
+"""Topic names and message payloads: what the agent publishes, byte for byte.
+
+All topics live under ``<prefix>/<device_id>/`` so a broker ACL (``pattern write <prefix>/%u/#``)
+or the TLS certificate's CN keeps devices apart:
+
+- ``status``: ``online`` / ``offline`` (last will) / ``stopped``, retained.
+- ``detections``: JSON per processed frame, QoS 1, through the outbox.
+- ``frames/<frame_id>``: JPEG bytes, QoS 1, outbox, MQTT 5 content type, user properties and expiry.
+- ``annotations/<frame_id>``: the VoTT asset JSON plus scores given by the caller, QoS 1, outbox.
+- ``alerts``: JSON, QoS 1, outbox (sent before anything else waiting).
+- ``stats``: JSON, retained, latest value only. ``failure``: ``ON``/``OFF``, retained.
+- ``image``: the latest kept frame with its boxes drawn (JPEG), retained, for Home Assistant.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import cv2
+import numpy as np
+from numpy.typing import NDArray
+
+from agent.frames import Frame, FrameResult, utc_iso
+from agent.mqtt.outbox import Message, MessageClass
+
+ONLINE = "online"
+OFFLINE = "offline"
+STOPPED = "stopped"
+JSON_TYPE = "application/json"
+JPEG_TYPE = "image/jpeg"
+
+
+@dataclass(frozen=True, slots=True)
+class Topics:
+    """The topic names of one device."""
+
+    prefix: str
+    device_id: str
+
+    @property
+    def base(self) -> str:
+        """``<prefix>/<device_id>``."""
+        return f"{self.prefix}/{self.device_id}"
+
+    @property
+    def status(self) -> str:
+        """Availability: ``online`` / ``offline`` / ``stopped`` (retained)."""
+        return f"{self.base}/status"
+
+    @property
+    def detections(self) -> str:
+        """One JSON message per processed frame."""
+        return f"{self.base}/detections"
+
+    @property
+    def alerts(self) -> str:
+        """Alert events (JSON)."""
+        return f"{self.base}/alerts"
+
+    @property
+    def stats(self) -> str:
+        """Latest pipeline and MQTT statistics (retained JSON)."""
+        return f"{self.base}/stats"
+
+    @property
+    def failure(self) -> str:
+        """Latest failure state ``ON`` / ``OFF`` (retained), the Home Assistant binary sensor."""
+        return f"{self.base}/failure"
+
+    @property
+    def image(self) -> str:
+        """Latest kept frame with boxes drawn (retained JPEG), the Home Assistant image."""
+        return f"{self.base}/image"
+
+    def frame(self, frame_id: str) -> str:
+        """The JPEG of one kept frame."""
+        return f"{self.base}/frames/{frame_id}"
+
+    def annotation(self, frame_id: str) -> str:
+        """The VoTT asset JSON (plus scores) of one kept frame."""
+        return f"{self.base}/annotations/{frame_id}"
+
+
+def json_bytes(obj: Any) -> bytes:
+    """Compact UTF-8 JSON; numpy scalars and arrays become plain numbers and lists."""
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False, default=_json_default).encode("utf-8")
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def detections_payload(result: FrameResult, device_id: str) -> dict[str, Any]:
+    """The ``detections`` JSON for one processed frame (boxes in pixels and normalised to [0, 1])."""
+    frame = result.frame
+    dets = result.detections
+    return {
+        "frame_id": frame.frame_id,
+        "device_id": device_id,
+        "timestamp": utc_iso(frame.timestamp),
+        "source": frame.source_id,
+        "sequence": frame.sequence,
+        "model": result.model,
+        "runtime": result.runtime,
+        "inference_ms": round(float(result.inference_ms), 2),
+        "width": frame.width,
+        "height": frame.height,
+        "skipped_inference": result.skipped_inference,
+        "kept": result.keep,
+        "top_score": round(dets.top_score, 5),
+        "detections": dets.to_records(frame.width, frame.height),
+    }
+
+
+def detections_message(topics: Topics, result: FrameResult) -> Message:
+    """The outbox message carrying ``detections_payload``."""
+    frame_id = result.frame.frame_id
+    return Message(
+        topic=topics.detections,
+        payload=json_bytes(detections_payload(result, topics.device_id)),
+        klass=MessageClass.DETECTION,
+        content_type=JSON_TYPE,
+        user_properties=(("frame_id", frame_id),),
+        frame_id=frame_id,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class EncodedFrame:
+    """A frame as published: JPEG bytes, their size in pixels and the scale from the original."""
+
+    jpeg: bytes
+    width: int
+    height: int
+    scale: float
+
+
+def encode_frame(frame: Frame, max_width_px: int, quality: int) -> EncodedFrame:
+    """The frame as JPEG no wider than ``max_width_px`` (0: any width).
+
+    The source's own JPEG bytes pass through untouched when no resize is needed (no
+    re-encoding cost, no quality loss); otherwise the image is resized with area
+    interpolation and encoded at ``quality`` (1-100).
+    """
+    if frame.encoded and frame.encoded_format.lower() in ("jpg", "jpeg") and _fits(frame, max_width_px):
+        return EncodedFrame(frame.encoded, frame.width, frame.height, 1.0)
+    image, scale = _fit_width(frame.image, max_width_px)
+    ok, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
+    if not ok:
+        raise ValueError(f"OpenCV could not encode frame {frame.frame_id} as JPEG")
+    return EncodedFrame(buf.tobytes(), int(image.shape[1]), int(image.shape[0]), scale)
+
+
+def _fits(frame: Frame, max_width_px: int) -> bool:
+    return max_width_px <= 0 or frame.width <= max_width_px
+
+
+def _fit_width(image: NDArray[Any], max_width_px: int) -> tuple[NDArray[Any], float]:
+    """``image`` resized (area interpolation) to ``max_width_px`` when wider, and the scale applied."""
+    height, width = image.shape[:2]
+    if max_width_px <= 0 or width <= max_width_px:
+        return image, 1.0
+    scale = max_width_px / width
+    size = (max_width_px, max(1, round(height * scale)))
+    return cv2.resize(image, size, interpolation=cv2.INTER_AREA), scale
+
+
+def frame_message(topics: Topics, frame: Frame, encoded: EncodedFrame, expiry_s: int) -> Message:
+    """The outbox message carrying one frame's JPEG; metadata in MQTT 5 user properties."""
+    frame_id = frame.frame_id
+    return Message(
+        topic=topics.frame(frame_id),
+        payload=encoded.jpeg,
+        klass=MessageClass.FRAME,
+        content_type=JPEG_TYPE,
+        user_properties=(
+            ("frame_id", frame_id),
+            ("device_id", topics.device_id),
+            ("source", frame.source_id),
+            ("name", frame.name),
+            ("timestamp", utc_iso(frame.timestamp)),
+            ("width", str(encoded.width)),
+            ("height", str(encoded.height)),
+            ("original_width", str(frame.width)),
+            ("original_height", str(frame.height)),
+        ),
+        expiry_s=expiry_s or None,
+        frame_id=frame_id,
+    )
+
+
+def annotation_message(topics: Topics, frame_id: str, annotation: Mapping[str, Any], scale: float) -> Message:
+    """The outbox message carrying a frame's annotation (VoTT asset JSON plus scores).
+
+    When the published JPEG was resized, the VoTT geometry is scaled by ``scale`` so that
+    frame and annotation agree; every other key is passed through as given.
+    """
+    body = scale_vott_asset(annotation, scale) if scale != 1.0 else annotation
+    return Message(
+        topic=topics.annotation(frame_id),
+        payload=json_bytes(body),
+        klass=MessageClass.ANNOTATION,
+        content_type=JSON_TYPE,
+        user_properties=(("frame_id", frame_id),),
+        frame_id=frame_id,
+    )
+
+
+def alert_message(topics: Topics, payload: Mapping[str, Any], now: float | None = None) -> Message:
+    """The outbox message carrying an alert; ``device_id`` and ``timestamp`` are added when absent."""
+    body = dict(payload)
+    body.setdefault("device_id", topics.device_id)
+    body.setdefault("timestamp", utc_iso(time.time() if now is None else now))
+    frame_id = body.get("frame_id")
+    return Message(
+        topic=topics.alerts,
+        payload=json_bytes(body),
+        klass=MessageClass.ALERT,
+        content_type=JSON_TYPE,
+        frame_id=frame_id if isinstance(frame_id, str) else None,
+    )
+
+
+def stats_payload(device_id: str, stats: Mapping[str, Any], mqtt_stats: Mapping[str, Any]) -> bytes:
+    """The retained ``stats`` JSON: the pipeline's figures plus ``mqtt`` (outbox and connection)."""
+    body = dict(stats)
+    body.setdefault("device_id", device_id)
+    body.setdefault("timestamp", utc_iso(time.time()))
+    body["mqtt"] = dict(mqtt_stats)
+    return json_bytes(body)
+
+
+def scale_vott_asset(asset: Mapping[str, Any], scale: float) -> dict[str, Any]:
+    """A copy of a VoTT 2.2.0 asset JSON for the image resized by ``scale``.
+
+    Scales ``asset.size`` and every region's ``boundingBox`` and ``points`` (pixels);
+    everything else is copied unchanged.
+    """
+    out = copy.deepcopy(dict(asset))
+    size = out.get("asset", {}).get("size") if isinstance(out.get("asset"), dict) else None
+    if isinstance(size, dict):
+        for key in ("width", "height"):
+            if isinstance(size.get(key), int | float):
+                size[key] = max(1, round(size[key] * scale))
+    for region in out.get("regions") or []:
+        if not isinstance(region, dict):
+            continue
+        box = region.get("boundingBox")
+        if isinstance(box, dict):
+            for key in ("left", "top", "width", "height"):
+                if isinstance(box.get(key), int | float):
+                    box[key] = round(box[key] * scale, 2)
+        for point in region.get("points") or []:
+            if isinstance(point, dict):
+                for key in ("x", "y"):
+                    if isinstance(point.get(key), int | float):
+                        point[key] = round(point[key] * scale, 2)
+    return out
+
+
+def annotated_jpeg(result: FrameResult, max_width_px: int, quality: int) -> bytes:
+    """The frame with its detections drawn (box, label, score), as JPEG no wider than ``max_width_px``."""
+    frame = result.frame
+    dets = result.detections
+    image, scale = _fit_width(frame.image, max_width_px)
+    if scale == 1.0:
+        image = image.copy()
+    thickness = max(1, round(image.shape[1] / 400))
+    boxes = np.round(dets.xyxy * scale).astype(np.int32).tolist()
+    names = dets.label_names()
+    scores = dets.score.tolist()
+    # One rectangle per detection: drawing is inherently per box, and this runs once per kept frame.
+    for (x1, y1, x2, y2), name, score in zip(boxes, names, scores, strict=True):
+        cv2.rectangle(image, (x1, y1), (x2, y2), (0, 0, 255), thickness)
+        cv2.putText(
+            image,
+            f"{name} {score:.2f}",
+            (x1, max(12, y1 - 4)),
+            cv2.FONT_HERSHEY_SIMPLEX,
+            0.4 * thickness,
+            (0, 0, 255),
+            thickness,
+            cv2.LINE_AA,
+        )
+    ok, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
+    if not ok:
+        raise ValueError(f"OpenCV could not encode frame {frame.frame_id} as JPEG")
+    return buf.tobytes()

@@ -1,0 +1,231 @@
+"""The on-disk outbox: order, durability (including SIGKILL), bounds and their counters.
+
+Real SQLite files in tmp; the clock is injected so age and expiry need no sleeping.
+The publisher-level tests point at a loopback port where nothing listens (no broker at all).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from agent.detections import Detections
+from agent.frames import Frame, FrameResult
+from agent.mqtt.client import MqttPublisher
+from agent.mqtt.outbox import Message, MessageClass, Outbox
+from agent.mqtt.settings import MqttSettings
+from tests.mosquitto import free_port
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+class Clock:
+    def __init__(self, now: float = 1_800_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def msg(klass: MessageClass, n: int, size: int = 100, expiry_s: int | None = None) -> Message:
+    return Message(
+        topic=f"t/{klass.label}/{n}", payload=bytes(size), klass=klass, expiry_s=expiry_s, frame_id=f"f{n}"
+    )
+
+
+def test_sends_alerts_first_then_in_stored_order_and_deletes_only_on_ack(tmp_path):
+    box = Outbox(tmp_path / "o.sqlite3", max_bytes=10**9, max_age_s=3600)
+    seqs = [box.put(msg(MessageClass.DETECTION, i)) for i in range(5)]
+    alert = box.put(msg(MessageClass.ALERT, 99))
+    first = box.take(3)
+    assert [m.seq for m in first] == [alert, seqs[0], seqs[1]]
+    second = box.take(10)
+    assert [m.seq for m in second] == seqs[2:], "in-flight messages are not taken twice"
+    box.ack([alert, seqs[0]])
+    assert len(box) == 4 and box.inflight_count == 4
+    box.close()
+
+    reopened = Outbox(tmp_path / "o.sqlite3", max_bytes=10**9, max_age_s=3600)
+    assert [m.seq for m in reopened.take(10)] == seqs[1:], "unacknowledged messages survive a restart"
+    assert reopened.take(10) == []
+    reopened.close()
+
+
+def test_size_bound_drops_frames_then_annotations_then_detections_and_alerts_last(tmp_path):
+    box = Outbox(tmp_path / "o.sqlite3", max_bytes=10_000, max_age_s=3600)
+    alerts = [box.put(msg(MessageClass.ALERT, i, 1000)) for i in range(2)]
+    dets = [box.put(msg(MessageClass.DETECTION, i, 1000)) for i in range(3)]
+    notes = [box.put(msg(MessageClass.ANNOTATION, i, 1000)) for i in range(2)]
+    frames = [box.put(msg(MessageClass.FRAME, i, 1000)) for i in range(2)]
+    assert box.stats()["dropped_total"] == 0
+
+    box.put(msg(MessageClass.DETECTION, 10, 1000))  # 10 messages of ~1 kB: over the bound
+    stats = box.stats()
+    assert stats["dropped"]["size"] == {"alert": 0, "detection": 0, "annotation": 0, "frame": 1}
+    assert box.total_bytes <= 10_000
+    remaining = {m.seq for m in box.take(100)}
+    assert frames[0] not in remaining and frames[1] in remaining, "the oldest frame goes first"
+
+    box.release()
+    for i in range(4):
+        box.put(msg(MessageClass.DETECTION, 20 + i, 1000))
+    stats = box.stats()
+    assert stats["dropped"]["size"]["frame"] == 2
+    assert stats["dropped"]["size"]["annotation"] == 2
+    assert stats["dropped"]["size"]["detection"] == 1
+    assert stats["dropped"]["size"]["alert"] == 0
+    remaining = {m.seq for m in box.take(100)}
+    assert set(alerts) <= remaining and dets[0] not in remaining and set(dets[1:]) <= remaining
+    assert not set(notes) & remaining
+    box.close()
+
+
+def test_in_flight_messages_are_never_dropped_by_the_bounds(tmp_path):
+    box = Outbox(tmp_path / "o.sqlite3", max_bytes=3_000, max_age_s=3600)
+    first = box.put(msg(MessageClass.FRAME, 0, 1000))
+    assert [m.seq for m in box.take(1)] == [first]
+    for i in range(1, 5):
+        box.put(msg(MessageClass.FRAME, i, 1000))
+    assert box.ack([first])[0].message.frame_id == "f0", "its PUBACK still finds it"
+    box.close()
+
+
+def test_age_and_expiry_drop_stale_messages_with_their_own_counters(tmp_path):
+    clock = Clock()
+    box = Outbox(tmp_path / "o.sqlite3", max_bytes=10**9, max_age_s=3600, clock=clock)
+    box.put(msg(MessageClass.ALERT, 0))
+    box.put(msg(MessageClass.FRAME, 1, expiry_s=60))
+    clock.now += 61
+    assert [m.message.klass for m in box.take(10)] == [MessageClass.ALERT], "an expired frame is never sent"
+    box.release()
+    box.enforce_bounds()
+    assert box.stats()["dropped"]["expired"]["frame"] == 1
+
+    fresh = box.put(msg(MessageClass.FRAME, 2, expiry_s=10_000))
+    clock.now += 3600
+    box.enforce_bounds()
+    stats = box.stats()
+    assert stats["dropped"]["age"]["alert"] == 1, "max age applies to every class"
+    assert stats["messages"] == 1 and stats["oldest_age_s"] == 3600.0
+    (item,) = box.take(1)
+    assert item.seq == fresh
+    assert item.remaining_expiry_s(clock.now) == 6400, "MQTT 5 expiry counts down while waiting"
+    box.close()
+
+
+def test_refused_messages_are_dropped_and_counted(tmp_path):
+    box = Outbox(tmp_path / "o.sqlite3", max_bytes=10**9, max_age_s=3600)
+    seq = box.put(msg(MessageClass.DETECTION, 0))
+    box.take(1)
+    assert box.refuse(seq) is not None
+    assert len(box) == 0 and box.stats()["dropped"]["refused"]["detection"] == 1
+    box.close()
+
+
+def test_an_unreadable_outbox_file_is_set_aside_and_a_new_one_started(tmp_path, caplog):
+    path = tmp_path / "o.sqlite3"
+    path.write_bytes(b"this is not a database" * 100)
+    box = Outbox(path, max_bytes=10**9, max_age_s=3600)
+    box.put(msg(MessageClass.DETECTION, 0))
+    assert len(box) == 1
+    box.close()
+    assert list(tmp_path.glob("o.sqlite3.corrupt-*"))
+    assert "unreadable" in caplog.text
+
+
+WRITER = r"""
+import sys
+from agent.mqtt.outbox import Message, MessageClass, Outbox
+box = Outbox(sys.argv[1], max_bytes=10**9, max_age_s=3600)
+i = 0
+while True:
+    box.put(Message(topic=f"t/{i}", payload=bytes(2000), klass=MessageClass.DETECTION, frame_id=str(i)))
+    print(i, flush=True)
+    i += 1
+"""
+
+
+def test_every_stored_message_survives_sigkill(tmp_path):
+    path = tmp_path / "o.sqlite3"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", WRITER, str(path)],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    assert proc.stdout is not None
+    confirmed = -1
+    for line in proc.stdout:
+        confirmed = int(line)
+        if confirmed >= 300:
+            break
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(10)
+    box = Outbox(path, max_bytes=10**9, max_age_s=3600)
+    ids = {int(m.message.frame_id or -1) for m in box.take(100_000)}
+    assert set(range(confirmed + 1)) <= ids, "a message reported stored was lost"
+    box.close()
+
+
+def _result(i: int, width: int = 320) -> FrameResult:
+    frame = Frame(np.full((240, width, 3), 80, np.uint8), "cam", i, time.time(), f"f{i:03d}")
+    dets = Detections.create([[10, 10, 60, 60]], [0.8], [0], ["spaghetti"])
+    return FrameResult(frame, dets, "m", "litert", 4.0)
+
+
+def _unreachable(tmp_path: Path, **kw) -> MqttSettings:
+    return MqttSettings(
+        enabled=True,
+        host="127.0.0.1",
+        port=free_port(),
+        device_id="lonely",
+        reconnect_min_s=0.2,
+        reconnect_max_s=0.5,
+        close_timeout_s=0.5,
+        outbox={"path": str(tmp_path / "outbox.sqlite3"), **kw},
+    )
+
+
+def test_with_no_broker_at_all_the_outbox_grows_and_stats_say_so(tmp_path, caplog):
+    publisher = MqttPublisher(_unreachable(tmp_path))
+    publisher.start()
+    for i in range(20):
+        publisher.publish_detections(_result(i))
+        publisher.publish_frame(_result(i), {"asset": {}, "regions": []})
+    time.sleep(1.5)  # several connection attempts
+    stats = publisher.stats()
+    publisher.close()
+    assert stats["connected"] is False
+    assert stats["outbox"]["messages"] == 60 and stats["outbox"]["by_class"]["frame"] == 20
+    assert stats["outbox"]["bytes"] > 0 and stats["sent"] == 0
+    assert "not reachable" in stats["last_error"] and "Connection refused" in stats["last_error"]
+    warnings = [r for r in caplog.records if "not reachable" in r.getMessage() and r.levelname == "WARNING"]
+    assert len(warnings) == 1, "the same connection problem is logged once"
+
+
+def test_publisher_size_bound_drops_frames_before_detections_and_alerts(tmp_path):
+    publisher = MqttPublisher(_unreachable(tmp_path, max_mb=0.2))
+    for i in range(40):
+        result = _result(i, width=640)
+        result.frame.image[:] = np.random.default_rng(i).integers(0, 255, result.frame.image.shape, np.uint8)
+        publisher.publish_detections(result)
+        publisher.publish_frame(result, {"asset": {}, "regions": []})
+    publisher.publish_alert({"level": "warn", "score": 0.9})
+    stats = publisher.stats()
+    publisher.close()
+    dropped = stats["outbox"]["dropped"]["size"]
+    assert dropped["frame"] > 0
+    assert dropped["detection"] == 0 and dropped["alert"] == 0
+    assert stats["outbox"]["by_class"] == {
+        "alert": 1,
+        "detection": 40,
+        "annotation": 40 - dropped["annotation"],
+        "frame": 40 - dropped["frame"],
+    }
+    assert stats["outbox"]["bytes"] <= 0.2 * 1024 * 1024

@@ -1,0 +1,198 @@
+"""MQTT settings validation and the payloads the agent publishes (no broker needed)."""
+
+from __future__ import annotations
+
+import json
+
+import cv2
+import numpy as np
+import pytest
+from pydantic import ValidationError
+
+from agent.detections import Detections
+from agent.errors import ConfigError
+from agent.frames import Frame, FrameResult, safe_name
+from agent.mqtt.client import build_tls_context
+from agent.mqtt.homeassistant import discovery_messages
+from agent.mqtt.outbox import MessageClass
+from agent.mqtt.settings import MqttSettings, default_device_id
+from agent.mqtt.topics import (
+    Topics,
+    annotated_jpeg,
+    annotation_message,
+    detections_payload,
+    encode_frame,
+    frame_message,
+    scale_vott_asset,
+)
+
+
+def make_result(width: int = 200, height: int = 100, encoded: bytes | None = None, fmt: str = "jpg"):
+    image = np.full((height, width, 3), 128, np.uint8)
+    frame = Frame(image, "cam 0", 7, 1_700_000_000.25, "20231114T221320.250Z-000007", encoded, fmt)
+    dets = Detections.create([[20, 10, 120, 60], [0, 0, 50, 50]], [0.9, 0.4], [0, 1], ["person", "dog"])
+    return FrameResult(frame, dets, "ssd", "litert", 12.345)
+
+
+def test_settings_defaults_work_without_a_broker():
+    s = MqttSettings()
+    assert s.enabled is False and s.protocol == "5" and s.effective_port == 1883
+    assert s.device_id == default_device_id() == safe_name(s.device_id)
+    assert s.effective_client_id == f"edge-agent-{s.device_id}"
+    assert s.outbox.max_mb > 0 and s.outbox.inflight_max >= 1
+    assert MqttSettings(ca_file="ca.pem").effective_port == 8883
+
+
+@pytest.mark.parametrize(("given", "expected"), [(5, "5"), ("5", "5"), ("3.1.1", "3.1.1")])
+def test_protocol_accepts_what_yaml_produces(given, expected):
+    assert MqttSettings.model_validate({"protocol": given}).protocol == expected
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"protocol": 4}, "protocol"),
+        ({"device_id": "my cam"}, "'my_cam'"),
+        ({"topic_prefix": "a/#"}, "wildcards"),
+        ({"password": "secret"}, "Extra inputs are not permitted"),
+        ({"password_env": "A", "password_file": "b"}, "only one of password_env and password_file"),
+        ({"key_file": "k.pem"}, "key_file needs cert_file"),
+        ({"reconnect_min_s": 10, "reconnect_max_s": 1}, "reconnect_min_s"),
+        ({"outbox": {"max_mb": 0}}, "greater than 0"),
+    ],
+)
+def test_bad_settings_are_refused_with_a_reason(values, message):
+    with pytest.raises(ValidationError, match=message):
+        MqttSettings.model_validate(values)
+
+
+def test_passwords_come_from_the_environment_or_a_file(tmp_path, monkeypatch):
+    monkeypatch.setenv("MQTT_PW_TEST", "s3cret")
+    assert MqttSettings(password_env="MQTT_PW_TEST").read_password() == "s3cret"
+    (tmp_path / "pw").write_text("from-file\nignored\n")
+    assert MqttSettings(password_file=str(tmp_path / "pw")).read_password() == "from-file"
+    assert MqttSettings().read_password() is None
+    with pytest.raises(ConfigError, match="MQTT_PW_UNSET"):
+        MqttSettings(password_env="MQTT_PW_UNSET").read_password()
+    with pytest.raises(ConfigError, match="password_file"):
+        MqttSettings(password_file=str(tmp_path / "missing")).read_password()
+
+
+def test_missing_tls_files_are_config_errors(tmp_path):
+    with pytest.raises(ConfigError, match=r"mqtt\.ca_file .* does not exist"):
+        build_tls_context(MqttSettings(ca_file=str(tmp_path / "nope.pem")))
+    (tmp_path / "bad.pem").write_text("not a certificate")
+    with pytest.raises(ConfigError, match="cannot be loaded"):
+        build_tls_context(MqttSettings(ca_file=str(tmp_path / "bad.pem")))
+
+
+def test_detections_payload_has_pixels_and_normalised_boxes():
+    result = make_result()
+    body = detections_payload(result, "dev1")
+    assert body["frame_id"] == "cam_0_20231114T221320.250Z-000007"
+    assert body["timestamp"] == "2023-11-14T22:13:20.250Z"
+    assert body["source"] == "cam 0" and body["sequence"] == 7
+    assert (body["model"], body["runtime"], body["inference_ms"]) == ("ssd", "litert", 12.35)
+    assert (body["width"], body["height"], body["top_score"]) == (200, 100, 0.9)
+    first, second = body["detections"]
+    assert first == {
+        "label": "person",
+        "class_id": 0,
+        "score": 0.9,
+        "box_xyxy": [20.0, 10.0, 120.0, 60.0],
+        "box_xyxy_norm": [0.1, 0.1, 0.6, 0.6],
+    }
+    assert second["label"] == "dog"
+    json.dumps(body)  # plain JSON types only
+
+
+def test_source_jpeg_passes_through_unless_it_must_shrink():
+    raw = cv2.imencode(".jpg", np.full((100, 200, 3), 90, np.uint8))[1].tobytes()
+    result = make_result(encoded=raw)
+    same = encode_frame(result.frame, max_width_px=200, quality=50)
+    assert same.jpeg is raw and same.scale == 1.0
+    assert encode_frame(result.frame, max_width_px=0, quality=50).jpeg is raw
+
+    small = encode_frame(result.frame, max_width_px=100, quality=80)
+    assert (small.width, small.height, small.scale) == (100, 50, 0.5)
+    assert cv2.imdecode(np.frombuffer(small.jpeg, np.uint8), cv2.IMREAD_COLOR).shape == (50, 100, 3)
+
+    png = cv2.imencode(".png", result.frame.image)[1].tobytes()
+    from_png = encode_frame(make_result(encoded=png, fmt="png").frame, max_width_px=0, quality=80)
+    assert from_png.jpeg[:2] == b"\xff\xd8", "PNG sources are re-encoded as JPEG"
+
+
+def test_frame_message_carries_metadata_and_expiry():
+    result = make_result()
+    topics = Topics("edge-agent", "dev1")
+    encoded = encode_frame(result.frame, 100, 80)
+    message = frame_message(topics, result.frame, encoded, expiry_s=600)
+    assert message.topic == "edge-agent/dev1/frames/cam_0_20231114T221320.250Z-000007"
+    assert message.klass == MessageClass.FRAME and message.qos == 1 and message.expiry_s == 600
+    props = dict(message.user_properties)
+    assert props["width"] == "100" and props["original_width"] == "200" and props["source"] == "cam 0"
+    assert frame_message(topics, result.frame, encoded, expiry_s=0).expiry_s is None
+
+
+VOTT_ASSET = {
+    "asset": {"id": "abc", "name": "x.jpg", "size": {"width": 200, "height": 100}},
+    "regions": [
+        {
+            "id": "r1",
+            "type": "RECTANGLE",
+            "tags": ["person"],
+            "boundingBox": {"height": 50, "width": 100, "left": 20, "top": 10},
+            "points": [{"x": 20, "y": 10}, {"x": 120, "y": 10}, {"x": 120, "y": 60}, {"x": 20, "y": 60}],
+        }
+    ],
+    "version": "2.2.0",
+    "scores": {"r1": 0.9},
+}
+
+
+def test_annotation_geometry_follows_a_resized_frame():
+    scaled = scale_vott_asset(VOTT_ASSET, 0.5)
+    assert scaled["asset"]["size"] == {"width": 100, "height": 50}
+    region = scaled["regions"][0]
+    assert region["boundingBox"] == {"height": 25, "width": 50, "left": 10, "top": 5}
+    assert region["points"][2] == {"x": 60, "y": 30}
+    assert scaled["scores"] == {"r1": 0.9} and scaled["asset"]["id"] == "abc"
+    assert VOTT_ASSET["regions"][0]["boundingBox"]["left"] == 20, "the caller's dict is not modified"
+
+    topics = Topics("edge-agent", "dev1")
+    unscaled = json.loads(annotation_message(topics, "f1", VOTT_ASSET, 1.0).payload)
+    assert unscaled == VOTT_ASSET
+    halved = json.loads(annotation_message(topics, "f1", VOTT_ASSET, 0.5).payload)
+    assert halved["regions"][0]["boundingBox"]["width"] == 50
+
+
+def test_annotated_image_has_the_boxes_drawn():
+    result = make_result()
+    jpeg = annotated_jpeg(result, max_width_px=0, quality=95)
+    image = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
+    assert image.shape == (100, 200, 3)
+    b, g, r = (int(v) for v in image[35, 20])  # on the left edge of the person box (red, blurred by JPEG)
+    assert r > b + 20 and r > g + 20
+    b, g, r = (int(v) for v in image[35, 160])  # outside every box: still grey
+    assert abs(r - b) < 8
+    assert (result.frame.image == 128).all(), "the frame itself is untouched"
+
+
+def test_home_assistant_discovery_describes_one_device():
+    settings = MqttSettings(device_id="pi.cam-1", home_assistant={"enabled": True})
+    messages = dict(discovery_messages(settings, Topics("edge-agent", "pi.cam-1")))
+    assert set(messages) == {
+        "homeassistant/binary_sensor/pi_cam-1/failure/config",
+        "homeassistant/sensor/pi_cam-1/top_score/config",
+        "homeassistant/sensor/pi_cam-1/fps/config",
+        "homeassistant/sensor/pi_cam-1/inference_ms/config",
+        "homeassistant/sensor/pi_cam-1/outbox_messages/config",
+        "homeassistant/image/pi_cam-1/latest_frame/config",
+    }
+    configs = [json.loads(p) for p in messages.values()]
+    assert len({c["device"]["identifiers"][0] for c in configs}) == 1
+    assert all(c["availability"][0]["topic"] == "edge-agent/pi.cam-1/status" for c in configs)
+    assert all("value == 'online'" in c["availability"][0]["value_template"] for c in configs)
+    score = json.loads(messages["homeassistant/sensor/pi_cam-1/top_score/config"])
+    assert score["state_topic"] == "edge-agent/pi.cam-1/detections"
+    assert score["value_template"] == "{{ value_json.top_score }}"
