@@ -22,6 +22,8 @@ COMMANDS: list[str] = [
     "agent.commands.run:add_run_command",
     "agent.commands.detect:add_detect_command",
     "agent.commands.label:add_label_command",
+    "export.cli:add_export_command",
+    "export.cli:add_eval_command",
 ]
 
 log = logging.getLogger("edge-agent")

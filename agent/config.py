@@ -12,10 +12,19 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
-from pydantic import ValidationError
+from pydantic import Field, ValidationError
 
+from agent.alerts import AlertSettings
 from agent.config_model import StrictModel
+from agent.detect.settings import DetectorSettings
 from agent.errors import ConfigError
+from agent.gate import GateSettings
+from agent.harvest import HarvestSettings
+from agent.labeler import OutputSettings
+from agent.mqtt.settings import MqttSettings
+from agent.pipeline import PipelineSettings
+from agent.printer import PrinterSettings
+from agent.sources.settings import SourceSettings
 
 M = TypeVar("M", bound=StrictModel)
 KeyPath = tuple[str | int, ...]
@@ -55,8 +64,15 @@ def _describe(error: dict[str, Any]) -> str:
     if error.get("type") in ("missing",):
         return "required key is missing"
     value = error.get("input")
-    if value is not None and not isinstance(value, dict | list):
-        message += f" (got {value!r})"
+    # echo the value only for type and range mistakes: a validator may be refusing a secret
+    kind = str(error.get("type", ""))
+    if (
+        value is not None
+        and not isinstance(value, dict | list)
+        and not kind.startswith(("value_error", "assertion"))
+    ):
+        shown = repr(value)
+        message += f" (got {shown[:60]}{'...' if len(shown) > 60 else ''})"
     return message
 
 
@@ -120,3 +136,47 @@ def load_yaml_model(path: str | Path, model: type[M], what: str = "config") -> M
         raise ConfigError(f"cannot read {what} file {file}: {exc.strerror}") from None
     data, lines = parse_yaml_text(text, str(file))
     return validate_data(data, model, str(file), lines)
+
+
+class AgentConfig(StrictModel):
+    """The whole agent: one source, one detector, and what happens to the results."""
+
+    source: SourceSettings = Field(default_factory=SourceSettings)
+    detector: DetectorSettings = Field(default_factory=DetectorSettings)
+    output: OutputSettings = Field(default_factory=OutputSettings)
+    pipeline: PipelineSettings = Field(default_factory=PipelineSettings)
+    gate: GateSettings = Field(default_factory=GateSettings)
+    harvest: HarvestSettings = Field(default_factory=HarvestSettings)
+    alerts: AlertSettings = Field(default_factory=AlertSettings)
+    printer: PrinterSettings = Field(default_factory=PrinterSettings)
+    mqtt: MqttSettings = Field(default_factory=MqttSettings)
+
+
+BUNDLED_DATA = Path(__file__).resolve().parent / "data"
+DEFAULT_CONFIG = BUNDLED_DATA / "default.yaml"
+BUNDLED_PLACEHOLDER = "{bundled}"
+
+
+def expand_bundled(data: Any) -> Any:
+    """Replace ``{bundled}`` in every string with the folder of the files shipped in the package
+    (the demo model and sample timelapse), so a config can point at them wherever pip put them."""
+    if isinstance(data, str):
+        return data.replace(BUNDLED_PLACEHOLDER, str(BUNDLED_DATA))
+    if isinstance(data, dict):
+        return {k: expand_bundled(v) for k, v in data.items()}
+    if isinstance(data, list):
+        return [expand_bundled(v) for v in data]
+    return data
+
+
+def load_config(path: str | Path | None = None) -> AgentConfig:
+    """Load and validate an agent config; ``None`` loads the bundled default config."""
+    file = Path(path).expanduser() if path is not None else DEFAULT_CONFIG
+    try:
+        text = file.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"config file {file} does not exist; see configs/ for examples") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {file}: {exc.strerror}") from None
+    data, lines = parse_yaml_text(text, str(file))
+    return validate_data(expand_bundled(data), AgentConfig, str(file), lines)

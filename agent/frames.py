@@ -50,6 +50,7 @@ class Frame:
     name: str
     encoded: bytes | None = field(default=None, repr=False)
     encoded_format: str = "jpg"
+    origin: str | None = None  # the file path, or the redacted URL, the frame came from
 
     @property
     def width(self) -> int:
@@ -92,3 +93,6 @@ class FrameResult:
     keep: bool = True
     keep_reasons: list[str] = field(default_factory=list)
     skipped_inference: bool = False
+    image_path: str | None = None  # where the kept frame's image was written
+    asset_id: str | None = None  # its VoTT asset id (None when it has no detections)
+    alerts: list[Any] = field(default_factory=list)  # alert events this frame triggered

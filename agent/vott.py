@@ -281,6 +281,20 @@ def asset_json(reviewer_path: str, width: int, height: int, detections: Detectio
     return _asset_metadata(reviewer_path, width, height, detections)[0]
 
 
+def asset_json_with_scores(
+    reviewer_path: str, width: int, height: int, detections: Detections
+) -> dict[str, Any]:
+    """``asset_json`` plus ``scores``: ``[{"region_id", "label", "score"}]`` for each region, the
+    payload of an ``annotations/<frame_id>`` MQTT message (VoTT has no score field)."""
+    meta, kept = _asset_metadata(reviewer_path, width, height, detections)
+    names = detections.label_names()
+    meta["scores"] = [
+        {"region_id": region["id"], "label": names[i], "score": round(float(detections.score[i]), 5)}
+        for region, i in zip(meta["regions"], kept.tolist(), strict=True)
+    ]
+    return meta
+
+
 @dataclass(frozen=True)
 class RegionBoxes:
     """Boxes read from VoTT regions: one row per (region, tag) pair, as VoTT's exporters do."""

@@ -173,12 +173,14 @@ def decode_ssd(
     def part(role: str) -> NDArray[np.float32]:
         return outputs[r[role]].dequantize(raw[r[role]])
 
-    boxes = part("boxes").reshape(-1, 4)
     scores = part("scores").reshape(-1)
-    classes = np.rint(part("classes").reshape(-1)).astype(np.int32)
-    count = int(np.clip(np.rint(part("count").reshape(-1)[0]), 0, len(scores)))
-    keep = scores[:count] >= threshold
-    return Candidates(yxyx_to_xyxy(boxes[:count][keep]), scores[:count][keep], classes[:count][keep], True)
+    # rows past `count` are undefined (NaN in some exports): never touch them
+    count = int(np.clip(np.nan_to_num(part("count").reshape(-1)[0]), 0, len(scores)))
+    scores = scores[:count]
+    boxes = part("boxes").reshape(-1, 4)[:count]
+    classes = np.rint(part("classes").reshape(-1)[:count]).astype(np.int32)
+    keep = scores >= threshold
+    return Candidates(yxyx_to_xyxy(boxes[keep]), scores[keep], classes[keep], True)
 
 
 def decode_yolo(raw: NDArray[Any], output: OutputTensor, layout: Layout, threshold: float) -> Candidates:

@@ -1,0 +1,153 @@
+"""Assemble a running agent from its configuration: source, detector and output stages.
+
+``build_agent(config)`` opens everything that can fail (model, source, output folders,
+printer key, broker credentials) before any thread starts, so a mistake stops the agent at
+start-up with a clear message; ``Agent.run()`` then runs the pipeline until the source ends
+or ``stop()`` is called.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from agent.alerts import AlertMonitor, validate_failure_labels
+from agent.config import AgentConfig
+from agent.detect.detector import Detector
+from agent.frames import safe_name
+from agent.gate import ChangeGate
+from agent.harvest import Harvester
+from agent.labeler import VottStage
+from agent.mqtt.client import create_publisher
+from agent.mqtt.settings import MqttSettings
+from agent.pipeline import Pipeline, Stage
+from agent.printer import PrinterWatcher, make_printer
+from agent.sources import FrameSource, open_source
+from agent.stages import AlertStage, KeepStage, MqttStage, SteppedClock
+from agent.vott import VottProject
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Agent:
+    """A configured agent, ready to run."""
+
+    config: AgentConfig
+    detector: Detector
+    source: FrameSource
+    pipeline: Pipeline
+    stages: list[Stage] = field(default_factory=list)
+    closers: list[Any] = field(default_factory=list)
+
+    def run(self) -> dict[str, Any]:
+        """Run until the source ends or ``stop()``; returns the final stats."""
+        try:
+            return self.pipeline.run()
+        finally:
+            for close in self.closers:
+                try:
+                    close()
+                except Exception:
+                    log.exception("shutting down failed")
+
+    def stop(self) -> None:
+        """Finish queued frames and stop (safe from a signal handler)."""
+        self.pipeline.stop()
+
+
+RECORDED_STEP_S = 10.0  # simulated seconds between recorded frames (Obico samples every 10 s)
+
+
+def mqtt_settings(config: AgentConfig) -> MqttSettings:
+    """The MQTT settings with a relative outbox path placed in the output folder."""
+    mqtt = config.mqtt
+    outbox = Path(mqtt.outbox.path).expanduser()
+    if not outbox.is_absolute():
+        outbox = config.output.data_dir() / outbox
+        mqtt = mqtt.model_copy(update={"outbox": mqtt.outbox.model_copy(update={"path": str(outbox)})})
+    return mqtt
+
+
+def project_name(config: AgentConfig) -> str:
+    """The VoTT project name: ``output.project_name`` or ``edge-agent-<source id>``."""
+    return config.output.project_name or safe_name(f"edge-agent-{config.source.source_id}")
+
+
+def build_agent(config: AgentConfig, *, on_result: Any = None) -> Agent:
+    """Open the detector, the output folders, the outbox and the source, and wire the stages:
+    alerts (so an alerting frame is always kept) -> harvest + VoTT writer -> MQTT."""
+    detector = Detector(config.detector)
+    alerts_on = bool(config.alerts.failure_labels)
+    if alerts_on:
+        validate_failure_labels(config.alerts, detector.labels)
+    out = config.output
+    project = VottProject(
+        out.vott_dir(),
+        out.frames_dir(),
+        name=project_name(config),
+        local_root=out.data_dir(),
+        reviewer_root=out.reviewer_root,
+        tags=[label for label in detector.labels if label and label != "???"],
+        flush_every=out.save_every,
+        fsync=out.fsync,
+    )
+    writer = VottStage(project, jpeg_quality=out.jpeg_quality, fsync=out.fsync)
+    keep: KeepStage
+    harvester = Harvester(
+        config.harvest,
+        out.frames_dir(),
+        index_path=out.data_dir() / "harvest-index.jsonl",
+        on_evict=lambda frame_id, paths: keep.evict(frame_id, [str(p) for p in paths]),
+    )
+    keep = KeepStage(harvester, writer, summary_path=out.data_dir() / "harvest.json")
+    source = open_source(config.source)
+    publisher = create_publisher(mqtt_settings(config), on_frame_synced=keep.mark_synced)
+    stages: list[Stage] = []
+    if alerts_on:
+        alert_settings = config.alerts
+        if alert_settings.state_file is None:
+            state_file = str(out.data_dir() / "alert-state.json")
+            alert_settings = alert_settings.model_copy(update={"state_file": state_file})
+        printer = make_printer(config.printer) if config.printer.kind != "none" else None
+        watcher = PrinterWatcher(printer, config.printer.poll_interval_s) if printer is not None else None
+        clock = (
+            None if source.live else SteppedClock(time.time(), config.source.interval_s or RECORDED_STEP_S)
+        )
+        stages.append(
+            AlertStage(
+                AlertMonitor(alert_settings),
+                printer,
+                watcher,
+                publish=publisher.publish_alert if publisher is not None else None,
+                device_id=config.mqtt.device_id,
+                clock=clock,
+            )
+        )
+    stages.append(keep)
+    if publisher is not None:
+        stages.append(MqttStage(publisher))
+    gate = ChangeGate(config.gate) if config.gate.enabled else None
+    pipeline = Pipeline(
+        source,
+        detector,
+        stages,
+        config.pipeline,
+        live=source.live,
+        gate=gate,
+        on_result=on_result,
+        on_stats=publisher.publish_stats if publisher is not None else None,
+    )
+    log.info(
+        "%s on %s (%s, %dx%d input) -> %s",
+        source.description,
+        detector.name,
+        detector.runtime,
+        detector.input_width,
+        detector.input_height,
+        out.data_dir(),
+    )
+    return Agent(config=config, detector=detector, source=source, pipeline=pipeline, stages=stages)

@@ -1,0 +1,54 @@
+"""Command-line pieces shared by the core commands: detector flags and source opening."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from agent.detect.settings import DetectorSettings
+from agent.errors import ConfigError
+
+
+def add_detector_arguments(parser: argparse.ArgumentParser, *, model_required: bool) -> None:
+    """The flags that choose and tune the detector (they override the config file)."""
+    group = parser.add_argument_group("detector")
+    group.add_argument("--model", required=model_required, help="the .tflite model")
+    group.add_argument("--labels", help="labels file (default: the model's own)")
+    group.add_argument(
+        "--threshold", type=float, help="minimum score, 0..1 (default 0.25 or the model card's)"
+    )
+    group.add_argument("--iou", type=float, help="NMS IoU threshold for YOLO models, 0..1")
+    group.add_argument("--max-detections", type=int, help="at most this many detections per frame")
+    group.add_argument(
+        "--runtime",
+        choices=["auto", "ai_edge_litert", "tflite_runtime", "tensorflow"],
+        help="TFLite runtime (default auto: the fastest installed)",
+    )
+    group.add_argument("--threads", type=int, help="interpreter threads (default: all cores)")
+    group.add_argument("--edgetpu", help="run on a Coral: usb, usb:N, pci or pci:N")
+
+
+def detector_settings(args: argparse.Namespace, base: DetectorSettings | None = None) -> DetectorSettings:
+    """``base`` (from a config file, or defaults) with the flags that were given applied."""
+    overrides = {
+        "model": args.model,
+        "labels": args.labels,
+        "score_threshold": args.threshold,
+        "iou_threshold": args.iou,
+        "max_detections": args.max_detections,
+        "runtime": args.runtime,
+        "num_threads": args.threads,
+        "edgetpu": args.edgetpu,
+    }
+    data = (base or DetectorSettings()).model_dump()
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    if data.get("model"):
+        data["model"] = str(Path(data["model"]).expanduser())
+    try:
+        return DetectorSettings.model_validate(data)
+    except ValueError as exc:
+        flags = {"score_threshold": "--threshold", "iou_threshold": "--iou", "num_threads": "--threads"}
+        text = str(exc)
+        for key, flag in flags.items():
+            text = text.replace(key, flag)
+        raise ConfigError(f"invalid detector option: {text}") from None

@@ -1,0 +1,367 @@
+"""The capture loop: source -> gate -> detector -> output stages, on three threads.
+
+::
+
+    capture thread     inference thread           output thread
+    source ──queue──▶  gate ▸ detector ──queue──▶  stage 1 ▸ stage 2 ▸ ...  (harvest, VoTT, alerts, MQTT)
+
+Queues are bounded. A live source (camera, stream) never waits for a slow detector: when
+the capture queue is full the oldest frame is dropped and counted. A file source (folder,
+video) waits instead, because every frame of a recording matters. Output stages see every
+result in order; an error in one stage is logged and counted, never fatal. ``stop()`` (the
+CLI calls it on SIGINT/SIGTERM) closes the source; frames already queued are finished and
+every stage is closed, so nothing is left half-written.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import queue
+import statistics
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from pydantic import Field
+
+from agent.config_model import StrictModel
+from agent.detections import Detections
+from agent.frames import Frame, FrameResult
+
+log = logging.getLogger(__name__)
+
+
+class PipelineSettings(StrictModel):
+    """Queues, logging of stats, and when to stop."""
+
+    capture_queue: int = Field(default=4, ge=1, le=1000, description="frames waiting for the detector")
+    result_queue: int = Field(default=16, ge=1, le=10000, description="results waiting for the output stages")
+    stats_interval_s: float = Field(
+        default=30.0, gt=0, le=86400, description="log and publish stats this often"
+    )
+    max_frames: int = Field(default=0, ge=0, description="stop after this many frames; 0 = never")
+    max_consecutive_errors: int = Field(
+        default=20, ge=1, le=100000, description="detector failures in a row before the agent gives up"
+    )
+
+
+class Stage(Protocol):
+    """An output stage: sees every result, in order, on the output thread."""
+
+    name: str
+
+    def handle(self, result: FrameResult) -> None:
+        """Act on one result (may set ``result.keep``, add timings)."""
+
+    def close(self) -> None:
+        """Flush and release everything; called once after the last result."""
+
+    def stats(self) -> dict[str, Any]:
+        """Counters for the stats message."""
+
+
+class FrameSourceLike(Protocol):
+    """What the pipeline needs of a source (see ``agent.sources``)."""
+
+    def __iter__(self) -> Any: ...
+
+    def close(self) -> None: ...
+
+    def stats(self) -> dict[str, Any]: ...
+
+
+class DetectorLike(Protocol):
+    """What the pipeline needs of a detector (see ``agent.detect.detector``)."""
+
+    runtime: str
+    labels: tuple[str, ...]
+
+    @property
+    def name(self) -> str: ...
+
+    def detect(self, image: Any, timings: dict[str, float] | None = None) -> Detections: ...
+
+
+class GateLike(Protocol):
+    """The change gate: decides whether a frame is worth running the detector on."""
+
+    def should_infer(self, frame: Frame, now: float) -> tuple[bool, str]: ...
+
+
+@dataclass
+class Counters:
+    """Frame counts since start; read by the stats reporter from another thread."""
+
+    captured: int = 0
+    dropped: int = 0
+    skipped: int = 0
+    processed: int = 0
+    kept: int = 0
+    detector_errors: int = 0
+    stage_errors: dict[str, int] = field(default_factory=dict)
+    inference_ms: deque[float] = field(default_factory=lambda: deque(maxlen=200))
+    completed_at: deque[float] = field(default_factory=lambda: deque(maxlen=200))
+
+
+_END = object()
+
+
+class Pipeline:
+    """Runs one source through one detector into the output stages until the source ends or
+    ``stop()`` is called."""
+
+    def __init__(
+        self,
+        source: FrameSourceLike,
+        detector: DetectorLike,
+        stages: Iterable[Stage],
+        settings: PipelineSettings,
+        *,
+        live: bool,
+        gate: GateLike | None = None,
+        on_result: Callable[[FrameResult], None] | None = None,
+        on_stats: Callable[[dict[str, Any]], None] | None = None,
+    ) -> None:
+        self.source = source
+        self.detector = detector
+        self.stages = list(stages)
+        self.settings = settings
+        self.live = live
+        self.gate = gate
+        self.on_result = on_result
+        self.on_stats = on_stats
+        self.counters = Counters()
+        self.started_monotonic = time.monotonic()
+        self._stop = threading.Event()
+        self._fatal: BaseException | None = None
+        self._capture_q: queue.Queue[Any] = queue.Queue(maxsize=settings.capture_queue)
+        self._result_q: queue.Queue[Any] = queue.Queue(maxsize=settings.result_queue)
+        self._lock = threading.Lock()
+
+    # ---- control ------------------------------------------------------------------------------
+    def stop(self) -> None:
+        """Ask the pipeline to finish: the source is closed, queued frames are completed."""
+        if not self._stop.is_set():
+            log.info("stopping: finishing queued frames")
+        self._stop.set()
+        try:
+            self.source.close()
+        except Exception:  # a source that fails to close must not block shutdown
+            log.exception("closing the source failed")
+
+    @property
+    def stopping(self) -> bool:
+        """True once ``stop()`` was called or the source ended."""
+        return self._stop.is_set()
+
+    def run(self) -> dict[str, Any]:
+        """Run to the end; returns the final stats. Re-raises a fatal error from a worker."""
+        threads = [
+            threading.Thread(target=self._guard(self._capture_loop), name="capture", daemon=True),
+            threading.Thread(target=self._guard(self._inference_loop), name="inference", daemon=True),
+            threading.Thread(target=self._guard(self._output_loop), name="output", daemon=True),
+        ]
+        for thread in threads:
+            thread.start()
+        next_stats = time.monotonic() + self.settings.stats_interval_s
+        while threads[2].is_alive():
+            threads[2].join(timeout=0.2)
+            if time.monotonic() >= next_stats:
+                next_stats += self.settings.stats_interval_s
+                self._report_stats()
+        for thread in threads:
+            thread.join(timeout=5.0)
+        final = self.stats()
+        if self._fatal is not None:
+            raise self._fatal
+        return final
+
+    def _guard(self, loop: Callable[[], None]) -> Callable[[], None]:
+        def run() -> None:
+            try:
+                loop()
+            except BaseException as exc:
+                if self._fatal is None:
+                    self._fatal = exc
+                self.stop()
+                # unblock the other loops
+                for q in (self._capture_q, self._result_q):
+                    _put_end(q)
+
+        return run
+
+    # ---- the three loops --------------------------------------------------------------------------
+    def _capture_loop(self) -> None:
+        limit = self.settings.max_frames
+        try:
+            for frame in self.source:
+                if self._stop.is_set():
+                    break
+                self.counters.captured += 1
+                if self.live:
+                    self._put_dropping_oldest(frame)
+                else:
+                    self._put_waiting(self._capture_q, frame)
+                if limit and self.counters.captured >= limit:
+                    break
+        finally:
+            self._stop.set()
+            self._put_waiting(self._capture_q, _END)
+
+    def _put_dropping_oldest(self, frame: Frame) -> None:
+        while True:
+            try:
+                self._capture_q.put_nowait(frame)
+                return
+            except queue.Full:
+                try:
+                    self._capture_q.get_nowait()
+                    self.counters.dropped += 1
+                except queue.Empty:
+                    pass
+
+    def _put_waiting(self, q: queue.Queue[Any], item: Any) -> None:
+        while True:
+            try:
+                q.put(item, timeout=0.5)
+                return
+            except queue.Full:
+                if self._fatal is not None:
+                    return
+
+    def _inference_loop(self) -> None:
+        errors_in_row = 0
+        while True:
+            frame = self._capture_q.get()
+            if frame is _END:
+                break
+            if self.gate is not None:
+                run_it, _reason = self.gate.should_infer(frame, time.monotonic())
+                if not run_it:
+                    self.counters.skipped += 1
+                    continue
+            timings: dict[str, float] = {}
+            try:
+                detections = self.detector.detect(frame.image, timings)
+                errors_in_row = 0
+            except Exception as exc:
+                self.counters.detector_errors += 1
+                errors_in_row += 1
+                log.error("detector failed on frame %s: %s", frame.frame_id, exc)
+                if errors_in_row >= self.settings.max_consecutive_errors:
+                    raise RuntimeError(
+                        f"the detector failed on {errors_in_row} frames in a row; last error: {exc}"
+                    ) from exc
+                continue
+            result = FrameResult(
+                frame=frame,
+                detections=detections,
+                model=self.detector.name,
+                runtime=self.detector.runtime,
+                inference_ms=timings.get("invoke", 0.0),
+                timings_ms=timings,
+            )
+            self.counters.inference_ms.append(result.inference_ms)
+            self._put_waiting(self._result_q, result)
+        self._put_waiting(self._result_q, _END)
+
+    def _output_loop(self) -> None:
+        try:
+            while True:
+                result = self._result_q.get()
+                if result is _END:
+                    break
+                for stage in self.stages:
+                    try:
+                        stage.handle(result)
+                    except Exception as exc:
+                        with self._lock:
+                            errors = self.counters.stage_errors
+                            errors[stage.name] = errors.get(stage.name, 0) + 1
+                        log.error("%s failed on frame %s: %s", stage.name, result.frame.frame_id, exc)
+                self.counters.processed += 1
+                if result.keep:
+                    self.counters.kept += 1
+                self.counters.completed_at.append(time.monotonic())
+                if self.on_result is not None:
+                    self.on_result(result)
+        finally:
+            for stage in self.stages:
+                try:
+                    stage.close()
+                except Exception:
+                    log.exception("closing %s failed", stage.name)
+
+    # ---- stats ----------------------------------------------------------------------------------
+    def stats(self) -> dict[str, Any]:
+        """Counters, rates and queue depths now; per-stage and source counters nested by name."""
+        c = self.counters
+        now = time.monotonic()
+        recent = [t for t in c.completed_at if now - t <= 60.0]
+        fps = (
+            (len(recent) - 1) / (recent[-1] - recent[0])
+            if len(recent) > 1 and recent[-1] > recent[0]
+            else 0.0
+        )
+        stats: dict[str, Any] = {
+            "uptime_s": round(now - self.started_monotonic, 1),
+            "fps": round(fps, 2),
+            "inference_ms": round(statistics.median(c.inference_ms), 2) if c.inference_ms else None,
+            "frames": {
+                "captured": c.captured,
+                "dropped": c.dropped,
+                "skipped": c.skipped,
+                "processed": c.processed,
+                "kept": c.kept,
+                "detector_errors": c.detector_errors,
+            },
+            "queues": {"capture": self._capture_q.qsize(), "results": self._result_q.qsize()},
+            "stage_errors": dict(c.stage_errors),
+        }
+        try:
+            stats["source"] = self.source.stats()
+        except Exception:
+            stats["source"] = {}
+        for stage in self.stages:
+            try:
+                stats[stage.name] = stage.stats()
+            except Exception:
+                stats[stage.name] = {}
+        return stats
+
+    def _report_stats(self) -> None:
+        stats = self.stats()
+        f = stats["frames"]
+        log.info(
+            "%.1f fps, inference %s ms, frames: %d captured, %d processed, %d kept, %d skipped, %d dropped; "
+            "queues %d/%d",
+            stats["fps"],
+            stats["inference_ms"],
+            f["captured"],
+            f["processed"],
+            f["kept"],
+            f["skipped"],
+            f["dropped"],
+            stats["queues"]["capture"],
+            stats["queues"]["results"],
+        )
+        if self.on_stats is not None:
+            try:
+                self.on_stats(stats)
+            except Exception:
+                log.exception("publishing stats failed")
+
+
+def _put_end(q: queue.Queue[Any]) -> None:
+    """Put the end marker even into a full queue (dropping an item): only after a fatal error."""
+    while True:
+        try:
+            q.put_nowait(_END)
+            return
+        except queue.Full:
+            with contextlib.suppress(queue.Empty):
+                q.get_nowait()

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# The project's test command: installs what the tests need, then lint, types and the test suite.
+#   ./scripts/test.sh [pytest args...]
+# Needs Python 3.11 and, for the MQTT tests, the Debian package `mosquitto` (installed here when
+# missing, with sudo when not root). Creates/updates the virtual environment in .venv.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON=${PYTHON:-python3}
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+
+apt_packages=()
+[ -x /usr/sbin/mosquitto ] || apt_packages+=(mosquitto)
+command -v mosquitto_passwd >/dev/null 2>&1 || [ -x /usr/bin/mosquitto_passwd ] || apt_packages+=(mosquitto)
+command -v openssl >/dev/null 2>&1 || apt_packages+=(openssl)
+if [ "${#apt_packages[@]}" -gt 0 ]; then
+    echo "== installing system packages: ${apt_packages[*]}"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${apt_packages[@]}" >/dev/null
+fi
+
+if [ ! -x .venv/bin/python ]; then
+    echo "== creating .venv"
+    "$PYTHON" -m venv .venv
+fi
+echo "== installing edge-agent with its test extras"
+.venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip >/dev/null
+.venv/bin/python -m pip install -q --disable-pip-version-check -e ".[test]"
+
+echo "== ruff"
+.venv/bin/ruff check .
+.venv/bin/ruff format --check .
+echo "== mypy"
+.venv/bin/mypy
+echo "== pytest"
+.venv/bin/python -m pytest -q -ra "$@"

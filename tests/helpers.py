@@ -1,0 +1,74 @@
+"""Small helpers shared by test files: run the CLI, match detections."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from agent.boxes import iou_matrix
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class CliResult:
+    """What a CLI run printed and returned."""
+
+    code: int
+    out: str
+    err: str
+
+    def json_lines(self) -> list[dict[str, Any]]:
+        return [json.loads(line) for line in self.out.splitlines() if line.strip()]
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 300, cwd: Path | None = None) -> CliResult:
+    """Run ``edge-agent ARGS`` in a fresh Python process, as a user would."""
+    full_env = {**os.environ, **(env or {})}
+    proc = subprocess.run(
+        [sys.executable, "-m", "agent.cli", *args],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        timeout=timeout,
+        cwd=cwd,
+    )
+    return CliResult(proc.returncode, proc.stdout, proc.stderr)
+
+
+def match_detections(
+    got: list[dict[str, Any]],
+    expected: list[dict[str, Any]],
+    *,
+    min_iou: float = 0.9,
+    score_tol: float = 0.02,
+    threshold: float = 0.0,
+) -> list[str]:
+    """Problems found matching ``got`` to ``expected`` by the rule in ../shared/models/README.md:
+    every expected detection has one of ours with the same label, IoU >= ``min_iou`` (against
+    its box or a tied alternative) and a score within ``score_tol``; we have no extra detection
+    above ``threshold``. An empty list means they match."""
+    problems = []
+    used: set[int] = set()
+    for ref in expected:
+        boxes = [ref["box_xyxy"], *ref.get("tied_alternatives_xyxy", [])]
+        found = None
+        for j, mine in enumerate(got):
+            if j in used or mine["label"] != ref["label"] or abs(mine["score"] - ref["score"]) > score_tol:
+                continue
+            if float(iou_matrix([mine["box_xyxy"]], boxes).max()) >= min_iou:
+                found = j
+                break
+        if found is None:
+            problems.append(f"missing {ref['label']} {ref['score']} {ref['box_xyxy']}")
+        else:
+            used.add(found)
+    for j, mine in enumerate(got):
+        if j not in used and mine["score"] > threshold:
+            problems.append(f"extra {mine['label']} {mine['score']} {mine['box_xyxy']}")
+    return problems

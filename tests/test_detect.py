@@ -1,0 +1,220 @@
+"""The detector through ``edge-agent detect``: every output layout, both runtimes, bad models."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from agent.detect.labels import labels_from_embedded, parse_label_lines
+from agent.detect.preprocess import letterbox_geometry
+from agent.detect.runtime import installed_runtimes
+from tests.helpers import match_detections, run_cli
+
+RUNTIMES = [r for r in installed_runtimes() if r in ("ai_edge_litert", "tflite_runtime")]
+FIXTURE_MODELS = Path(__file__).parent / "fixtures" / "models"
+LAYOUT_FIXTURES = sorted(p.name.removesuffix(".expected.json") for p in FIXTURE_MODELS.glob("*.expected.json"))
+
+# (model file, reference file pattern, image folder, extra detect flags) in ../shared/models
+SHARED_CASES = {
+    "print3d": (
+        "print3d/print3d_2020-10-23_ssd_uint8.tflite",
+        "print3d/reference/reference_print3d.{runtime}.json",
+        "print3d/images",
+        ["--threshold", "0"],
+    ),
+    "coco_ssd": (
+        "ssd_mobilenet_v1_coco_quant_detect.tflite",
+        "reference/reference_ssd_mobilenet_v1_coco_quant.{runtime}.json",
+        "images",
+        ["--threshold", "0", "--labels", "{shared}/models/ssd_mobilenet_v1_coco_labelmap.txt"],
+    ),
+    "yolov8n": (
+        "yolov8n_full_integer_quant_u8.3.172.tflite",
+        "reference/reference_yolov8n_full_integer_quant_u8.3.172.{runtime}.json",
+        "images",
+        ["--threshold", "0.25", "--iou", "0.7", "--max-detections", "300"],
+    ),
+}
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+@pytest.mark.parametrize("case", sorted(SHARED_CASES))
+def test_detect_reproduces_reference_detections(shared_dir: Path, case: str, runtime: str) -> None:
+    model, reference, images, flags = SHARED_CASES[case]
+    ref = json.loads((shared_dir / "models" / reference.format(runtime=runtime)).read_text())
+    paths = [str(shared_dir / "models" / images / entry["image"]) for entry in ref["images"]]
+    flags = [f.format(shared=shared_dir) for f in flags]
+    result = run_cli("detect", "--json", "--runtime", runtime, "--model", str(shared_dir / "models" / model), *flags, *paths)
+    assert result.code == 0, result.err
+    lines = result.json_lines()
+    assert [Path(line["image"]).name for line in lines] == [entry["image"] for entry in ref["images"]]
+    threshold = float(flags[flags.index("--threshold") + 1])
+    for line, entry in zip(lines, ref["images"], strict=True):
+        assert (line["width"], line["height"]) == (entry["width"], entry["height"])
+        assert line["runtime"] == runtime
+        problems = match_detections(line["detections"], entry["detections"], threshold=threshold)
+        assert not problems, f"{entry['image']}: {problems}"
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+@pytest.mark.parametrize("fixture", LAYOUT_FIXTURES)
+def test_detect_decodes_each_layout_fixture(fixture: str, runtime: str) -> None:
+    expected = json.loads((FIXTURE_MODELS / f"{fixture}.expected.json").read_text())
+    result = run_cli(
+        "detect",
+        "--json",
+        "--runtime",
+        runtime,
+        "--threshold",
+        str(expected["score_threshold"]),
+        "--model",
+        str(FIXTURE_MODELS / f"{fixture}.tflite"),
+        str(FIXTURE_MODELS / expected["image"]),
+    )
+    assert result.code == 0, result.err
+    (line,) = result.json_lines()
+    assert [d["label"] for d in line["detections"]] == [d["label"] for d in expected["detections"]]
+    for mine, ref in zip(line["detections"], expected["detections"], strict=True):
+        assert mine["class_id"] == ref["class_id"]
+        assert mine["score"] == pytest.approx(ref["score"], abs=expected["tolerance_score"])
+        assert mine["box_xyxy"] == pytest.approx(ref["box_xyxy"], abs=expected["tolerance_px"] + 0.01)
+
+
+def test_detect_without_json_prints_one_readable_line_per_image() -> None:
+    result = run_cli(
+        "detect",
+        "--model",
+        str(FIXTURE_MODELS / "yolov5_layout_uint8.tflite"),
+        str(FIXTURE_MODELS / "yolov5_layout_uint8.png"),
+    )
+    assert result.code == 0, result.err
+    assert re.fullmatch(r".*yolov5_layout_uint8\.png: red 0\.99, green 0\.9[67], blue 0\.(89|90)", result.out.strip())
+
+
+def test_a_classifier_is_refused_at_start_with_what_is_readable() -> None:
+    result = run_cli("detect", "--model", str(FIXTURE_MODELS / "classifier_not_detector.tflite"), "x.png")
+    assert result.code == 1
+    assert "does not look like an object detector" in result.err
+    assert "[1, 5]" in result.err
+    assert "Traceback" not in result.err
+
+
+def test_an_edgetpu_model_without_the_tpu_says_what_to_install() -> None:
+    result = run_cli("detect", "--model", str(FIXTURE_MODELS / "fake_edgetpu_edgetpu.tflite"), "x.png")
+    assert result.code == 1
+    assert "compiled for the Edge TPU" in result.err
+    assert "detector.edgetpu" in result.err
+    assert "libedgetpu1-std" in result.err
+    assert "Traceback" not in result.err
+
+
+def test_asking_for_an_edgetpu_that_is_not_installed_names_the_package() -> None:
+    # This machine has no Coral and no libedgetpu: loading the delegate fails as it would on a
+    # Pi without the runtime installed.
+    result = run_cli(
+        "detect", "--edgetpu", "usb", "--model", str(FIXTURE_MODELS / "fake_edgetpu_edgetpu.tflite"), "x.png"
+    )
+    assert result.code == 1
+    assert "cannot open the Edge TPU (usb)" in result.err
+    assert "libedgetpu1-std" in result.err and "plugdev" in result.err
+
+
+def test_a_bad_edgetpu_device_string_is_a_usage_error() -> None:
+    result = run_cli("detect", "--edgetpu", "usb0", "--model", str(FIXTURE_MODELS / "yolov8_layout_f32.tflite"), "x")
+    assert result.code == 2
+    assert "usb, usb:N, pci or pci:N" in result.err
+
+
+def test_labels_that_do_not_match_the_classes_fail_at_start(tmp_path: Path) -> None:
+    labels = tmp_path / "two.txt"
+    labels.write_text("red\ngreen\n")
+    result = run_cli(
+        "detect", "--model", str(FIXTURE_MODELS / "yolov8_layout_f32.tflite"), "--labels", str(labels), "x.png"
+    )
+    assert result.code == 1
+    assert "has 3 classes but the labels" in result.err and "name 2" in result.err
+
+
+def test_a_file_that_is_not_a_model_is_refused(tmp_path: Path) -> None:
+    fake = tmp_path / "model.tflite"
+    fake.write_bytes(b"<html>404 not found</html>")
+    result = run_cli("detect", "--model", str(fake), "x.png")
+    assert result.code == 1
+    assert "is not a TensorFlow Lite model" in result.err
+
+
+def test_a_truncated_model_is_refused(tmp_path: Path) -> None:
+    data = (FIXTURE_MODELS / "yolov8_layout_f32.tflite").read_bytes()
+    cut = tmp_path / "cut.tflite"
+    cut.write_bytes(data[: len(data) // 2])
+    result = run_cli("detect", "--model", str(cut), "x.png")
+    assert result.code == 1
+    assert "Traceback" not in result.err
+    assert str(cut) in result.err
+
+
+def test_a_missing_model_is_a_usage_error() -> None:
+    result = run_cli("detect", "--model", "/nonexistent/model.tflite", "x.png")
+    assert result.code == 2
+    assert "model file /nonexistent/model.tflite does not exist" in result.err
+
+
+def test_a_corrupt_image_among_good_ones_is_skipped(tmp_path: Path) -> None:
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    image = cv2.imread(str(FIXTURE_MODELS / "yolov5_layout_uint8.png"))
+    cv2.imwrite(str(folder / "a.png"), image)
+    (folder / "b.jpg").write_bytes(b"\xff\xd8\xff\xe0garbage")
+    cv2.imwrite(str(folder / "c.png"), image)
+    result = run_cli("detect", "--json", "--model", str(FIXTURE_MODELS / "yolov5_layout_uint8.tflite"), str(folder))
+    assert result.code == 0, result.err
+    assert [Path(line["image"]).name for line in result.json_lines()] == ["a.png", "c.png"]
+    assert "b.jpg" in result.err
+
+
+def test_class_filter_and_label_map_through_the_config(tmp_path: Path) -> None:
+    from agent.detect.detector import Detector
+    from agent.detect.settings import DetectorSettings
+
+    model = str(FIXTURE_MODELS / "yolov5_layout_uint8.tflite")
+    image = cv2.imread(str(FIXTURE_MODELS / "yolov5_layout_uint8.png"))
+    detector = Detector(
+        DetectorSettings(model=model, label_map={"red": "fire"}, classes=["fire", "blue"], class_thresholds={"blue": 0.95})
+    )
+    detections = detector.detect(image)
+    assert detections.label_names() == ["fire"]  # green filtered out, blue below its own threshold
+
+
+def test_label_files_of_every_shipped_form() -> None:
+    assert parse_label_lines("background\nb'nozzle'\nb'raft'\n") == (["background", "nozzle", "raft"], 1)
+    assert parse_label_lines("???\nperson\nbicycle\n") == (["???", "person", "bicycle"], 1)
+    assert parse_label_lines("0 person\n1 car\n") == (["person", "car"], 0)
+    meta = {"metadata.json": json.dumps({"names": {"0": "a", "1": "b"}}).encode()}
+    assert labels_from_embedded(meta) == (["a", "b"], 0)
+    legacy = {"temp_meta.txt": b"{'names': {0: 'x', 1: 'y'}, 'stride': 32}"}
+    assert labels_from_embedded(legacy) == (["x", "y"], 0)
+
+
+@pytest.mark.parametrize(
+    ("size", "expected"),
+    [((1352, 900), (640, 426, 107, 107, 0, 0)), ((480, 640), (480, 640, 0, 0, 80, 80)), ((640, 640), (640, 640, 0, 0, 0, 0))],
+)
+def test_letterbox_geometry_matches_ultralytics(size: tuple[int, int], expected: tuple[int, ...]) -> None:
+    assert letterbox_geometry(size[0], size[1], 640, 640) == expected
+
+
+def test_preprocess_quantises_with_the_tensors_own_parameters() -> None:
+    from agent.detect.preprocess import Preprocessor
+
+    pre = Preprocessor(
+        (1, 4, 4, 3), np.dtype(np.int8), (2 / 255, -64), letterbox=False, rgb=True, mean=[0.0], std=[255.0]
+    )
+    image = np.full((4, 4, 3), 255, dtype=np.uint8)
+    tensor, _ = pre(image)
+    assert tensor.dtype == np.int8
+    assert int(tensor.max()) == 127 - 64 + 1  # 1.0 / (2/255) = 127.5 -> 128 - 64 = 64
