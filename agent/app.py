@@ -110,7 +110,7 @@ def build_agent(config: AgentConfig, *, on_result: Any = None) -> Agent:
     if alerts_on:
         alert_settings = config.alerts
         if alert_settings.state_file is None:
-            state_file = str(out.data_dir() / "alert-state.json")
+            state_file = out.data_dir() / "alert-state.json"
             alert_settings = alert_settings.model_copy(update={"state_file": state_file})
         printer = make_printer(config.printer) if config.printer.kind != "none" else None
         watcher = PrinterWatcher(printer, config.printer.poll_interval_s) if printer is not None else None
@@ -140,6 +140,7 @@ def build_agent(config: AgentConfig, *, on_result: Any = None) -> Agent:
         gate=gate,
         on_result=on_result,
         on_stats=publisher.publish_stats if publisher is not None else None,
+        detector_factory=lambda: Detector(config.detector),
     )
     log.info(
         "%s on %s (%s, %dx%d input) -> %s",

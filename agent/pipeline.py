@@ -47,6 +47,24 @@ class PipelineSettings(StrictModel):
     max_consecutive_errors: int = Field(
         default=20, ge=1, le=100000, description="detector failures in a row before the agent gives up"
     )
+    inference_timeout_s: float = Field(
+        default=30.0,
+        ge=0,
+        le=3600,
+        description="an inference this long is hung: restart the detector (0: never)",
+    )
+    max_detector_restarts: int = Field(
+        default=3,
+        ge=0,
+        le=1000,
+        description="hung-detector restarts before the agent exits (systemd restarts it)",
+    )
+    stall_timeout_s: float = Field(
+        default=30.0,
+        gt=0,
+        le=3600,
+        description="a frame stuck this long in a stage stops the systemd watchdog",
+    )
 
 
 class Stage(Protocol):
@@ -102,6 +120,7 @@ class Counters:
     processed: int = 0
     kept: int = 0
     detector_errors: int = 0
+    detector_restarts: int = 0
     stage_errors: dict[str, int] = field(default_factory=dict)
     inference_ms: deque[float] = field(default_factory=lambda: deque(maxlen=200))
     completed_at: deque[float] = field(default_factory=lambda: deque(maxlen=200))
@@ -125,9 +144,11 @@ class Pipeline:
         gate: GateLike | None = None,
         on_result: Callable[[FrameResult], None] | None = None,
         on_stats: Callable[[dict[str, Any]], None] | None = None,
+        detector_factory: Callable[[], DetectorLike] | None = None,
     ) -> None:
         self.source = source
         self.detector = detector
+        self.detector_factory = detector_factory
         self.stages = list(stages)
         self.settings = settings
         self.live = live
@@ -141,6 +162,10 @@ class Pipeline:
         self._capture_q: queue.Queue[Any] = queue.Queue(maxsize=settings.capture_queue)
         self._result_q: queue.Queue[Any] = queue.Queue(maxsize=settings.result_queue)
         self._lock = threading.Lock()
+        self._generation = 0  # bumped when a hung detector is replaced; old threads then quit
+        self._inference_since: float | None = None  # monotonic start of the running inference
+        self._output_since: float | None = None  # monotonic start of the result in the output stages
+        self._threads: list[threading.Thread] = []
 
     # ---- control ------------------------------------------------------------------------------
     def stop(self) -> None:
@@ -160,25 +185,75 @@ class Pipeline:
 
     def run(self) -> dict[str, Any]:
         """Run to the end; returns the final stats. Re-raises a fatal error from a worker."""
-        threads = [
-            threading.Thread(target=self._guard(self._capture_loop), name="capture", daemon=True),
-            threading.Thread(target=self._guard(self._inference_loop), name="inference", daemon=True),
-            threading.Thread(target=self._guard(self._output_loop), name="output", daemon=True),
-        ]
-        for thread in threads:
-            thread.start()
+        capture = threading.Thread(target=self._guard(self._capture_loop), name="capture", daemon=True)
+        output = threading.Thread(target=self._guard(self._output_loop), name="output", daemon=True)
+        self._threads = [capture, self._start_inference(), output]
+        capture.start()
+        output.start()
         next_stats = time.monotonic() + self.settings.stats_interval_s
-        while threads[2].is_alive():
-            threads[2].join(timeout=0.2)
+        while output.is_alive():
+            output.join(timeout=0.2)
+            self._check_detector()
             if time.monotonic() >= next_stats:
                 next_stats += self.settings.stats_interval_s
                 self._report_stats()
-        for thread in threads:
+        for thread in self._threads:
             thread.join(timeout=5.0)
         final = self.stats()
         if self._fatal is not None:
             raise self._fatal
         return final
+
+    def _start_inference(self) -> threading.Thread:
+        generation = self._generation
+        thread = threading.Thread(
+            target=self._guard(lambda: self._inference_loop(generation)),
+            name=f"inference-{generation}",
+            daemon=True,
+        )
+        thread.start()
+        return thread
+
+    def _check_detector(self) -> None:
+        """Replace a detector whose inference has run longer than ``inference_timeout_s``."""
+        limit = self.settings.inference_timeout_s
+        since = self._inference_since
+        if not limit or since is None or time.monotonic() - since < limit or self._fatal is not None:
+            return
+        if (
+            self.detector_factory is None
+            or self.counters.detector_restarts >= self.settings.max_detector_restarts
+        ):
+            if self._fatal is None:
+                self._fatal = RuntimeError(
+                    f"the detector has been stuck in one inference for over {limit:.0f} s "
+                    f"(after {self.counters.detector_restarts} restarts); exiting so the service manager restarts us"
+                )
+            self.stop()
+            _put_end(self._result_q)
+            return
+        self.counters.detector_restarts += 1
+        log.error(
+            "inference stuck for over %.0f s: restarting the detector (restart %d of at most %d)",
+            limit,
+            self.counters.detector_restarts,
+            self.settings.max_detector_restarts,
+        )
+        self._generation += 1
+        self._inference_since = None
+        self.counters.dropped += 1  # the frame the hung detector holds
+        self.detector = self.detector_factory()
+        self._threads.append(self._start_inference())
+
+    def progressing(self) -> bool:
+        """False when a frame has been stuck in the detector or the output stages for longer than
+        ``stall_timeout_s``: the systemd watchdog pings stop and systemd restarts the agent. An
+        idle pipeline (waiting for a camera, between samples) is progressing."""
+        now = time.monotonic()
+        limit = self.settings.stall_timeout_s
+        return all(
+            since is None or now - since < limit for since in (self._inference_since, self._output_since)
+        )
 
     def _guard(self, loop: Callable[[], None]) -> Callable[[], None]:
         def run() -> None:
@@ -233,8 +308,9 @@ class Pipeline:
                 if self._fatal is not None:
                     return
 
-    def _inference_loop(self) -> None:
+    def _inference_loop(self, generation: int) -> None:
         errors_in_row = 0
+        detector = self.detector
         while True:
             frame = self._capture_q.get()
             if frame is _END:
@@ -245,10 +321,14 @@ class Pipeline:
                     self.counters.skipped += 1
                     continue
             timings: dict[str, float] = {}
+            self._inference_since = time.monotonic()
             try:
-                detections = self.detector.detect(frame.image, timings)
+                detections = detector.detect(frame.image, timings)
                 errors_in_row = 0
             except Exception as exc:
+                if generation != self._generation:
+                    return
+                self._inference_since = None
                 self.counters.detector_errors += 1
                 errors_in_row += 1
                 log.error("detector failed on frame %s: %s", frame.frame_id, exc)
@@ -257,11 +337,14 @@ class Pipeline:
                         f"the detector failed on {errors_in_row} frames in a row; last error: {exc}"
                     ) from exc
                 continue
+            if generation != self._generation:
+                return  # this thread hung on the frame and was replaced (the frame counts as dropped)
+            self._inference_since = None
             result = FrameResult(
                 frame=frame,
                 detections=detections,
-                model=self.detector.name,
-                runtime=self.detector.runtime,
+                model=detector.name,
+                runtime=detector.runtime,
                 inference_ms=timings.get("invoke", 0.0),
                 timings_ms=timings,
             )
@@ -275,6 +358,7 @@ class Pipeline:
                 result = self._result_q.get()
                 if result is _END:
                     break
+                self._output_since = time.monotonic()
                 for stage in self.stages:
                     try:
                         stage.handle(result)
@@ -287,6 +371,7 @@ class Pipeline:
                 if result.keep:
                     self.counters.kept += 1
                 self.counters.completed_at.append(time.monotonic())
+                self._output_since = None
                 if self.on_result is not None:
                     self.on_result(result)
         finally:
@@ -318,6 +403,7 @@ class Pipeline:
                 "processed": c.processed,
                 "kept": c.kept,
                 "detector_errors": c.detector_errors,
+                "detector_restarts": c.detector_restarts,
             },
             "queues": {"capture": self._capture_q.qsize(), "results": self._result_q.qsize()},
             "stage_errors": dict(c.stage_errors),

@@ -14,6 +14,9 @@ apt_packages=()
 [ -x /usr/sbin/mosquitto ] || apt_packages+=(mosquitto)
 command -v mosquitto_passwd >/dev/null 2>&1 || [ -x /usr/bin/mosquitto_passwd ] || apt_packages+=(mosquitto)
 command -v openssl >/dev/null 2>&1 || apt_packages+=(openssl)
+command -v shellcheck >/dev/null 2>&1 || apt_packages+=(shellcheck)
+command -v debootstrap >/dev/null 2>&1 || apt_packages+=(debootstrap)
+command -v systemd-analyze >/dev/null 2>&1 || apt_packages+=(systemd)
 if [ "${#apt_packages[@]}" -gt 0 ]; then
     echo "== installing system packages: ${apt_packages[*]}"
     $SUDO apt-get update -qq

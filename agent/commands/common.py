@@ -5,8 +5,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from pydantic import ValidationError
+
 from agent.detect.settings import DetectorSettings
 from agent.errors import ConfigError
+from agent.sources.settings import SourceSettings
 
 
 def add_detector_arguments(parser: argparse.ArgumentParser, *, model_required: bool) -> None:
@@ -52,3 +55,12 @@ def detector_settings(args: argparse.Namespace, base: DetectorSettings | None = 
         for key, flag in flags.items():
             text = text.replace(key, flag)
         raise ConfigError(f"invalid detector option: {text}") from None
+
+
+def source_settings(url: str) -> SourceSettings:
+    """Settings for a SOURCE given on the command line; a malformed one is a ``ConfigError``."""
+    try:
+        return SourceSettings(url=url)
+    except ValidationError as exc:
+        reasons = "; ".join(str(e.get("msg", "")).removeprefix("Value error, ") for e in exc.errors())
+        raise ConfigError(f"SOURCE {url!r}: {reasons}") from None

@@ -16,10 +16,9 @@ import json
 import sys
 from typing import Any
 
-from agent.commands.common import add_detector_arguments, detector_settings
+from agent.commands.common import add_detector_arguments, detector_settings, source_settings
 from agent.detect.detector import Detector
 from agent.sources import open_source
-from agent.sources.settings import SourceSettings
 
 
 def add_detect_command(subparsers: Any) -> None:
@@ -52,7 +51,7 @@ def frame_record(frame: Any, detections: Any, detector: Detector) -> dict[str, A
 def run_detect(args: argparse.Namespace) -> int:
     """Detect in every source; returns 0, or 1 when a source yielded no frame at all."""
     detector = Detector(detector_settings(args))
-    settings = [SourceSettings(url=s) for s in args.sources]
+    settings = [source_settings(s) for s in args.sources]
     sources = [open_source(s) for s in settings]  # fail on a bad source before any work
     out = sys.stdout
     empty = 0

@@ -7,14 +7,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from agent.commands.common import add_detector_arguments, detector_settings
+from agent.commands.common import add_detector_arguments, detector_settings, source_settings
 from agent.detect.detector import Detector
 from agent.errors import ConfigError
 from agent.frames import FrameResult
 from agent.labeler import VottStage
 from agent.pipeline import Pipeline, PipelineSettings
 from agent.sources import open_source
-from agent.sources.settings import SourceSettings
 from agent.vott import VottProject
 
 
@@ -65,7 +64,7 @@ def run_label(args: argparse.Namespace) -> int:
             "--out and the frames folder must differ: VoTT keeps project files apart from images"
         )
     detector = Detector(detector_settings(args))
-    sources = [open_source(SourceSettings(url=s)) for s in args.sources]
+    sources = [open_source(source_settings(s)) for s in args.sources]
     project = VottProject(
         target,
         frames_dir,

@@ -8,14 +8,19 @@ messages waiting in the on-disk outbox.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import signal
 import sys
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from agent import sdnotify
 from agent.config import AgentConfig, load_config
+from agent.pipeline import Pipeline
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +60,42 @@ def apply_overrides(config: AgentConfig, args: argparse.Namespace) -> AgentConfi
     return AgentConfig.model_validate(data)
 
 
+def status_line(pipeline: Pipeline) -> str:
+    """The one-line STATUS shown by `systemctl status`: rate, counts, outbox size."""
+    stats = pipeline.stats()
+    frames = stats["frames"]
+    outbox = stats.get("mqtt", {}).get("outbox", {}).get("messages")
+    text = f"{stats['fps']:.1f} fps, {frames['processed']} frames, {frames['kept']} kept"
+    return text + (f", outbox {outbox}" if outbox is not None else "")
+
+
+@contextlib.contextmanager
+def supervise(pipeline: Pipeline, check_s: float = 1.0) -> Iterator[sdnotify.Watchdog]:
+    """Tell systemd we are ready, and beat its watchdog while the pipeline progresses.
+
+    A thread checks ``pipeline.progressing()`` every ``check_s`` seconds and beats the watchdog
+    only then; a frame stuck in the detector or an output stage stops the pings.
+    """
+    watchdog = sdnotify.Watchdog(lambda: status_line(pipeline))
+    done = threading.Event()
+
+    def check() -> None:
+        while not done.wait(check_s):
+            if pipeline.progressing():
+                watchdog.beat()
+
+    checker = threading.Thread(target=check, name="watchdog-check", daemon=True)
+    watchdog.beat()
+    sdnotify.notify(ready=True, status=status_line(pipeline))
+    with watchdog:
+        checker.start()
+        try:
+            yield watchdog
+        finally:
+            done.set()
+            sdnotify.notify(stopping=True, status="stopping")
+
+
 def run_run(args: argparse.Namespace) -> int:
     """Load, check, build and run the agent."""
     config = apply_overrides(load_config(args.config), args)
@@ -72,7 +113,8 @@ def run_run(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
-    stats = agent.run()
+    with supervise(agent.pipeline):
+        stats = agent.run()
     frames = stats["frames"]
     out = Path(config.output.data_dir())
     print(

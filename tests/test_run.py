@@ -1,0 +1,334 @@
+"""``edge-agent run``: the whole pipeline from a folder to VoTT and the outbox; shutdown; systemd."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import cv2
+import pytest
+import yaml
+
+from agent.config import AgentConfig
+from agent.detect.detector import Detector
+from agent.detect.settings import DetectorSettings
+from agent.mqtt.outbox import Outbox
+from agent.pipeline import Pipeline, PipelineSettings
+from agent.sources import open_source
+from agent.sources.settings import SourceSettings
+from tests.helpers import REPO, run_cli
+
+FIXTURE_MODELS = Path(__file__).parent / "fixtures" / "models"
+MODEL = str(FIXTURE_MODELS / "yolov5_layout_uint8.tflite")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def make_frames(folder: Path, count: int, *, corrupt: tuple[int, ...] = ()) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    image = cv2.imread(str(FIXTURE_MODELS / "yolov5_layout_uint8.png"))
+    for i in range(count):
+        path = folder / f"frame_{i:04d}.jpg"
+        if i in corrupt:
+            path.write_bytes(b"\xff\xd8\xff\xe0 truncated")
+        else:
+            shifted = cv2.copyMakeBorder(image, i % 7, 0, 0, i % 5, cv2.BORDER_CONSTANT)
+            cv2.imwrite(str(path), shifted)
+
+
+def write_config(tmp_path: Path, frames: Path, **sections: Any) -> Path:
+    config: dict[str, Any] = {
+        "source": {"url": str(frames), "id": "cam"},
+        "detector": {"model": MODEL},
+        "output": {"dir": str(tmp_path / "data")},
+        "alerts": {"failure_labels": {"red": 1.0}},
+        "mqtt": {"enabled": True, "host": "127.0.0.1", "port": free_port(), "device_id": "testdev"},
+    }
+    for key, value in sections.items():
+        config.setdefault(key, {}).update(value)
+    path = tmp_path / "agent.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def outbox_topics(data: Path) -> list[str]:
+    box = Outbox(str(data / "mqtt-outbox.sqlite3"), max_bytes=10**12, max_age_s=10**9)
+    try:
+        return [m.message.topic for m in box.take(100000)]
+    finally:
+        box.close()
+
+
+def test_run_writes_prelabels_and_queues_every_message_without_a_broker(tmp_path: Path) -> None:
+    frames = tmp_path / "frames"
+    make_frames(frames, 12, corrupt=(5,))
+    config = write_config(tmp_path, frames)
+    result = run_cli("run", "--config", str(config))
+    assert result.code == 0, result.err
+    assert "processed 11 frames, kept 11" in result.err
+    data = tmp_path / "data"
+    project = json.loads((data / "vott" / "edge-agent-cam.vott").read_text())
+    assert len(project["assets"]) == 11
+    assert len(list((data / "frames").glob("*.jpg"))) == 11
+    topics = outbox_topics(data)
+    assert sum(t == "edge-agent/testdev/detections" for t in topics) == 11
+    assert sum(t.startswith("edge-agent/testdev/frames/") for t in topics) == 11
+    assert sum(t.startswith("edge-agent/testdev/annotations/") for t in topics) == 11
+    assert "frame_0005.jpg" in result.err  # the corrupt frame is named in the log
+
+
+def test_run_validates_with_the_vott_checker(shared_dir: Path, tmp_path: Path) -> None:
+    frames = tmp_path / "frames"
+    make_frames(frames, 5)
+    config = write_config(tmp_path, frames, mqtt={"enabled": False})
+    assert run_cli("run", "--config", str(config)).code == 0
+    data = tmp_path / "data"
+    check = subprocess.run(
+        [
+            sys.executable,
+            str(shared_dir / "vott" / "validate_vott.py"),
+            str(data / "vott"),
+            "--source-folder",
+            str(data / "frames"),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert check.returncode == 0, check.stdout
+
+
+def test_sigterm_finishes_cleanly_with_the_project_saved(tmp_path: Path) -> None:
+    frames = tmp_path / "frames"
+    make_frames(frames, 3)
+    config = write_config(
+        tmp_path, frames, source={"watch": True, "watch_poll_s": 0.1, "watch_settle_s": 0.1}
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "agent.cli", "run", "--config", str(config)],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    project_file = tmp_path / "data" / "vott" / "edge-agent-cam.vott"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if project_file.exists() and len(list((tmp_path / "data" / "frames").glob("*.jpg"))) == 3:
+            break
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert "received SIGTERM" in err
+    project = json.loads(project_file.read_text())
+    assert len(project["assets"]) == 3
+    assert not list((tmp_path / "data").rglob("*.tmp"))
+
+
+@pytest.mark.parametrize(
+    ("section", "message", "code"),
+    [
+        ({"source": {"url": "/nonexistent/frames"}}, "is not an existing folder or file", 2),
+        ({"source": {"url": "/dev/video97"}}, "/dev/video97", 1),
+        ({"detector": {"model": "/nonexistent.tflite"}}, "does not exist", 2),
+        ({"alerts": {"failure_labels": {"spaghetti": 1.0}}}, "spaghetti", 2),
+    ],
+)
+def test_run_start_up_errors_are_clear(
+    tmp_path: Path, section: dict[str, Any], message: str, code: int
+) -> None:
+    frames = tmp_path / "frames"
+    make_frames(frames, 1)
+    config = write_config(tmp_path, frames)
+    data = yaml.safe_load(config.read_text())
+    for key, value in section.items():
+        data[key].update(value)
+    if "alerts" in section:
+        data["alerts"] = section["alerts"]
+    config.write_text(yaml.safe_dump(data))
+    result = run_cli("run", "--config", str(config))
+    assert result.code == code, result.err
+    assert message in result.err
+    assert "Traceback" not in result.err
+
+
+class NotifyListener:
+    """Stands in for systemd: receives what the agent sends to $NOTIFY_SOCKET."""
+
+    def __init__(self) -> None:
+        self.folder = tempfile.mkdtemp(prefix="sdn-", dir="/tmp")
+        self.path = os.path.join(self.folder, "notify")
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(self.path)
+        self.sock.settimeout(0.5)
+        self.messages: list[dict[str, str]] = []
+        self.times: list[float] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                data = self.sock.recv(4096).decode()
+            except TimeoutError:
+                continue
+            self.messages.append(dict(line.split("=", 1) for line in data.splitlines() if "=" in line))
+            self.times.append(time.monotonic())
+
+    def watchdog_times(self) -> list[float]:
+        return [t for m, t in zip(self.messages, self.times, strict=True) if m.get("WATCHDOG") == "1"]
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.sock.close()
+        os.unlink(self.path)
+        os.rmdir(self.folder)
+
+
+@pytest.fixture
+def notify_listener() -> Iterator[NotifyListener]:
+    listener = NotifyListener()
+    yield listener
+    listener.close()
+
+
+def test_agent_tells_systemd_ready_and_pings_the_watchdog(
+    tmp_path: Path, notify_listener: NotifyListener
+) -> None:
+    frames = tmp_path / "frames"
+    make_frames(frames, 2)
+    config = write_config(
+        tmp_path, frames, source={"watch": True, "watch_poll_s": 0.1, "watch_settle_s": 0.1}
+    )
+    env = {**os.environ, "NOTIFY_SOCKET": notify_listener.path, "WATCHDOG_USEC": "1000000"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "agent.cli", "run", "--config", str(config)],
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and len(notify_listener.watchdog_times()) < 4:
+            time.sleep(0.1)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=60)
+    assert any(m.get("READY") == "1" for m in notify_listener.messages)
+    assert len(notify_listener.watchdog_times()) >= 4
+    assert any("fps" in m.get("STATUS", "") for m in notify_listener.messages)
+    assert any(m.get("STOPPING") == "1" for m in notify_listener.messages)
+
+
+class HangingDetector:
+    """The real detector, made to hang on its Nth frame (fault injection: a stuck Coral or
+    driver cannot be produced on purpose on this machine)."""
+
+    def __init__(self, hang_on: int) -> None:
+        self.real = Detector(DetectorSettings(model=MODEL))
+        self.hang_on = hang_on
+        self.calls = 0
+        self.release = threading.Event()
+        self.runtime = self.real.runtime
+        self.labels = self.real.labels
+
+    @property
+    def name(self) -> str:
+        return self.real.name
+
+    def detect(self, image: Any, timings: dict[str, float] | None = None) -> Any:
+        self.calls += 1
+        if self.calls == self.hang_on:
+            self.release.wait(60)
+        return self.real.detect(image, timings)
+
+
+def run_pipeline_in_thread(pipeline: Pipeline) -> tuple[threading.Thread, dict[str, Any]]:
+    out: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            out["stats"] = pipeline.run()
+        except BaseException as exc:  # surfaced to the test
+            out["error"] = exc
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    return thread, out
+
+
+def test_watchdog_pings_stop_when_the_detector_hangs(
+    tmp_path: Path, notify_listener: NotifyListener, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from agent.commands.run import supervise
+
+    monkeypatch.setenv("NOTIFY_SOCKET", notify_listener.path)
+    monkeypatch.setenv("WATCHDOG_USEC", "600000")
+    frames = tmp_path / "frames"
+    make_frames(frames, 2)
+    detector = HangingDetector(hang_on=3)
+    source = open_source(SourceSettings(url=str(frames), watch=True, watch_poll_s=0.1, watch_settle_s=0.1))
+    settings = PipelineSettings(stall_timeout_s=1.0, inference_timeout_s=0)
+    pipeline = Pipeline(source, detector, [], settings, live=False)
+    with supervise(pipeline, check_s=0.1):
+        thread, _ = run_pipeline_in_thread(pipeline)
+        deadline = time.monotonic() + 30
+        while len(notify_listener.watchdog_times()) < 3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(notify_listener.watchdog_times()) >= 3, "no pings while healthy"
+        make_frames(tmp_path / "more", 3)
+        os.replace(tmp_path / "more" / "frame_0002.jpg", frames / "frame_0002.jpg")  # the frame it hangs on
+        while detector.calls < 3:
+            time.sleep(0.05)
+        hung_at = time.monotonic()
+        time.sleep(3.0)
+        late = [t for t in notify_listener.watchdog_times() if t > hung_at + 1.5]
+        assert late == [], "the watchdog kept pinging while the detector hung"
+        detector.release.set()
+        pipeline.stop()
+        thread.join(30)
+
+
+def test_a_hung_detector_is_replaced_and_counted(tmp_path: Path) -> None:
+    frames = tmp_path / "frames"
+    make_frames(frames, 6)
+    detector = HangingDetector(hang_on=2)
+    source = open_source(SourceSettings(url=str(frames)))
+    settings = PipelineSettings(inference_timeout_s=1.0, max_detector_restarts=2)
+    pipeline = Pipeline(
+        source,
+        detector,
+        [],
+        settings,
+        live=False,
+        detector_factory=lambda: Detector(DetectorSettings(model=MODEL)),
+    )
+    thread, out = run_pipeline_in_thread(pipeline)
+    thread.join(60)
+    detector.release.set()
+    assert "error" not in out, out.get("error")
+    frames_stats = out["stats"]["frames"]
+    assert frames_stats["detector_restarts"] == 1
+    assert frames_stats["processed"] == 5  # the frame the hung detector held is dropped
+    assert frames_stats["dropped"] == 1
+
+
+def test_default_config_is_the_bundled_demo() -> None:
+    config = AgentConfig.model_validate({})
+    assert config.detector.model is None
+    text = (REPO / "configs" / "default.yaml").read_text()
+    assert "{bundled}/sample_timelapse" in text
