@@ -14,4 +14,6 @@ from pydantic import BaseModel, ConfigDict
 class StrictModel(BaseModel):
     """A config section: unknown keys are errors; assignments are validated too."""
 
-    model_config = ConfigDict(extra="forbid", strict=False, validate_assignment=True, frozen=False)
+    model_config = ConfigDict(
+        extra="forbid", strict=False, validate_assignment=True, frozen=False, use_attribute_docstrings=True
+    )

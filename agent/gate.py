@@ -52,6 +52,7 @@ class GateSettings(StrictModel):
     """The ``gate`` config section: when to skip inference on an unchanged frame."""
 
     enabled: bool = False
+    """Run the change gate: skip inference on frames where nothing changed."""
     downscale_width_px: int = Field(160, ge=16, le=1920, description="width of the compared picture")
     blur_kernel_px: int = Field(
         5, ge=0, le=31, description="Gaussian blur kernel (odd); 0 or 1 turns the blur off"

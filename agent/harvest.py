@@ -98,8 +98,11 @@ class DetectionPolicy(StrictModel):
     """Keep frames with a detection of one of ``labels`` (any label when empty) scored in range."""
 
     labels: list[str] = Field(default_factory=list)
+    """Keep frames with these labels (empty: any label)."""
     min_score: float = Field(0.0, ge=0.0, le=1.0)
+    """Lowest score that counts."""
     max_score: float = Field(1.0, ge=0.0, le=1.0)
+    """Highest score that counts."""
 
     @model_validator(mode="after")
     def _range(self) -> DetectionPolicy:
@@ -116,7 +119,9 @@ class UncertaintyPolicy(StrictModel):
     """
 
     min_score: float = Field(0.3, ge=0.0, le=1.0)
+    """Keep frames whose highest score is at least this."""
     max_score: float = Field(0.6, ge=0.0, le=1.0)
+    """And at most this."""
 
     @model_validator(mode="after")
     def _range(self) -> UncertaintyPolicy:
@@ -129,6 +134,7 @@ class IntervalPolicy(StrictModel):
     """At most one kept frame per ``interval_s`` seconds per source."""
 
     interval_s: float = Field(10.0, gt=0.0)
+    """Keep at most one frame per this many seconds per source."""
 
 
 class DuplicatePolicy(StrictModel):
@@ -139,14 +145,17 @@ class DuplicatePolicy(StrictModel):
     """
 
     max_distance_bits: int = Field(6, ge=0, le=64)
+    """Frames whose 64-bit hash differs by at most this many bits from a kept frame are duplicates."""
     window_frames: int = Field(200, ge=1, le=100_000, description="kept frames per source compared")
     compare_labels: bool = True
+    """A duplicate must also have the same labels and counts."""
 
 
 class ClassBalancePolicy(StrictModel):
     """Drop a frame when each of its labels already has this many kept frames in the last hour."""
 
     max_per_label_per_hour: int = Field(60, ge=1)
+    """Stop keeping frames of a label after this many in an hour."""
 
 
 def _default_policies() -> list[PolicyName]:
@@ -157,6 +166,7 @@ class HarvestSettings(StrictModel):
     """The ``harvest`` config section: keep policies, disk quota and retention."""
 
     policies: list[PolicyName] = Field(default_factory=_default_policies)
+    """Keep policies: reasons all, detection, uncertainty, change; vetoes interval, duplicate, class_balance."""
     detection: DetectionPolicy = Field(default_factory=DetectionPolicy)
     uncertainty: UncertaintyPolicy = Field(default_factory=UncertaintyPolicy)
     interval: IntervalPolicy = Field(default_factory=IntervalPolicy)

@@ -23,13 +23,20 @@ class DetectorSettings(StrictModel):
     model: str | None = Field(default=None, description="path to a .tflite model; unset: the bundled one")
     labels: str | None = Field(default=None, description="labels file overriding the model's own")
     runtime: RuntimeName = "auto"
+    """TFLite runtime; auto picks the fastest installed (ai_edge_litert, then tflite_runtime, then tensorflow)."""
     num_threads: int | None = Field(default=None, ge=1, le=64)
+    """Interpreter threads; default all cores."""
     edgetpu: str | None = Field(default=None, description="usb, usb:N, pci or pci:N")
     layout: Layout = "auto"
+    """Output layout; auto detects it from the model (override in the model card)."""
     score_threshold: float | None = Field(default=None, ge=0.0, le=1.0)
+    """Minimum score; default the model card's, else 0.25."""
     iou_threshold: float | None = Field(default=None, gt=0.0, le=1.0)
+    """NMS IoU for YOLO models; default the card's, else 0.45."""
     max_detections: int | None = Field(default=None, ge=1, le=10000)
+    """At most this many detections per frame; default the card's, else 100."""
     class_agnostic_nms: bool | None = None
+    """NMS across classes (default per class)."""
     classes: list[str] | None = Field(default=None, description="keep only these labels (after label_map)")
     label_map: dict[str, str] = Field(default_factory=dict, description="model label -> dataset label")
     class_thresholds: dict[str, float] = Field(default_factory=dict, description="label -> score threshold")

@@ -40,7 +40,9 @@ class HomeAssistantSettings(StrictModel):
     """Home Assistant MQTT discovery (a device with failure, score, fps, latency and image entities)."""
 
     enabled: bool = False
+    """Publish Home Assistant MQTT discovery."""
     discovery_prefix: str = "homeassistant"
+    """Home Assistant's discovery prefix."""
     name: str = Field("", description="device name shown in Home Assistant; empty: 'edge-agent <device_id>'")
 
     @field_validator("discovery_prefix")
@@ -53,16 +55,25 @@ class MqttSettings(StrictModel):
     """Connection to the MQTT broker and what is published there (see agent/mqtt/topics.py)."""
 
     enabled: bool = False
+    """Publish over MQTT (messages wait in the outbox while no broker answers)."""
     host: str = Field("localhost", min_length=1)
+    """Broker host name or address."""
     port: int | None = Field(None, ge=1, le=65535, description="default 8883 with TLS, else 1883")
     protocol: Literal["5", "3.1.1"] = "5"
+    """MQTT version: 5 or 3.1.1."""
     client_id: str = Field("", description="empty: 'edge-agent-<device_id>'")
     device_id: str = Field(default_factory=default_device_id)
+    """This agent's id in topics; default the host name (with an ACL, equal to the MQTT user)."""
     topic_prefix: str = "edge-agent"
+    """First topic level."""
     keepalive_s: int = Field(30, ge=5, le=65535)
+    """MQTT keepalive."""
     connect_timeout_s: float = Field(10.0, gt=0, le=300)
+    """Give up on one connection attempt after this long."""
     reconnect_min_s: float = Field(1.0, gt=0, le=3600)
+    """First reconnect delay (doubles up to reconnect_max_s)."""
     reconnect_max_s: float = Field(60.0, gt=0, le=3600)
+    """Longest reconnect delay."""
     close_timeout_s: float = Field(5.0, ge=0, le=300, description="wait for in-flight acks on exit")
 
     tls: bool = Field(False, description="TLS on; implied by ca_file or cert_file")
@@ -72,6 +83,7 @@ class MqttSettings(StrictModel):
     insecure_skip_verify: bool = Field(False, description="do not verify the broker (testing only)")
 
     username: str | None = None
+    """MQTT user name."""
     password_env: str | None = Field(None, description="environment variable holding the password")
     password_file: str | None = Field(None, description="file whose first line is the password")
 

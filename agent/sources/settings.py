@@ -66,9 +66,13 @@ class V4l2Options(StrictModel):
     """
 
     width_px: int | None = Field(default=None, ge=16, le=16384)
+    """Requested capture width (set with height_px)."""
     height_px: int | None = Field(default=None, ge=16, le=16384)
+    """Requested capture height."""
     fourcc: str | None = Field(default=None, min_length=4, max_length=4)
+    """Pixel format, e.g. MJPG for USB webcams at high resolution."""
     fps: float | None = Field(default=None, gt=0, le=1000)
+    """Requested camera frame rate."""
 
 
 class Picamera2Options(StrictModel):
@@ -87,14 +91,23 @@ class Picamera2Options(StrictModel):
     """
 
     camera_num: int = Field(default=0, ge=0, le=16)
+    """Which camera (0 for the first)."""
     mode: Literal["video", "still"] = "video"
+    """Video (continuous, fast) or still (full-resolution captures)."""
     width_px: int | None = Field(default=None, ge=16, le=16384)
+    """Main stream width (set with height_px); default: the sensor's mode."""
     height_px: int | None = Field(default=None, ge=16, le=16384)
+    """Main stream height."""
     format: Literal["RGB888", "BGR888", "XRGB8888", "XBGR8888", "YUV420"] = "RGB888"
+    """Main stream pixel format."""
     fps: float | None = Field(default=None, gt=0, le=1000)
+    """Frame rate (sets FrameDurationLimits)."""
     controls: dict[str, ControlValue] = Field(default_factory=dict)
+    """Libcamera controls, e.g. {AfMode: Continuous, ExposureTime: 10000}."""
     tuning_file: str | None = None
+    """Camera tuning file, e.g. imx708_noir.json."""
     buffer_count: int | None = Field(default=None, ge=1, le=32)
+    """Frame buffers to allocate."""
 
     @field_validator("controls")
     @classmethod
@@ -133,36 +146,59 @@ class SourceSettings(StrictModel):
     model_config = ConfigDict(hide_input_in_errors=True)
 
     url: str = "/dev/video0"
+    """What to read: a folder of images, a video or image file, /dev/videoN or a camera index, rtsp://, an http(s) MJPEG stream or snapshot URL, or picamera2."""
     kind: SourceKind = "auto"
+    """The kind of source; auto guesses it from url (an HTTP URL that does not say is probed once)."""
     id: str | None = Field(default=None, min_length=1, max_length=64)
+    """Source id used in frame ids and file names; default derived from url."""
 
     max_fps: float | None = Field(default=None, gt=0, le=1000)
+    """At most this many frames per second."""
     interval_s: float | None = Field(default=None, ge=0, le=86400)
+    """At least this many seconds between frames (video files: seconds of video), e.g. 10 for a printer."""
 
     # folder and video files
     watch: bool = False
+    """Folder: keep waiting for new files (a timelapse still being written)."""
     watch_poll_s: float = Field(default=1.0, gt=0, le=3600)
+    """Folder watch: how often to look for new files."""
     watch_settle_s: float = Field(default=1.0, ge=0, le=3600)
+    """Folder watch: a new file is read once its size has not changed for this long."""
     loop: bool = False
+    """Folder or video: start again at the end (demos, soak tests)."""
 
     # live sources: connecting and reconnecting
     reconnect_initial_s: float = Field(default=1.0, gt=0, le=3600)
+    """First wait before reconnecting a dropped stream or camera (doubles each failure, with jitter)."""
     reconnect_max_s: float = Field(default=30.0, gt=0, le=86400)
+    """Longest wait between reconnect attempts."""
     connect_timeout_s: float = Field(default=10.0, gt=0, le=600)
+    """Give up on one connection attempt after this long."""
     read_timeout_s: float = Field(default=15.0, gt=0, le=3600)
+    """A stream that sends nothing for this long is reconnected."""
     startup_attempts: int = Field(default=3, ge=1, le=10000)
+    """Failed first connections before start-up fails with an error (later drops reconnect forever)."""
 
     # HTTP (MJPEG, snapshot) and RTSP credentials
     username: str | None = None
+    """User for HTTP basic auth or RTSP."""
     password_env: str | None = None
+    """Environment variable holding the password (never put it in the YAML)."""
     password_file: str | None = None
+    """File whose first line is the password."""
     api_key_env: str | None = None
+    """Environment variable holding an API key sent as X-Api-Key (OctoPrint)."""
     api_key_file: str | None = None
+    """File whose first line is that API key."""
     headers: dict[str, str] = Field(default_factory=dict)
+    """Extra HTTP request headers (no secrets: those come from *_env/*_file)."""
     tls_verify: bool = True
+    """Verify the HTTPS server's certificate."""
     max_frame_mb: float = Field(default=16.0, gt=0, le=512)
+    """A stream part or snapshot larger than this is refused."""
 
     rtsp_transport: Literal["tcp", "udp"] = "tcp"
+    """RTSP over tcp (reliable) or udp."""
     v4l2: V4l2Options = Field(default_factory=V4l2Options)
     picamera2: Picamera2Options = Field(default_factory=Picamera2Options)
 
