@@ -22,8 +22,10 @@ COMMANDS: list[str] = [
     "agent.commands.run:add_run_command",
     "agent.commands.detect:add_detect_command",
     "agent.commands.label:add_label_command",
+    "agent.commands.replay:add_replay_command",
     "export.cli:add_export_command",
     "export.cli:add_eval_command",
+    "agent.commands.doctor:add_doctor_command",
 ]
 
 log = logging.getLogger("edge-agent")
