@@ -66,6 +66,8 @@ SAME_PRINT_TOLERANCE_S = 60.0
 class AlertSettings(StrictModel):
     """``alerts:`` section. Defaults are Obico's learned values where Obico has one."""
 
+    enabled: bool = False
+    """Watch for print failures (the printer use); off for agents that only harvest frames."""
     failure_labels: dict[str, float] = Field(default_factory=lambda: {"spaghetti": 1.0, "adhesion": 0.5})
     """Label -> weight of its confidence in the frame score. Ours: the print3d model's failure
     labels; Obico's model has one 'failure' label with weight 1."""

@@ -81,7 +81,7 @@ def build_agent(config: AgentConfig, *, on_result: Any = None) -> Agent:
     """Open the detector, the output folders, the outbox and the source, and wire the stages:
     alerts (so an alerting frame is always kept) -> harvest + VoTT writer -> MQTT."""
     detector = Detector(config.detector)
-    alerts_on = bool(config.alerts.failure_labels)
+    alerts_on = config.alerts.enabled
     if alerts_on:
         validate_failure_labels(config.alerts, detector.labels)
     out = config.output
@@ -129,7 +129,7 @@ def build_agent(config: AgentConfig, *, on_result: Any = None) -> Agent:
         )
     stages.append(keep)
     if publisher is not None:
-        stages.append(MqttStage(publisher))
+        stages.append(MqttStage(publisher, reviewer_path=lambda image: project.reviewer_path(image)))
     gate = ChangeGate(config.gate) if config.gate.enabled else None
     pipeline = Pipeline(
         source,

@@ -150,12 +150,12 @@ class AlertStage:
         }
 
 
-def annotation_for(result: FrameResult) -> dict[str, Any]:
-    """The ``annotations/<frame_id>`` payload: the VoTT asset JSON of the frame (as if its file
-    were ``<frame_id>.jpg``; the receiver recomputes ids from its own paths) plus the scores."""
+def annotation_for(result: FrameResult, reviewer_path: Callable[[str], str]) -> dict[str, Any]:
+    """The ``annotations/<frame_id>`` payload: the VoTT asset JSON of the frame as the agent's own
+    project has it (the receiver recomputes ids from its own paths) plus the scores."""
     frame = result.frame
-    name = Path(result.image_path).name if result.image_path else f"{frame.frame_id}.jpg"
-    payload = asset_json_with_scores(name, frame.width, frame.height, result.detections)
+    image = result.image_path or f"{frame.frame_id}.jpg"
+    payload = asset_json_with_scores(reviewer_path(image), frame.width, frame.height, result.detections)
     payload["frame_id"] = frame.frame_id
     payload["model"] = result.model
     return payload
@@ -166,15 +166,16 @@ class MqttStage:
 
     name = "mqtt"
 
-    def __init__(self, publisher: MqttPublisher) -> None:
+    def __init__(self, publisher: MqttPublisher, reviewer_path: Callable[[str], str]) -> None:
         self.publisher = publisher
+        self.reviewer_path = reviewer_path
 
     def handle(self, result: FrameResult) -> None:
         """Queue the messages in the outbox (sending happens on the publisher's thread)."""
         t0 = time.perf_counter()
         self.publisher.publish_detections(result)
         if result.keep:
-            self.publisher.publish_frame(result, annotation_for(result))
+            self.publisher.publish_frame(result, annotation_for(result, self.reviewer_path))
         result.timings_ms["publish"] = (time.perf_counter() - t0) * 1000.0
 
     def close(self) -> None:

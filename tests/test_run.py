@@ -55,7 +55,7 @@ def write_config(tmp_path: Path, frames: Path, **sections: Any) -> Path:
         "source": {"url": str(frames), "id": "cam"},
         "detector": {"model": MODEL},
         "output": {"dir": str(tmp_path / "data")},
-        "alerts": {"failure_labels": {"red": 1.0}},
+        "alerts": {"enabled": True, "failure_labels": {"red": 1.0}},
         "mqtt": {"enabled": True, "host": "127.0.0.1", "port": free_port(), "device_id": "testdev"},
     }
     for key, value in sections.items():
@@ -143,7 +143,7 @@ def test_sigterm_finishes_cleanly_with_the_project_saved(tmp_path: Path) -> None
         ({"source": {"url": "/nonexistent/frames"}}, "is not an existing folder or file", 2),
         ({"source": {"url": "/dev/video97"}}, "/dev/video97", 1),
         ({"detector": {"model": "/nonexistent.tflite"}}, "does not exist", 2),
-        ({"alerts": {"failure_labels": {"spaghetti": 1.0}}}, "spaghetti", 2),
+        ({"alerts": {"enabled": True, "failure_labels": {"spaghetti": 1.0}}}, "spaghetti", 2),
     ],
 )
 def test_run_start_up_errors_are_clear(
