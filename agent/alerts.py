@@ -461,8 +461,8 @@ class AlertMonitor:
         st.cap_logged = False
         st.history = []
         log.info(
-            "new print %r: alert state reset; no alerts for its first %d samples",
-            ps.job_name,
+            "%s: alert state reset; no alerts for its first %d samples",
+            f"new print {ps.job_name!r}" if ps.job_name else "watching the camera's print",
             st.grace_left,
         )
 
@@ -695,7 +695,6 @@ def run_action(event: AlertEvent, printer: PrinterClient) -> bool:
     """
     if event.kind != "act" or event.action != "pause":
         return False
-    log.warning("pausing print %r because %s", event.print_name, event.reason)
     return printer.pause(f"print-failure alert: {event.reason}")
 
 

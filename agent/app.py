@@ -17,6 +17,7 @@ from typing import Any
 from agent.alerts import AlertMonitor, validate_failure_labels
 from agent.config import AgentConfig
 from agent.detect.detector import Detector
+from agent.errors import ConfigError
 from agent.frames import safe_name
 from agent.gate import ChangeGate
 from agent.harvest import Harvester
@@ -24,8 +25,9 @@ from agent.labeler import VottStage
 from agent.mqtt.client import create_publisher
 from agent.mqtt.settings import MqttSettings
 from agent.pipeline import Pipeline, Stage
-from agent.printer import PrinterWatcher, make_printer
+from agent.printer import PrinterWatcher, make_printer, webcam_urls
 from agent.sources import FrameSource, open_source
+from agent.sources.settings import SourceSettings
 from agent.stages import AlertStage, KeepStage, MqttStage, SteppedClock
 from agent.vott import VottProject
 
@@ -72,6 +74,22 @@ def mqtt_settings(config: AgentConfig) -> MqttSettings:
     return mqtt
 
 
+PRINTER_WEBCAM_URLS = ("printer", "printer:snapshot", "printer:stream")
+
+
+def printer_webcam(config: AgentConfig) -> SourceSettings:
+    """The source settings, with ``url: printer`` (or ``printer:snapshot`` / ``printer:stream``)
+    replaced by the printer host's webcam URL (OctoPrint, or Moonraker's crowsnest)."""
+    url = config.source.url
+    if url not in PRINTER_WEBCAM_URLS:
+        return config.source
+    urls = webcam_urls(config.printer)
+    if urls is None:
+        raise ConfigError(f"source.url: {url} needs a printer: set printer.kind and printer.url")
+    chosen = urls.stream if url == "printer:stream" else urls.snapshot
+    return config.source.model_copy(update={"url": chosen, "id": config.source.id or "printer"})
+
+
 def project_name(config: AgentConfig) -> str:
     """The VoTT project name: ``output.project_name`` or ``edge-agent-<source id>``."""
     return config.output.project_name or safe_name(f"edge-agent-{config.source.source_id}")
@@ -104,7 +122,7 @@ def build_agent(config: AgentConfig, *, on_result: Any = None) -> Agent:
         on_evict=lambda frame_id, paths: keep.evict(frame_id, [str(p) for p in paths]),
     )
     keep = KeepStage(harvester, writer, summary_path=out.data_dir() / "harvest.json")
-    source = open_source(config.source)
+    source = open_source(printer_webcam(config))
     publisher = create_publisher(mqtt_settings(config), on_frame_synced=keep.mark_synced)
     stages: list[Stage] = []
     if alerts_on:

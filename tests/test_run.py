@@ -332,3 +332,17 @@ def test_default_config_is_the_bundled_demo() -> None:
     assert config.detector.model is None
     text = (REPO / "configs" / "default.yaml").read_text()
     assert "{bundled}/sample_timelapse" in text
+
+
+def test_source_url_printer_takes_the_printer_hosts_webcam() -> None:
+    from agent.app import printer_webcam
+    from agent.errors import ConfigError
+
+    config = AgentConfig.model_validate(
+        {"source": {"url": "printer"}, "printer": {"kind": "octoprint", "url": "http://octopi.local"}}
+    )
+    assert printer_webcam(config).url == "http://octopi.local/webcam/?action=snapshot"
+    stream = config.model_copy(update={"source": config.source.model_copy(update={"url": "printer:stream"})})
+    assert printer_webcam(stream).url == "http://octopi.local/webcam/?action=stream"
+    with pytest.raises(ConfigError, match="needs a printer"):
+        printer_webcam(AgentConfig.model_validate({"source": {"url": "printer"}}))

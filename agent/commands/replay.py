@@ -229,7 +229,7 @@ def replay_recording(
     source = open_source(source_settings)
     start = float(int(time.time()))
     clock = SteppedClock(start, interval_s)
-    monitor = AlertMonitor(settings, clock=clock)
+    monitor = AlertMonitor(settings)
     recorder = _CurveRecorder(monitor, clock, start)
     pipeline = Pipeline(
         source,
@@ -492,6 +492,12 @@ def run_replay(args: argparse.Namespace) -> int:
         max_frames=args.max_frames,
     )
     info = summary(replay)
+    if not config.alerts.enabled:
+        print(
+            f"edge-agent: note: alerts.enabled is false in {config_name}, so `edge-agent run` does not "
+            "alert; replay used its alerts section anyway",
+            file=sys.stderr,
+        )
     out = sys.stdout
     if args.json:
         for p in replay.points:
