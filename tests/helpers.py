@@ -27,7 +27,9 @@ class CliResult:
         return [json.loads(line) for line in self.out.splitlines() if line.strip()]
 
 
-def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 300, cwd: Path | None = None) -> CliResult:
+def run_cli(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 300, cwd: Path | None = None
+) -> CliResult:
     """Run ``edge-agent ARGS`` in a fresh Python process, as a user would."""
     full_env = {**os.environ, **(env or {})}
     proc = subprocess.run(

@@ -33,7 +33,9 @@ def test_unknown_key_names_the_path_and_line(tmp_path: Path) -> None:
 
 
 def test_wrong_type_and_out_of_range_are_all_listed(tmp_path: Path) -> None:
-    path = write(tmp_path, "detector:\n  num_threads: many\n  iou_threshold: 1.5\npipeline:\n  capture_queue: 0\n")
+    path = write(
+        tmp_path, "detector:\n  num_threads: many\n  iou_threshold: 1.5\npipeline:\n  capture_queue: 0\n"
+    )
     with pytest.raises(ConfigError) as err:
         load_config(path)
     text = str(err.value)

@@ -17,7 +17,9 @@ from tests.helpers import match_detections, run_cli
 
 RUNTIMES = [r for r in installed_runtimes() if r in ("ai_edge_litert", "tflite_runtime")]
 FIXTURE_MODELS = Path(__file__).parent / "fixtures" / "models"
-LAYOUT_FIXTURES = sorted(p.name.removesuffix(".expected.json") for p in FIXTURE_MODELS.glob("*.expected.json"))
+LAYOUT_FIXTURES = sorted(
+    p.name.removesuffix(".expected.json") for p in FIXTURE_MODELS.glob("*.expected.json")
+)
 
 # (model file, reference file pattern, image folder, extra detect flags) in ../shared/models
 SHARED_CASES = {
@@ -49,7 +51,16 @@ def test_detect_reproduces_reference_detections(shared_dir: Path, case: str, run
     ref = json.loads((shared_dir / "models" / reference.format(runtime=runtime)).read_text())
     paths = [str(shared_dir / "models" / images / entry["image"]) for entry in ref["images"]]
     flags = [f.format(shared=shared_dir) for f in flags]
-    result = run_cli("detect", "--json", "--runtime", runtime, "--model", str(shared_dir / "models" / model), *flags, *paths)
+    result = run_cli(
+        "detect",
+        "--json",
+        "--runtime",
+        runtime,
+        "--model",
+        str(shared_dir / "models" / model),
+        *flags,
+        *paths,
+    )
     assert result.code == 0, result.err
     lines = result.json_lines()
     assert [Path(line["image"]).name for line in lines] == [entry["image"] for entry in ref["images"]]
@@ -93,7 +104,9 @@ def test_detect_without_json_prints_one_readable_line_per_image() -> None:
         str(FIXTURE_MODELS / "yolov5_layout_uint8.png"),
     )
     assert result.code == 0, result.err
-    assert re.fullmatch(r".*yolov5_layout_uint8\.png: red 0\.99, green 0\.9[67], blue 0\.(89|90)", result.out.strip())
+    assert re.fullmatch(
+        r".*yolov5_layout_uint8\.png: red 0\.99, green 0\.9[67], blue 0\.(89|90)", result.out.strip()
+    )
 
 
 def test_a_classifier_is_refused_at_start_with_what_is_readable() -> None:
@@ -125,7 +138,9 @@ def test_asking_for_an_edgetpu_that_is_not_installed_names_the_package() -> None
 
 
 def test_a_bad_edgetpu_device_string_is_a_usage_error() -> None:
-    result = run_cli("detect", "--edgetpu", "usb0", "--model", str(FIXTURE_MODELS / "yolov8_layout_f32.tflite"), "x")
+    result = run_cli(
+        "detect", "--edgetpu", "usb0", "--model", str(FIXTURE_MODELS / "yolov8_layout_f32.tflite"), "x"
+    )
     assert result.code == 2
     assert "usb, usb:N, pci or pci:N" in result.err
 
@@ -134,7 +149,12 @@ def test_labels_that_do_not_match_the_classes_fail_at_start(tmp_path: Path) -> N
     labels = tmp_path / "two.txt"
     labels.write_text("red\ngreen\n")
     result = run_cli(
-        "detect", "--model", str(FIXTURE_MODELS / "yolov8_layout_f32.tflite"), "--labels", str(labels), "x.png"
+        "detect",
+        "--model",
+        str(FIXTURE_MODELS / "yolov8_layout_f32.tflite"),
+        "--labels",
+        str(labels),
+        "x.png",
     )
     assert result.code == 1
     assert "has 3 classes but the labels" in result.err and "name 2" in result.err
@@ -171,7 +191,9 @@ def test_a_corrupt_image_among_good_ones_is_skipped(tmp_path: Path) -> None:
     cv2.imwrite(str(folder / "a.png"), image)
     (folder / "b.jpg").write_bytes(b"\xff\xd8\xff\xe0garbage")
     cv2.imwrite(str(folder / "c.png"), image)
-    result = run_cli("detect", "--json", "--model", str(FIXTURE_MODELS / "yolov5_layout_uint8.tflite"), str(folder))
+    result = run_cli(
+        "detect", "--json", "--model", str(FIXTURE_MODELS / "yolov5_layout_uint8.tflite"), str(folder)
+    )
     assert result.code == 0, result.err
     assert [Path(line["image"]).name for line in result.json_lines()] == ["a.png", "c.png"]
     assert "b.jpg" in result.err
@@ -184,7 +206,9 @@ def test_class_filter_and_label_map_through_the_config(tmp_path: Path) -> None:
     model = str(FIXTURE_MODELS / "yolov5_layout_uint8.tflite")
     image = cv2.imread(str(FIXTURE_MODELS / "yolov5_layout_uint8.png"))
     detector = Detector(
-        DetectorSettings(model=model, label_map={"red": "fire"}, classes=["fire", "blue"], class_thresholds={"blue": 0.95})
+        DetectorSettings(
+            model=model, label_map={"red": "fire"}, classes=["fire", "blue"], class_thresholds={"blue": 0.95}
+        )
     )
     detections = detector.detect(image)
     assert detections.label_names() == ["fire"]  # green filtered out, blue below its own threshold
@@ -202,7 +226,11 @@ def test_label_files_of_every_shipped_form() -> None:
 
 @pytest.mark.parametrize(
     ("size", "expected"),
-    [((1352, 900), (640, 426, 107, 107, 0, 0)), ((480, 640), (480, 640, 0, 0, 80, 80)), ((640, 640), (640, 640, 0, 0, 0, 0))],
+    [
+        ((1352, 900), (640, 426, 107, 107, 0, 0)),
+        ((480, 640), (480, 640, 0, 0, 80, 80)),
+        ((640, 640), (640, 640, 0, 0, 0, 0)),
+    ],
 )
 def test_letterbox_geometry_matches_ultralytics(size: tuple[int, int], expected: tuple[int, ...]) -> None:
     assert letterbox_geometry(size[0], size[1], 640, 640) == expected
