@@ -23,6 +23,7 @@ COMMANDS: list[str] = [
     "agent.commands.detect:add_detect_command",
     "agent.commands.label:add_label_command",
     "agent.commands.replay:add_replay_command",
+    "agent.review.cli:add_review_command",
     "export.cli:add_export_command",
     "export.cli:add_eval_command",
     "agent.commands.doctor:add_doctor_command",

@@ -1,0 +1,209 @@
+"""The review receiver's config file (``edge-agent review --config review.yaml``).
+
+Top-level keys: ``mqtt`` (broker connection, topic prefix, shared group), ``root`` and
+``reviewer_root`` (where projects are written and where the reviewer sees them), batching
+(``batch_by``, ``batch_size``, ``close_grace_s``), caps on untrusted input (``max_jpeg_mb``,
+``max_annotation_kb``, ``max_image_px``, ``max_devices``, ``max_regions``, ``max_label_chars``,
+``min_free_mb``), ``security_token``, ``fsync`` and ``stats_interval_s``. Every key has a
+default that works against a broker on localhost.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from agent.config_model import StrictModel
+from agent.frames import safe_name
+from agent.mqtt.settings import MqttSettings
+from agent.vott import DEFAULT_SECURITY_TOKEN
+
+
+def default_client_id() -> str:
+    """``edge-agent-review-<host name>``: fixed per machine, so the broker keeps the session."""
+    return "edge-agent-review-" + safe_name(socket.gethostname() or "host", max_len=64)
+
+
+def _check_topic(value: str, key: str) -> str:
+    if not value or value.startswith("/") or value.endswith("/") or any(c in value for c in "+#\0"):
+        raise ValueError(
+            f"{key} {value!r} must be a non-empty topic without wildcards (+ #) or leading/trailing '/'"
+        )
+    return value
+
+
+class ReviewMqttSettings(StrictModel):
+    """Connection to the broker the agents publish to (the same keys as the agent's ``mqtt``
+    section where they mean the same thing) and what to subscribe to."""
+
+    host: str = Field("localhost", min_length=1)
+    port: int | None = Field(None, ge=1, le=65535, description="default 8883 with TLS, else 1883")
+    protocol: Literal["5", "3.1.1"] = "5"
+    client_id: str = Field(
+        default_factory=default_client_id,
+        min_length=1,
+        max_length=128,
+        description="fixed, so the broker keeps our session (and queues messages) while we are down; "
+        "every receiver needs its own",
+    )
+    topic_prefix: str = Field("edge-agent", description="the agents' mqtt.topic_prefix")
+    shared_group: str | None = Field(
+        None,
+        description="subscribe as $share/<group>/... so several receivers split the messages; they must "
+        "all use the same root",
+    )
+    session_expiry_s: int = Field(
+        7 * 24 * 3600, ge=0, le=4294967295, description="MQTT 5: how long the broker keeps our session"
+    )
+    inflight_max: int = Field(
+        16, ge=1, le=65535, description="MQTT 5 receive maximum: messages sent to us but not yet stored"
+    )
+    keepalive_s: int = Field(30, ge=5, le=65535)
+    connect_timeout_s: float = Field(10.0, gt=0, le=300)
+    reconnect_min_s: float = Field(1.0, gt=0, le=3600)
+    reconnect_max_s: float = Field(60.0, gt=0, le=3600)
+
+    tls: bool = Field(False, description="TLS on; implied by ca_file or cert_file")
+    ca_file: str | None = Field(None, description="CA bundle that signed the broker's certificate")
+    cert_file: str | None = Field(None, description="client certificate (mutual TLS)")
+    key_file: str | None = Field(None, description="client private key (mutual TLS)")
+    insecure_skip_verify: bool = Field(False, description="do not verify the broker (testing only)")
+
+    username: str | None = None
+    password_env: str | None = Field(None, description="environment variable holding the password")
+    password_file: str | None = Field(None, description="file whose first line is the password")
+
+    @field_validator("protocol", mode="before")
+    @classmethod
+    def _protocol_as_text(cls, value: Any) -> Any:
+        # YAML reads `protocol: 5` as an int.
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return f"{value:g}"
+        return value
+
+    @field_validator("topic_prefix")
+    @classmethod
+    def _prefix_is_topic(cls, value: str) -> str:
+        return _check_topic(value, "topic_prefix")
+
+    @field_validator("shared_group")
+    @classmethod
+    def _group_is_level(cls, value: str | None) -> str | None:
+        if value is not None and (not value or safe_name(value, max_len=64) != value):
+            raise ValueError(
+                f"shared_group {value!r} must be 1-64 characters from A-Z a-z 0-9 . _ - (one topic level)"
+            )
+        return value
+
+    @field_validator("client_id")
+    @classmethod
+    def _client_id_printable(cls, value: str) -> str:
+        if not value.isprintable():
+            raise ValueError("client_id must be printable text")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ReviewMqttSettings:
+        if self.password_env and self.password_file:
+            raise ValueError("set only one of password_env and password_file")
+        if self.key_file and not self.cert_file:
+            raise ValueError("key_file needs cert_file (the client certificate it belongs to)")
+        if self.reconnect_min_s > self.reconnect_max_s:
+            raise ValueError("reconnect_min_s must not exceed reconnect_max_s")
+        if self.shared_group and self.protocol != "5":
+            raise ValueError("shared_group needs protocol '5' (shared subscriptions are an MQTT 5 feature)")
+        return self
+
+    def topic_filters(self) -> list[str]:
+        """The two subscriptions: frames and annotations of every device under the prefix."""
+        share = f"$share/{self.shared_group}/" if self.shared_group else ""
+        return [f"{share}{self.topic_prefix}/+/frames/+", f"{share}{self.topic_prefix}/+/annotations/+"]
+
+    def as_agent_settings(self) -> MqttSettings:
+        """The same connection as the agent's ``MqttSettings`` (to reuse its TLS context and
+        password reading, whose messages name ``mqtt.<key>``)."""
+        return MqttSettings(
+            enabled=True,
+            host=self.host,
+            port=self.port,
+            protocol=self.protocol,
+            client_id=self.client_id,
+            device_id="review",
+            topic_prefix=self.topic_prefix,
+            keepalive_s=self.keepalive_s,
+            connect_timeout_s=self.connect_timeout_s,
+            reconnect_min_s=self.reconnect_min_s,
+            reconnect_max_s=self.reconnect_max_s,
+            tls=self.tls,
+            ca_file=self.ca_file,
+            cert_file=self.cert_file,
+            key_file=self.key_file,
+            insecure_skip_verify=self.insecure_skip_verify,
+            username=self.username,
+            password_env=self.password_env,
+            password_file=self.password_file,
+        )
+
+
+class ReviewSettings(StrictModel):
+    """The whole review receiver: broker, where projects go, batching and input caps."""
+
+    mqtt: ReviewMqttSettings = Field(default_factory=ReviewMqttSettings)
+    root: str = Field("edge-agent-review", description="folder where the projects are written")
+    reviewer_root: str | None = Field(
+        None,
+        description="`root` as the reviewer's VoTT sees it (e.g. a Samba share: Z:\\review); default: root",
+    )
+    security_token: str = Field(
+        DEFAULT_SECURITY_TOKEN,
+        min_length=1,
+        max_length=128,
+        description="name of the VoTT security token every project refers to (added once in VoTT)",
+    )
+
+    batch_by: Literal["day", "count", "manual"] = Field(
+        "day", description="day: one batch per UTC day; count: batch_size frames; manual: until closed"
+    )
+    batch_size: int = Field(500, ge=1, le=1_000_000, description="frames per batch with batch_by: count")
+    close_grace_s: float = Field(
+        300.0,
+        ge=0,
+        le=7 * 86400,
+        description="after a batch stops taking new frames, how long its frames' missing parts may take",
+    )
+
+    max_jpeg_mb: float = Field(8.0, gt=0, le=256, description="larger frame messages are dropped")
+    max_annotation_kb: float = Field(256.0, gt=0, le=65536, description="larger annotations are dropped")
+    max_image_px: int = Field(8192, ge=16, le=65535, description="frames wider or taller are dropped")
+    max_devices: int = Field(100, ge=1, le=100_000, description="messages from further devices are dropped")
+    max_regions: int = Field(1000, ge=1, le=100_000, description="regions per annotation")
+    max_label_chars: int = Field(100, ge=1, le=1000, description="characters per label")
+    min_free_mb: float = Field(500.0, ge=0, description="drop messages when the disk has less free space")
+
+    fsync: bool = Field(True, description="flush every file to the device before acknowledging")
+    stats_interval_s: float = Field(60.0, gt=0, le=86400, description="log and write stats this often")
+
+    @field_validator("security_token")
+    @classmethod
+    def _token_printable(cls, value: str) -> str:
+        if not value.isprintable() or value.strip() != value:
+            raise ValueError("security_token must be printable text without leading or trailing spaces")
+        return value
+
+    def root_path(self) -> Path:
+        """``root`` as an absolute path (not yet resolved through symlinks)."""
+        return Path(os.path.abspath(Path(self.root).expanduser()))
+
+    @property
+    def max_jpeg_bytes(self) -> int:
+        """``max_jpeg_mb`` in bytes."""
+        return int(self.max_jpeg_mb * 1024 * 1024)
+
+    @property
+    def max_annotation_bytes(self) -> int:
+        """``max_annotation_kb`` in bytes."""
+        return int(self.max_annotation_kb * 1024)
