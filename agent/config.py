@@ -8,6 +8,7 @@ as ``FILE:LINE: key.path: what is wrong``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -125,17 +126,19 @@ def _is_type_tag(part: str) -> bool:
     return any(c in part for c in "[(") or part.lower() in _TYPE_TAGS or part.startswith("function-")
 
 
-def load_yaml_model(path: str | Path, model: type[M], what: str = "config") -> M:
-    """Read ``path`` and validate it against ``model``."""
+def load_yaml_model(
+    path: str | Path, model: type[M], what: str = "config", *, expand: Callable[[Any], Any] | None = None
+) -> M:
+    """Read ``path`` and validate it against ``model``; ``expand`` may rewrite the parsed data first."""
     file = Path(path).expanduser()
     try:
         text = file.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise ConfigError(f"{what} file {file} does not exist") from None
+        raise ConfigError(f"{what} file {file} does not exist; see configs/ for examples") from None
     except OSError as exc:
         raise ConfigError(f"cannot read {what} file {file}: {exc.strerror}") from None
     data, lines = parse_yaml_text(text, str(file))
-    return validate_data(data, model, str(file), lines)
+    return validate_data(expand(data) if expand else data, model, str(file), lines)
 
 
 class AgentConfig(StrictModel):
@@ -171,12 +174,4 @@ def expand_bundled(data: Any) -> Any:
 
 def load_config(path: str | Path | None = None) -> AgentConfig:
     """Load and validate an agent config; ``None`` loads the bundled default config."""
-    file = Path(path).expanduser() if path is not None else DEFAULT_CONFIG
-    try:
-        text = file.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"config file {file} does not exist; see configs/ for examples") from None
-    except OSError as exc:
-        raise ConfigError(f"cannot read config file {file}: {exc.strerror}") from None
-    data, lines = parse_yaml_text(text, str(file))
-    return validate_data(expand_bundled(data), AgentConfig, str(file), lines)
+    return load_yaml_model(path if path is not None else DEFAULT_CONFIG, AgentConfig, expand=expand_bundled)
