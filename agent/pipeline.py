@@ -375,6 +375,7 @@ class Pipeline:
                 if self.on_result is not None:
                     self.on_result(result)
         finally:
+            self._report_stats()  # the final figures, while the stages can still report them
             for stage in self.stages:
                 try:
                     stage.close()
@@ -435,6 +436,13 @@ class Pipeline:
             stats["queues"]["capture"],
             stats["queues"]["results"],
         )
+        for stage in self.stages:
+            summary = getattr(stage, "summary_line", None)
+            if summary is not None:
+                try:
+                    log.info("%s", summary())
+                except Exception:
+                    log.exception("summarising %s failed", stage.name)
         if self.on_stats is not None:
             try:
                 self.on_stats(stats)

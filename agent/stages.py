@@ -70,6 +70,10 @@ class KeepStage:
         """The broker acknowledged this kept frame."""
         self.harvester.mark_synced(frame_id)
 
+    def summary_line(self) -> str:
+        """The harvest counts for the periodic log line."""
+        return self.harvester.summary_line()
+
     def close(self) -> None:
         """Save the project, the harvest index and the summary."""
         self.writer.close()
@@ -177,6 +181,21 @@ class MqttStage:
         if result.keep:
             self.publisher.publish_frame(result, annotation_for(result, self.reviewer_path))
         result.timings_ms["publish"] = (time.perf_counter() - t0) * 1000.0
+
+    def summary_line(self) -> str:
+        """Broker link and outbox size for the periodic log line (the outbox grows while no
+        broker answers)."""
+        stats = self.publisher.stats()
+        outbox = stats.get("outbox", {})
+        link = (
+            "connected"
+            if stats.get("connected")
+            else f"not connected ({stats.get('last_error') or 'no broker yet'})"
+        )
+        return (
+            f"mqtt: {link}; outbox {outbox.get('messages', 0)} messages, "
+            f"{outbox.get('bytes', 0) / 1e6:.1f} MB, {outbox.get('dropped_total', 0)} dropped; acked {stats.get('acked', 0)}"
+        )
 
     def close(self) -> None:
         """Publish ``stopped`` and wait a bounded time for in-flight messages."""

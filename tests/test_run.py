@@ -89,6 +89,8 @@ def test_run_writes_prelabels_and_queues_every_message_without_a_broker(tmp_path
     assert sum(t.startswith("edge-agent/testdev/frames/") for t in topics) == 11
     assert sum(t.startswith("edge-agent/testdev/annotations/") for t in topics) == 11
     assert "frame_0005.jpg" in result.err  # the corrupt frame is named in the log
+    assert "mqtt: not connected" in result.err
+    assert "outbox 33 messages" in result.err  # the log tells the outbox is growing
 
 
 def test_run_validates_with_the_vott_checker(shared_dir: Path, tmp_path: Path) -> None:

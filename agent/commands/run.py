@@ -18,8 +18,11 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from pydantic import ValidationError
+
 from agent import sdnotify
 from agent.config import AgentConfig, load_config
+from agent.errors import ConfigError
 from agent.pipeline import Pipeline
 
 log = logging.getLogger(__name__)
@@ -36,6 +39,11 @@ def add_run_command(subparsers: Any) -> None:
     parser.add_argument("--config", "-c", help="YAML config file (default: the bundled demo config)")
     parser.add_argument("--check", action="store_true", help="validate the config and exit")
     parser.add_argument("--source", help="override source.url (folder, video, /dev/videoN, URL)")
+    parser.add_argument("--watch", action="store_true", help="folder source: keep waiting for new files")
+    parser.add_argument(
+        "--interval-s", type=float, help="override source.interval_s (seconds between frames)"
+    )
+    parser.add_argument("--max-fps", type=float, help="override source.max_fps")
     parser.add_argument("--model", help="override detector.model")
     parser.add_argument("--output-dir", help="override output.dir")
     parser.add_argument("--max-frames", type=int, help="stop after this many frames")
@@ -49,6 +57,12 @@ def apply_overrides(config: AgentConfig, args: argparse.Namespace) -> AgentConfi
     if args.source:
         data["source"]["url"] = args.source
         data["source"]["id"] = None
+    if args.watch:
+        data["source"]["watch"] = True
+    if args.interval_s is not None:
+        data["source"]["interval_s"] = args.interval_s
+    if args.max_fps is not None:
+        data["source"]["max_fps"] = args.max_fps
     if args.model:
         data["detector"]["model"] = args.model
     if args.output_dir:
@@ -57,7 +71,11 @@ def apply_overrides(config: AgentConfig, args: argparse.Namespace) -> AgentConfi
         data["pipeline"]["max_frames"] = args.max_frames
     if args.no_mqtt:
         data["mqtt"]["enabled"] = False
-    return AgentConfig.model_validate(data)
+    try:
+        return AgentConfig.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise ConfigError(f"invalid command-line option: {problems}") from None
 
 
 def status_line(pipeline: Pipeline) -> str:
