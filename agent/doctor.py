@@ -735,17 +735,6 @@ class BrokerProbe:
     tls_version: str | None = None
 
 
-_REFUSAL_HINTS = {
-    0x84: "the broker does not speak this MQTT version; try mqtt.protocol: '3.1.1'",
-    0x85: "the broker rejected the client id; set mqtt.client_id",
-    0x86: "check mqtt.username and the password (mqtt.password_env or mqtt.password_file)",
-    0x87: "check mqtt.username and the password (mqtt.password_env or mqtt.password_file), and that the "
-    "broker allows this user or certificate",
-    0x8A: "this client is banned by the broker",
-    0x8C: "the broker wants another authentication method",
-}
-
-
 def probe_broker(settings: MqttSettings, timeout_s: float) -> BrokerProbe:
     """Connect once with the publisher's TLS context and credentials, wait for CONNACK, disconnect.
 
@@ -754,29 +743,14 @@ def probe_broker(settings: MqttSettings, timeout_s: float) -> BrokerProbe:
     or a password that cannot be read.
     """
     import paho.mqtt.client as mqtt
-    from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
-    from agent.mqtt.client import build_tls_context
+    from agent.mqtt.client import describe_exception, explain_refusal, explain_socket_failure, new_paho_client
 
-    password = settings.read_password()
-    context = build_tls_context(settings) if settings.use_tls else None
-    v5 = settings.protocol == "5"
     host, port = settings.host, settings.effective_port
     where = f"{host}:{port}"
-    client = mqtt.Client(
-        CallbackAPIVersion.VERSION2,
-        client_id=f"{settings.effective_client_id}-doctor",
-        protocol=MQTTProtocolVersion.MQTTv5 if v5 else MQTTProtocolVersion.MQTTv311,
-        clean_session=None if v5 else True,
-        reconnect_on_failure=False,
-    )
+    client_id = f"{settings.effective_client_id}-doctor"
+    client = new_paho_client(settings, client_id, mqtt.Client, reconnect=False)
     client.connect_timeout = timeout_s
-    if settings.username is not None or password is not None:
-        client.username_pw_set(settings.username, password)
-    if context is not None:
-        client.tls_set_context(context)
-        if settings.insecure_skip_verify:
-            client.tls_insecure_set(True)
     seen: dict[str, Any] = {}
     client.on_connect = lambda c, u, flags, reason, props: seen.setdefault("connack", reason)
     client.on_disconnect = lambda c, u, flags, reason, props: seen.setdefault("disconnect", reason)
@@ -786,16 +760,10 @@ def probe_broker(settings: MqttSettings, timeout_s: float) -> BrokerProbe:
     started = time.monotonic()
     try:
         client.connect(host, port, settings.keepalive_s)
-    except ssl.SSLCertVerificationError as exc:
-        return BrokerProbe(
-            False,
-            f"TLS to {where}: the broker's certificate is not trusted ({exc.verify_message}); mqtt.ca_file "
-            "must be the CA that signed it, and mqtt.host a name or IP in it",
-        )
     except ssl.SSLError as exc:
-        cause = str(exc.reason or exc).replace("_", " ").lower()
-        hint = "is the port a TLS listener?" if settings.use_tls else "set mqtt.tls / ca_file"
-        return BrokerProbe(False, f"TLS with {where} failed ({cause}); {hint}")
+        return BrokerProbe(
+            False, explain_socket_failure(settings, describe_exception(exc), tls_failed=True).message
+        )
     except socket.gaierror as exc:
         return BrokerProbe(False, f"cannot resolve mqtt.host {host!r} ({exc.strerror}); fix the host name")
     except ConnectionRefusedError:
@@ -823,10 +791,9 @@ def probe_broker(settings: MqttSettings, timeout_s: float) -> BrokerProbe:
             text = _explain_no_connack(settings, str(seen.get("error") or ""), timeout_s)
             return BrokerProbe(False, text, seconds=elapsed, tls_version=tls_version)
         if reason.is_failure:
-            hint = _REFUSAL_HINTS.get(reason.value, "see the broker's log")
             return BrokerProbe(
                 False,
-                f"{where} refused the connection: {reason.getName()} (reason code {reason.value}); {hint}",
+                explain_refusal(settings, reason, client_id),
                 reason_code=reason.value,
                 seconds=elapsed,
                 tls_version=tls_version,
@@ -839,19 +806,14 @@ def probe_broker(settings: MqttSettings, timeout_s: float) -> BrokerProbe:
 
 def _explain_no_connack(settings: MqttSettings, error: str, timeout_s: float) -> str:
     """Why the broker closed the connection (or said nothing) before CONNACK, from paho's error log."""
+    from agent.mqtt.client import clean_socket_detail, explain_socket_failure
+
     where = f"{settings.host}:{settings.effective_port}"
-    cause = re.sub(r"^failed to receive on socket: |\s*\(_ssl\.c:\d+\)$", "", error)
-    cause = re.sub(r"^\[SSL: [A-Z0-9_]+\] ", "", cause)
+    cause = clean_socket_detail(error)
+    failure = explain_socket_failure(settings, cause)
+    if failure.kind == "tls-client-cert":
+        return failure.message
     low = cause.lower()
-    if "certificate required" in low or ("handshake failure" in low and not settings.cert_file):
-        return (
-            f"the broker at {where} requires a client certificate ({cause}); set mqtt.cert_file and key_file"
-        )
-    if "unknown ca" in low or "bad certificate" in low or "certificate unknown" in low:
-        return (
-            f"the broker at {where} rejected our client certificate ({cause}); mqtt.cert_file must be "
-            "signed by a CA in the broker's cafile"
-        )
     if settings.use_tls and ("eof" in low or "reset" in low):
         # TLS 1.3: a broker refusing the client sends its alert after the handshake; our CONNECT,
         # already on its way, often makes the alert arrive as a bare EOF or reset instead.

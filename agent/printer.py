@@ -30,7 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, ClassVar, Literal, Protocol
 
 from pydantic import Field, model_validator
 
@@ -274,15 +274,46 @@ def _error_detail(exc: urllib.error.HTTPError) -> str:
     return f": {text}" if text else ""
 
 
-class _PausingClient:
-    """Shared pause-with-retries for the HTTP clients."""
+class _HttpPrinterClient:
+    """What the HTTP printer clients share: construction, the state poll and pause-with-retries.
 
-    _http: _HttpHost
-    _settings: PrinterSettings
-    _sleep: Callable[[float], None]
+    A subclass names its host (``_HOST_NAME``), the state request (``_STATE_PATH``) and its parser
+    (``_parse_state``), and the pause request (``_PAUSE_PATH``, ``_PAUSE_BODY``).
+    """
 
-    def _send_pause(self) -> None:
+    _HOST_NAME: ClassVar[str]
+    _STATE_PATH: ClassVar[str]
+    _PAUSE_PATH: ClassVar[str]
+    _PAUSE_BODY: ClassVar[dict[str, Any] | None] = None
+
+    def __init__(
+        self,
+        settings: PrinterSettings,
+        api_key: str | None,
+        *,
+        clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self._settings = settings
+        self._http = _HttpHost(self._HOST_NAME, settings.url, api_key, settings.timeout_s)
+        self._clock = clock
+        self._sleep = sleep
+
+    @staticmethod
+    def _parse_state(answer: Any, now: float) -> PrintState:
         raise NotImplementedError
+
+    def get_state(self) -> PrintState:
+        """The job state now (``PrintStatus.UNKNOWN`` when the host does not answer)."""
+        now = self._clock()
+        try:
+            answer = self._http.request("GET", self._STATE_PATH)
+            state = self._parse_state(answer, now)
+        except (_HttpError, ValueError) as exc:
+            self._http.note_failure(f"GET {self._STATE_PATH}", exc)
+            return PrintState.unknown(now, str(exc))
+        self._http.note_success()
+        return state
 
     def pause(self, reason: str) -> bool:
         """Ask the host to pause the job, retrying network errors and 5xx answers.
@@ -299,7 +330,7 @@ class _PausingClient:
                 reason,
             )
             try:
-                self._send_pause()
+                self._http.request("POST", self._PAUSE_PATH, self._PAUSE_BODY)
             except _HttpError as exc:
                 retryable = exc.status is None or exc.status >= 500
                 if not retryable:
@@ -315,45 +346,13 @@ class _PausingClient:
         return False
 
 
+def _as_dict(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
 # OctoPrint's state strings (``octoprint.util.comm``); anything else maps to IDLE.
 _OCTOPRINT_PAUSED = ("Pausing", "Paused")
 _OCTOPRINT_PRINTING = ("Printing", "Starting", "Resuming", "Finishing", "Sending file to SD")
-
-
-class OctoPrintClient(_PausingClient):
-    """OctoPrint's REST API: job state from ``/api/job``, pause through ``POST /api/job``."""
-
-    def __init__(
-        self,
-        settings: PrinterSettings,
-        api_key: str | None,
-        *,
-        clock: Callable[[], float] = time.time,
-        sleep: Callable[[float], None] = time.sleep,
-    ) -> None:
-        self._settings = settings
-        self._http = _HttpHost("OctoPrint", settings.url, api_key, settings.timeout_s)
-        self._clock = clock
-        self._sleep = sleep
-
-    def get_state(self) -> PrintState:
-        """The job state now (``PrintStatus.UNKNOWN`` when OctoPrint does not answer)."""
-        now = self._clock()
-        try:
-            answer = self._http.request("GET", "/api/job")
-            state = _parse_octoprint_job(answer, now)
-        except (_HttpError, ValueError) as exc:
-            self._http.note_failure("GET /api/job", exc)
-            return PrintState.unknown(now, str(exc))
-        self._http.note_success()
-        return state
-
-    def _send_pause(self) -> None:
-        self._http.request("POST", "/api/job", {"command": "pause", "action": "pause"})
-
-
-def _as_dict(value: Any) -> dict[str, Any]:
-    return value if isinstance(value, dict) else {}
 
 
 def _parse_octoprint_job(answer: Any, now: float) -> PrintState:
@@ -380,39 +379,17 @@ def _parse_octoprint_job(answer: Any, now: float) -> PrintState:
     )
 
 
+class OctoPrintClient(_HttpPrinterClient):
+    """OctoPrint's REST API: job state from ``/api/job``, pause through ``POST /api/job``."""
+
+    _HOST_NAME = "OctoPrint"
+    _STATE_PATH = "/api/job"
+    _PAUSE_PATH = "/api/job"
+    _PAUSE_BODY: ClassVar[dict[str, Any] | None] = {"command": "pause", "action": "pause"}
+    _parse_state = staticmethod(_parse_octoprint_job)
+
+
 _MOONRAKER_STATUS = {"printing": PrintStatus.PRINTING, "paused": PrintStatus.PAUSED}
-
-
-class MoonrakerClient(_PausingClient):
-    """Moonraker's HTTP API: ``print_stats`` for the job, ``/printer/print/pause`` to pause."""
-
-    def __init__(
-        self,
-        settings: PrinterSettings,
-        api_key: str | None,
-        *,
-        clock: Callable[[], float] = time.time,
-        sleep: Callable[[float], None] = time.sleep,
-    ) -> None:
-        self._settings = settings
-        self._http = _HttpHost("Moonraker", settings.url, api_key, settings.timeout_s)
-        self._clock = clock
-        self._sleep = sleep
-
-    def get_state(self) -> PrintState:
-        """The job state now (``PrintStatus.UNKNOWN`` when Moonraker or Klipper does not answer)."""
-        now = self._clock()
-        try:
-            answer = self._http.request("GET", "/printer/objects/query?print_stats")
-            state = _parse_moonraker_print_stats(answer, now)
-        except (_HttpError, ValueError) as exc:
-            self._http.note_failure("GET /printer/objects/query?print_stats", exc)
-            return PrintState.unknown(now, str(exc))
-        self._http.note_success()
-        return state
-
-    def _send_pause(self) -> None:
-        self._http.request("POST", "/printer/print/pause")
 
 
 def _parse_moonraker_print_stats(answer: Any, now: float) -> PrintState:
@@ -438,6 +415,15 @@ def _parse_moonraker_print_stats(answer: Any, now: float) -> PrintState:
         raw_state=raw,
         checked_at=now,
     )
+
+
+class MoonrakerClient(_HttpPrinterClient):
+    """Moonraker's HTTP API: ``print_stats`` for the job, ``/printer/print/pause`` to pause."""
+
+    _HOST_NAME = "Moonraker"
+    _STATE_PATH = "/printer/objects/query?print_stats"
+    _PAUSE_PATH = "/printer/print/pause"
+    _parse_state = staticmethod(_parse_moonraker_print_stats)
 
 
 class NoPrinter:

@@ -90,6 +90,17 @@ def errors_containing(caplog, text: str) -> list[logging.LogRecord]:
     return [r for r in caplog.records if r.levelno >= logging.ERROR and text in r.getMessage()]
 
 
+def stats_when_turned_away(broker: MosquittoBroker, settings: MqttSettings) -> dict:
+    """Start a publisher the broker turns away; its stats after three more connection attempts."""
+    publisher = MqttPublisher(settings)
+    publisher.start()
+    before = attempts(broker)
+    assert wait_until(lambda: attempts(broker) >= before + 3)
+    stats = publisher.stats()
+    publisher.close()
+    return stats
+
+
 def test_plain_publishes_detections_frames_annotations_and_status(mosquitto, tmp_path):  # noqa: F811
     broker = mosquitto()
     synced: list[str] = []
@@ -208,12 +219,7 @@ def test_mutual_tls_needs_the_client_certificate(mosquitto, pki, tmp_path, caplo
         assert collector.wait_for(lambda _: bool(collector.on_topic("edge-agent/devA/detections")))
     assert "u'devA'" in broker.log_text(), "the certificate's CN became the user name"
 
-    publisher = MqttPublisher(settings_for(broker, tmp_path, ca_file=str(pki["ca"])))
-    publisher.start()
-    before = attempts(broker)
-    assert wait_until(lambda: attempts(broker) >= before + 3)
-    stats = publisher.stats()
-    publisher.close()
+    stats = stats_when_turned_away(broker, settings_for(broker, tmp_path, ca_file=str(pki["ca"])))
     assert not stats["connected"]
     (record,) = errors_containing(caplog, "requires a client certificate")
     assert "mqtt.cert_file" in record.getMessage()
@@ -240,12 +246,7 @@ def test_password_right_and_wrong(mosquitto, tmp_path, caplog, monkeypatch, prot
     bad = settings_for(
         broker, tmp_path, protocol=protocol, username="devA", password_env="EDGE_AGENT_TEST_MQTT_PW"
     )
-    publisher = MqttPublisher(bad)
-    publisher.start()
-    before = attempts(broker)
-    assert wait_until(lambda: attempts(broker) >= before + 3)
-    stats = publisher.stats()
-    publisher.close()
+    stats = stats_when_turned_away(broker, bad)
     assert not stats["connected"]
     (record,) = errors_containing(caplog, "refused the connection")
     assert (

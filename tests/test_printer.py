@@ -1,20 +1,16 @@
 """Printer clients against small local HTTP servers on 127.0.0.1.
 
-``FakeOctoPrint`` and ``FakeMoonraker`` below are stand-ins for OctoPrint and Moonraker: real
-HTTP servers that answer the few endpoints the agent uses, with the JSON shapes from the
-OctoPrint and Moonraker API documentation, and record every call (method, path, headers,
+``FakeOctoPrint`` and ``FakeMoonraker`` (tests/printer_hosts.py) are stand-ins for OctoPrint and
+Moonraker: real HTTP servers that answer the few endpoints the agent uses, with the JSON shapes
+from the OctoPrint and Moonraker API documentation, and record every call (method, path, headers,
 body) so the tests can check what the agent sent. No real printer host runs here.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import socket
-import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import numpy as np
@@ -34,125 +30,15 @@ from agent.printer import (
     resolve_api_key,
     webcam_urls,
 )
+from tests.printer_hosts import FakeMoonraker, FakeOctoPrint
 
 API_KEY = "0123456789ABCDEF0123456789ABCDEF"
 NOW = 1_760_000_000.0
 
 
-@dataclass
-class Call:
-    method: str
-    path: str
-    headers: dict[str, str]
-    body: bytes
-
-    def json(self) -> Any:
-        return json.loads(self.body)
-
-
-class StandIn:
-    """A local HTTP server; subclasses answer ``(method, path, call) -> (status, json or None)``."""
-
-    def __init__(self) -> None:
-        self.calls: list[Call] = []
-        self.fail_next: list[int] = []  # statuses to answer with before behaving normally
-        stand_in = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def _serve(self) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                call = Call(self.command, self.path, dict(self.headers), self.rfile.read(length))
-                stand_in.calls.append(call)
-                if stand_in.fail_next:
-                    status, answer = stand_in.fail_next.pop(0), {"error": "stand-in failure"}
-                else:
-                    status, answer = stand_in.answer(call)
-                data = b"" if answer is None else json.dumps(answer).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            do_GET = do_POST = _serve
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self._thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True)
-        self._thread.start()
-
-    def answer(self, call: Call) -> tuple[int, Any]:
-        raise NotImplementedError
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
-class FakeOctoPrint(StandIn):
-    """Stands in for OctoPrint: ``GET /api/job`` and ``POST /api/job`` with an API key."""
-
-    def __init__(self) -> None:
-        self.state = "Printing"
-        self.file_name = "benchy.gcode"
-        self.print_time = 754
-        super().__init__()
-
-    def answer(self, call: Call) -> tuple[int, Any]:
-        if call.headers.get("X-Api-Key") != API_KEY:
-            return 403, {"error": "Forbidden"}
-        if call.path != "/api/job":
-            return 404, {"error": "Not found"}
-        if call.method == "GET":
-            return 200, {
-                "job": {
-                    "file": {"name": self.file_name, "origin": "local", "path": self.file_name, "size": 1234},
-                    "estimatedPrintTime": 3600,
-                },
-                "progress": {"completion": 21.0, "filepos": 259, "printTime": self.print_time},
-                "state": self.state,
-            }
-        body = call.json()
-        if body.get("command") != "pause":
-            return 400, {"error": "unknown command"}
-        if self.state != "Printing":
-            return 409, {"error": "Printer is not operational or not printing"}
-        self.state = "Paused"  # what OctoPrint does on pause
-        return 204, None
-
-
-class FakeMoonraker(StandIn):
-    """Stands in for Moonraker: ``print_stats`` query and ``/printer/print/pause``."""
-
-    def __init__(self) -> None:
-        self.print_stats: dict[str, Any] = {
-            "filename": "bracket.gcode",
-            "state": "printing",
-            "print_duration": 1200.0,
-            "total_duration": 1500.0,
-            "filament_used": 345.6,
-            "message": "",
-        }
-        self.klippy_ready = True
-        super().__init__()
-
-    def answer(self, call: Call) -> tuple[int, Any]:
-        if not self.klippy_ready:
-            return 503, {"error": {"code": 503, "message": "Klippy Host not connected"}}
-        if call.method == "GET" and call.path == "/printer/objects/query?print_stats":
-            return 200, {"result": {"eventtime": 5234.7, "status": {"print_stats": self.print_stats}}}
-        if call.method == "POST" and call.path == "/printer/print/pause":
-            self.print_stats["state"] = "paused"
-            return 200, {"result": "ok"}
-        return 404, {"error": {"code": 404, "message": "Not Found"}}
-
-
 @pytest.fixture
 def octoprint() -> Iterator[FakeOctoPrint]:
-    server = FakeOctoPrint()
+    server = FakeOctoPrint(API_KEY)
     yield server
     server.close()
 
@@ -424,11 +310,10 @@ def test_alerts_pause_once_and_not_again_after_resume(octoprint: FakeOctoPrint, 
 
     assert frames(np.random.default_rng(4).uniform(0, 0.1, 60)) == []
     assert frames(np.full(20, 1.5)) == ["warn", "act"]
-    pauses = [c for c in octoprint.calls if c.method == "POST"]
-    assert len(pauses) == 1 and octoprint.state == "Paused"
+    assert len(octoprint.pauses) == 1 and octoprint.state == "Paused"
     assert frames(np.full(10, 1.5)) == []  # paused: nothing counts
     octoprint.state = "Printing"  # the user resumes in OctoPrint
     assert frames(np.full(100, 1.5)) == ["clear"]
-    assert len([c for c in octoprint.calls if c.method == "POST"]) == 1
+    assert len(octoprint.pauses) == 1
     assert frames(np.full(20, 3.5)) == ["warn", "act"]
-    assert len([c for c in octoprint.calls if c.method == "POST"]) == 2
+    assert len(octoprint.pauses) == 2

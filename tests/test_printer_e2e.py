@@ -7,9 +7,9 @@
   frames are real printer-camera frames from ../shared/models/print3d/images cropped to leave
   the failure out (the fixture checks with the detector that they score 0); failure frames are
   those images whole.
-- ``OctoPrintStandIn`` stands in for OctoPrint's REST API (no OctoPrint runs here): ``GET /api/job``
-  reports the job state and name, ``POST /api/job`` pauses, every call needs the API key and is
-  recorded.
+- ``FakeOctoPrint`` (tests/printer_hosts.py) stands in for OctoPrint's REST API (no OctoPrint runs
+  here): ``GET /api/job`` reports the job state and name, ``POST /api/job`` pauses, every call needs
+  the API key and is recorded.
 - MQTT is on but points at a closed port, so every message waits in the on-disk outbox, where
   the test reads the alerts a broker would have received.
 
@@ -46,6 +46,7 @@ import yaml
 
 from agent.mqtt.outbox import MessageClass, Outbox
 from tests.helpers import REPO, run_cli
+from tests.printer_hosts import FakeOctoPrint
 
 MODEL_NAME = "print3d_2020-10-23_ssd_uint8.tflite"
 API_KEY = "E2E0123456789ABCDEF0123456789ABC"
@@ -207,85 +208,6 @@ class MjpegWebcam:
         self.server.server_close()
 
 
-# -- the printer -----------------------------------------------------------------------------------
-
-
-@dataclass
-class Call:
-    method: str
-    path: str
-    key_ok: bool
-    body: Any
-
-
-class OctoPrintStandIn:
-    """Stands in for OctoPrint's REST API (no OctoPrint runs here): the two endpoints the agent
-    uses, with the JSON shapes of OctoPrint's documentation, the API key checked on every call,
-    and every call recorded. ``POST /api/job`` with ``pause`` pauses a printing job (204), as
-    OctoPrint does; the test resumes it by setting ``state`` as a user pressing Resume would."""
-
-    def __init__(self) -> None:
-        self.state = "Printing"
-        self.calls: list[Call] = []
-        self._started = time.time()
-        stand_in = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def _serve(self) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                raw = self.rfile.read(length)
-                body = json.loads(raw) if raw else None
-                key_ok = self.headers.get("X-Api-Key") == API_KEY
-                stand_in.calls.append(Call(self.command, self.path, key_ok, body))
-                status, answer = stand_in.answer(self.command, self.path, key_ok, body)
-                data = b"" if answer is None else json.dumps(answer).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            do_GET = do_POST = _serve
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True).start()
-
-    def answer(self, method: str, path: str, key_ok: bool, body: Any) -> tuple[int, Any]:
-        if not key_ok:
-            return 403, {"error": "You don't have the permission to access the requested resource."}
-        if path != "/api/job":
-            return 404, {"error": "Not found"}
-        if method == "GET":
-            return 200, {
-                "job": {"file": {"name": JOB, "origin": "local", "path": JOB, "size": 1_234_567}},
-                "progress": {"completion": 12.5, "printTime": int(time.time() - self._started)},
-                "state": self.state,
-            }
-        if body != {"command": "pause", "action": "pause"}:
-            return 400, {"error": "unknown command"}
-        if self.state != "Printing":
-            return 409, {"error": "Printer is not operational or not printing"}
-        self.state = "Paused"
-        return 204, None
-
-    @property
-    def pauses(self) -> list[Call]:
-        return [c for c in self.calls if c.method == "POST"]
-
-    @property
-    def polls(self) -> int:
-        return sum(c.method == "GET" for c in self.calls)
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
 # -- the agent -------------------------------------------------------------------------------------
 
 
@@ -351,7 +273,7 @@ def wait_for(
     pytest.fail(f"timed out after {timeout_s:.0f} s waiting for {what}; agent log:\n{agent.log[-4000:]}")
 
 
-def write_config(tmp_path: Path, model: Path, webcam: MjpegWebcam, octoprint: OctoPrintStandIn) -> Path:
+def write_config(tmp_path: Path, model: Path, webcam: MjpegWebcam, octoprint: FakeOctoPrint) -> Path:
     config = {
         "source": {"url": webcam.url, "id": "octopi", "interval_s": 0.2},
         "detector": detector_settings_yaml(model),
@@ -419,8 +341,8 @@ def webcam(frames: PrinterFrames) -> Iterator[MjpegWebcam]:
 
 
 @pytest.fixture
-def octoprint() -> Iterator[OctoPrintStandIn]:
-    server = OctoPrintStandIn()
+def octoprint() -> Iterator[FakeOctoPrint]:
+    server = FakeOctoPrint(API_KEY, file_name=JOB, print_time=None)
     yield server
     server.close()
 
@@ -432,7 +354,7 @@ def test_a_failure_warns_then_pauses_once_and_survives_a_restart(
     tmp_path: Path,
     frames: PrinterFrames,
     webcam: MjpegWebcam,
-    octoprint: OctoPrintStandIn,
+    octoprint: FakeOctoPrint,
 ) -> None:
     config = write_config(tmp_path, shared_dir / "models" / "print3d" / MODEL_NAME, webcam, octoprint)
     state_file = tmp_path / "data" / "alert-state.json"
@@ -508,8 +430,8 @@ def test_a_failure_warns_then_pauses_once_and_survives_a_restart(
             second.kill()
 
     # What the printer saw: state polls and exactly two pauses, all with the API key.
-    assert all(c.key_ok for c in octoprint.calls)
-    assert [c.body for c in octoprint.pauses] == [{"command": "pause", "action": "pause"}] * 2
+    assert all(c.headers.get("X-Api-Key") == API_KEY for c in octoprint.calls)
+    assert [c.json() for c in octoprint.pauses] == [{"command": "pause", "action": "pause"}] * 2
 
     # What a broker would have received: the alerts, in order, each with the snapshot it points at.
     messages = outbox_messages(tmp_path / "data" / "outbox.sqlite3")

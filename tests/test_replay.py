@@ -20,9 +20,9 @@ import yaml
 from agent.cli import main
 from agent.commands.replay import clock_text
 from tests.helpers import run_cli
+from tests.printer_hosts import FakeOctoPrint
 from tests.test_printer_e2e import (
     MODEL_NAME,
-    OctoPrintStandIn,
     PrinterFrames,
     detector_settings_yaml,
     load_printer_frames,
@@ -55,8 +55,8 @@ def model(shared_dir: Path) -> Path:
 
 
 @pytest.fixture
-def octoprint() -> Iterator[OctoPrintStandIn]:
-    server = OctoPrintStandIn()
+def octoprint() -> Iterator[FakeOctoPrint]:
+    server = FakeOctoPrint("replay-key")
     yield server
     server.close()
 
@@ -104,7 +104,7 @@ def test_replay_prints_the_score_curve_and_calls_nobody(
     tmp_path: Path,
     model: Path,
     recording: Path,
-    octoprint: OctoPrintStandIn,
+    octoprint: FakeOctoPrint,
     broker_socket: socket.socket,
 ) -> None:
     config = write_config(

@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Literal, NamedTuple, TypeVar, cast
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
@@ -40,7 +40,7 @@ from agent.errors import ConfigError
 from agent.frames import FrameResult
 from agent.mqtt import homeassistant
 from agent.mqtt.outbox import Message, MessageClass, Outbox, StoredMessage
-from agent.mqtt.settings import MqttSettings
+from agent.mqtt.settings import BrokerConnection, MqttSettings
 from agent.mqtt.topics import (
     JSON_TYPE,
     OFFLINE,
@@ -74,7 +74,7 @@ def create_publisher(
     return publisher
 
 
-def build_tls_context(settings: MqttSettings) -> ssl.SSLContext:
+def build_tls_context(settings: BrokerConnection) -> ssl.SSLContext:
     """The client TLS context: the broker is verified against ``ca_file`` (system CAs when unset)
     and, for mutual TLS, ``cert_file``/``key_file`` are presented. Raises ``ConfigError`` for a
     missing or unreadable file."""
@@ -97,6 +97,118 @@ def build_tls_context(settings: MqttSettings) -> ssl.SSLContext:
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
     return context
+
+
+_PahoClient = TypeVar("_PahoClient", bound=mqtt.Client)
+
+
+def new_paho_client(
+    settings: BrokerConnection,
+    client_id: str,
+    client_class: type[_PahoClient],
+    *,
+    persistent_session: bool = False,
+    reconnect: bool = True,
+    manual_ack: bool = False,
+) -> _PahoClient:
+    """A paho client (of ``client_class``) set up from ``settings``: MQTT version, credentials, TLS,
+    connect timeout and, with ``reconnect``, paho's reconnect backoff. Callbacks and connecting are
+    the caller's.
+
+    ``persistent_session`` keeps the broker session across connections with MQTT 3.1.1 (with MQTT 5
+    the caller chooses ``clean_start`` when connecting). Raises ``ConfigError`` for TLS files or a
+    password that cannot be read.
+    """
+    password = settings.read_password()
+    tls_context = build_tls_context(settings) if settings.use_tls else None
+    v5 = settings.protocol == "5"
+    client = client_class(
+        CallbackAPIVersion.VERSION2,
+        client_id=client_id,
+        protocol=MQTTProtocolVersion.MQTTv5 if v5 else MQTTProtocolVersion.MQTTv311,
+        clean_session=None if v5 else not persistent_session,
+        reconnect_on_failure=reconnect,
+        manual_ack=manual_ack,
+    )
+    if reconnect:
+        # paho accepts float seconds here although its annotation says int.
+        client.reconnect_delay_set(cast(int, settings.reconnect_min_s), cast(int, settings.reconnect_max_s))
+    client.connect_timeout = settings.connect_timeout_s
+    if settings.username is not None or password is not None:
+        client.username_pw_set(settings.username, password)
+    if tls_context is not None:
+        client.tls_set_context(tls_context)
+        if settings.insecure_skip_verify:
+            client.tls_insecure_set(True)
+    return client
+
+
+_REFUSAL_HINTS = {
+    0x84: "the broker does not speak this MQTT version; try mqtt.protocol: '3.1.1'",
+    0x85: "the broker rejected client id {client_id!r}; set mqtt.client_id",
+    0x86: "check mqtt.username and the password (mqtt.password_env or mqtt.password_file)",
+    # Mosquitto answers a wrong password with 0x87 too.
+    0x87: "check mqtt.username and the password (mqtt.password_env or mqtt.password_file), and that "
+    "the broker allows this user, client id or certificate",
+    0x8A: "this client is banned by the broker",
+    0x8C: "the broker wants another authentication method",
+}
+
+
+def explain_refusal(settings: BrokerConnection, reason: ReasonCode, client_id: str) -> str:
+    """Why the broker refused our CONNECT as ``client_id``, and what to change:
+    ``<host>:<port> refused the connection: <reason> (reason code <n>); <hint>``."""
+    hint = _REFUSAL_HINTS.get(reason.value, "see the broker's log").format(client_id=client_id)
+    return (
+        f"{settings.host}:{settings.effective_port} refused the connection: {reason.getName()} "
+        f"(reason code {reason.value}); {hint}"
+    )
+
+
+class SocketFailure(NamedTuple):
+    """A failed connection attempt explained: ``kind`` groups repeats of the same problem."""
+
+    kind: Literal["tls-verify", "tls-client-cert", "tls", "unreachable"]
+    message: str
+
+
+def explain_socket_failure(
+    settings: BrokerConnection, detail: str, *, tls_failed: bool = False
+) -> SocketFailure:
+    """What a failed connection attempt means and what to change, from its error text ``detail``
+    (an exception described by ``describe_exception`` or paho's log line).
+
+    ``tls_failed``: the error is known to come from TLS (an ``ssl.SSLError``) whatever its text.
+    """
+    detail = clean_socket_detail(detail)
+    where = f"{settings.host}:{settings.effective_port}"
+    low = detail.lower()
+    if "certificate verify failed" in low or "hostname mismatch" in low:
+        return SocketFailure(
+            "tls-verify",
+            f"TLS to {where} failed, the broker's certificate is not trusted: {detail}; mqtt.ca_file must be "
+            f"the CA that signed the broker's certificate, and mqtt.host a name (or IP) in that certificate",
+        )
+    if "certificate required" in low or ("handshake failure" in low and settings.cert_file is None):
+        return SocketFailure(
+            "tls-client-cert",
+            f"the broker at {where} requires a client certificate ({detail}); set mqtt.cert_file and "
+            f"mqtt.key_file to a certificate signed by the CA the broker trusts",
+        )
+    if "unknown ca" in low or "bad certificate" in low or "certificate unknown" in low:
+        return SocketFailure(
+            "tls-client-cert",
+            f"the broker at {where} rejected our client certificate ({detail}); mqtt.cert_file must be "
+            f"signed by a CA in the broker's cafile",
+        )
+    if tls_failed or "wrong version number" in low or "ssl" in low or "tls" in low:
+        hint = (
+            "is the port a TLS listener?"
+            if settings.use_tls
+            else "the port may expect TLS: set mqtt.tls / ca_file"
+        )
+        return SocketFailure("tls", f"TLS with {where} failed ({detail}); {hint}")
+    return SocketFailure("unreachable", f"{where} is not reachable ({detail or 'connection failed'})")
 
 
 class _Client(mqtt.Client):
@@ -139,14 +251,12 @@ class MqttPublisher:
         self.topics = Topics(settings.topic_prefix, settings.device_id)
         self.on_frame_synced = on_frame_synced
         self._v5 = settings.protocol == "5"
-        password = settings.read_password()
-        tls_context = build_tls_context(settings) if settings.use_tls else None
+        self._client = self._build_client()
         self._outbox = Outbox(
             settings.outbox.path,
             max_bytes=int(settings.outbox.max_mb * 1024 * 1024),
             max_age_s=settings.outbox.max_age_h * 3600.0,
         )
-        self._client = self._build_client(password, tls_context)
         self._events: queue.SimpleQueue[_Event] = queue.SimpleQueue()
         self._wake = threading.Event()
         self._lock = threading.Lock()  # guards the latest-value slots and counters read by stats()
@@ -170,26 +280,11 @@ class MqttPublisher:
 
     # ---- set-up ----------------------------------------------------------------------------------------
 
-    def _build_client(self, password: str | None, tls_context: ssl.SSLContext | None) -> _Client:
+    def _build_client(self) -> _Client:
         s = self.settings
-        client = _Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=s.effective_client_id,
-            protocol=MQTTProtocolVersion.MQTTv5 if self._v5 else MQTTProtocolVersion.MQTTv311,
-            clean_session=None if self._v5 else True,
-            reconnect_on_failure=True,
-        )
-        # paho accepts float seconds here although its annotation says int.
-        client.reconnect_delay_set(cast(int, s.reconnect_min_s), cast(int, s.reconnect_max_s))
+        client = new_paho_client(s, s.effective_client_id, _Client)
         client.max_inflight_messages_set(s.outbox.inflight_max)
         client.max_queued_messages_set(0)
-        client.connect_timeout = s.connect_timeout_s
-        if s.username is not None or password is not None:
-            client.username_pw_set(s.username, password)
-        if tls_context is not None:
-            client.tls_set_context(tls_context)
-            if s.insecure_skip_verify:
-                client.tls_insecure_set(True)
         client.will_set(self.topics.status, OFFLINE, qos=1, retain=True)
         client.on_connect = self._on_connect
         client.on_connect_fail = self._on_connect_fail
@@ -281,8 +376,9 @@ class MqttPublisher:
         return out
 
     def close(self, clean: bool = True) -> None:
-        """Stop: wait up to ``close_timeout_s`` for messages in flight, publish ``stopped`` (``clean``)
-        or ``offline``, disconnect. What was not acknowledged stays in the outbox for the next start."""
+        """Stop: while connected, spend up to ``close_timeout_s`` sending what the outbox holds, then
+        publish ``stopped`` (``clean``) or ``offline`` and disconnect. What was not acknowledged stays
+        in the outbox for the next start."""
         if self._closed:
             return
         self._clean_close = clean
@@ -331,7 +427,7 @@ class MqttPublisher:
 
     def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
         error = self._client.last_socket_error
-        self._events.put(_Event("connect_failed", detail=_describe_exception(error)))
+        self._events.put(_Event("connect_failed", detail=describe_exception(error)))
         self._wake.set()
 
     def _on_disconnect(
@@ -382,7 +478,9 @@ class MqttPublisher:
     def _finish(self) -> None:
         deadline = time.monotonic() + self.settings.close_timeout_s
         try:
-            while self._link_up and self._outbox.inflight_count and time.monotonic() < deadline:
+            # Connected: drain what is queued (a recording that just ended), not only what is in flight.
+            while self._link_up and len(self._outbox) and time.monotonic() < deadline:
+                self._fill_window()
                 self._wait_and_handle(deadline)
             if self._link_up:
                 status = STOPPED if self._clean_close else OFFLINE
@@ -525,60 +623,22 @@ class MqttPublisher:
 
     def _explain_refusal(self, reason: ReasonCode) -> tuple[str, int, str]:
         s = self.settings
-        hints = {
-            0x86: "check mqtt.username and the password (mqtt.password_env or mqtt.password_file)",
-            # Mosquitto answers a wrong password with 0x87 too.
-            0x87: "check mqtt.username and the password (mqtt.password_env or mqtt.password_file), and that "
-            "the broker allows this user, client id or certificate",
-            0x85: f"the broker rejected client id {s.effective_client_id!r}; set mqtt.client_id",
-            0x8C: "the broker wants another authentication method",
-            0x84: "the broker does not speak this MQTT version; try mqtt.protocol: '3.1.1'",
-            0x8A: "this client is banned by the broker",
-        }
-        hint = hints.get(reason.value, "see the broker's log")
         message = (
-            f"MQTT broker {s.host}:{s.effective_port} refused the connection: {reason.getName()} "
-            f"(reason code {reason.value}); {hint}. Retrying with backoff; messages wait in the outbox."
+            f"MQTT broker {explain_refusal(s, reason, s.effective_client_id)}. Retrying with backoff; "
+            f"messages wait in the outbox."
         )
         return f"refused:{reason.value}", logging.ERROR, message
 
     def _explain_socket_failure(self, detail: str) -> tuple[str, int, str]:
-        s = self.settings
-        detail = _clean_detail(detail)
-        where = f"{s.host}:{s.effective_port}"
-        low = detail.lower()
-        if "certificate verify failed" in low or "hostname mismatch" in low:
-            message = (
-                f"MQTT: TLS to {where} failed, the broker's certificate is not trusted: {detail}. "
-                f"mqtt.ca_file must be the CA that signed the broker's certificate, and mqtt.host a name "
-                f"(or IP) in that certificate."
-            )
-            return f"tls-verify:{detail}", logging.ERROR, message
-        if "certificate required" in low or ("handshake failure" in low and s.cert_file is None):
-            message = (
-                f"MQTT: the broker at {where} requires a client certificate ({detail}); set mqtt.cert_file "
-                f"and mqtt.key_file to a certificate signed by the CA the broker trusts."
-            )
-            return f"tls-client-cert:{detail}", logging.ERROR, message
-        if "unknown ca" in low or "bad certificate" in low or "certificate unknown" in low:
-            message = (
-                f"MQTT: the broker at {where} rejected our client certificate ({detail}); mqtt.cert_file "
-                f"must be signed by a CA in the broker's cafile."
-            )
-            return f"tls-client-cert:{detail}", logging.ERROR, message
-        if "wrong version number" in low or "ssl" in low or "tls" in low:
-            hint = (
-                "is the port a TLS listener?"
-                if s.use_tls
-                else "the port may expect TLS: set mqtt.tls / ca_file"
-            )
-            message = f"MQTT: TLS with {where} failed ({detail}); {hint}"
-            return f"tls:{detail}", logging.ERROR, message
+        failure = explain_socket_failure(self.settings, detail)
+        key = f"{failure.kind}:{clean_socket_detail(detail)}"
+        if failure.kind != "unreachable":
+            return key, logging.ERROR, f"MQTT: {failure.message}"
         message = (
-            f"MQTT broker {where} is not reachable ({detail or 'connection failed'}); retrying with backoff "
-            f"up to {s.reconnect_max_s:g} s, messages wait in the outbox."
+            f"MQTT broker {failure.message}; retrying with backoff up to {self.settings.reconnect_max_s:g} s, "
+            f"messages wait in the outbox."
         )
-        return f"unreachable:{detail}", logging.WARNING, message
+        return key, logging.WARNING, message
 
     def _publish_discovery(self) -> None:
         if not (self._link_up and self.settings.home_assistant.enabled):
@@ -653,13 +713,17 @@ class MqttPublisher:
 _SSL_DETAIL = re.compile(r"\[SSL: [A-Z0-9_]+\] ([^(]+?)\s*(\(_ssl\.c:\d+\))?$")
 
 
-def _clean_detail(text: str) -> str:
-    """``failed to receive on socket: [SSL: X] tlsv13 alert ... (_ssl.c:2580)`` -> ``tlsv13 alert ...``."""
+def clean_socket_detail(text: str) -> str:
+    """paho's socket error text without its noise: ``failed to receive on socket: [SSL: X] tlsv13 alert
+    ... (_ssl.c:2580)`` -> ``tlsv13 alert ...``; ``failed to receive on socket: Connection reset by
+    peer`` -> ``Connection reset by peer``."""
     match = _SSL_DETAIL.search(text)
-    return match.group(1) if match else text
+    return match.group(1) if match else text.removeprefix("failed to receive on socket: ")
 
 
-def _describe_exception(error: BaseException | None) -> str:
+def describe_exception(error: BaseException | None) -> str:
+    """A connection error in a few words (``certificate verify failed: ...``, ``Connection refused``);
+    "" for None."""
     if error is None:
         return ""
     if isinstance(error, ssl.SSLCertVerificationError):

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import socket
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Self
 
 from pydantic import Field, field_validator, model_validator
 
@@ -48,24 +48,21 @@ class HomeAssistantSettings(StrictModel):
     @field_validator("discovery_prefix")
     @classmethod
     def _prefix_is_topic(cls, value: str) -> str:
-        return _check_topic_prefix(value, "home_assistant.discovery_prefix")
+        return check_topic_prefix(value, "home_assistant.discovery_prefix")
 
 
-class MqttSettings(StrictModel):
-    """Connection to the MQTT broker and what is published there (see agent/mqtt/topics.py)."""
+class BrokerConnection(StrictModel):
+    """How to reach the broker: address, MQTT version, timeouts, TLS and credentials.
 
-    enabled: bool = False
-    """Publish over MQTT (messages wait in the outbox while no broker answers)."""
+    The keys shared by the agent's ``mqtt`` section and the review receiver's; error messages
+    name them ``mqtt.<key>``, as both files call the section ``mqtt``.
+    """
+
     host: str = Field("localhost", min_length=1)
     """Broker host name or address."""
     port: int | None = Field(None, ge=1, le=65535, description="default 8883 with TLS, else 1883")
     protocol: Literal["5", "3.1.1"] = "5"
     """MQTT version: 5 or 3.1.1."""
-    client_id: str = Field("", description="empty: 'edge-agent-<device_id>'")
-    device_id: str = Field(default_factory=default_device_id)
-    """This agent's id in topics; default the host name (with an ACL, equal to the MQTT user)."""
-    topic_prefix: str = "edge-agent"
-    """First topic level."""
     keepalive_s: int = Field(30, ge=5, le=65535)
     """MQTT keepalive."""
     connect_timeout_s: float = Field(10.0, gt=0, le=300)
@@ -74,7 +71,6 @@ class MqttSettings(StrictModel):
     """First reconnect delay (doubles up to reconnect_max_s)."""
     reconnect_max_s: float = Field(60.0, gt=0, le=3600)
     """Longest reconnect delay."""
-    close_timeout_s: float = Field(5.0, ge=0, le=300, description="wait for in-flight acks on exit")
 
     tls: bool = Field(False, description="TLS on; implied by ca_file or cert_file")
     ca_file: str | None = Field(None, description="CA bundle that signed the broker's certificate")
@@ -87,13 +83,6 @@ class MqttSettings(StrictModel):
     password_env: str | None = Field(None, description="environment variable holding the password")
     password_file: str | None = Field(None, description="file whose first line is the password")
 
-    frame_jpeg_quality: int = Field(85, ge=1, le=100, description="used only when a frame is re-encoded")
-    frame_max_width_px: int = Field(1920, ge=0, description="wider frames are resized; 0: never resize")
-    frame_expiry_s: int = Field(86400, ge=0, description="MQTT 5 message expiry on frames; 0: none")
-
-    outbox: OutboxSettings = Field(default_factory=OutboxSettings)
-    home_assistant: HomeAssistantSettings = Field(default_factory=HomeAssistantSettings)
-
     @field_validator("protocol", mode="before")
     @classmethod
     def _protocol_as_text(cls, value: Any) -> Any:
@@ -102,24 +91,8 @@ class MqttSettings(StrictModel):
             return f"{value:g}"
         return value
 
-    @field_validator("device_id")
-    @classmethod
-    def _device_id_is_topic_level(cls, value: str) -> str:
-        if not value or safe_name(value, max_len=64) != value:
-            raise ValueError(
-                f"device_id {value!r} must be 1-64 characters from A-Z a-z 0-9 . _ - "
-                f"(it is a topic level and, with an ACL, the MQTT user name); "
-                f"for example {safe_name(value or 'edge-agent', max_len=64)!r}"
-            )
-        return value
-
-    @field_validator("topic_prefix")
-    @classmethod
-    def _prefix_is_topic(cls, value: str) -> str:
-        return _check_topic_prefix(value, "topic_prefix")
-
     @model_validator(mode="after")
-    def _consistent(self) -> MqttSettings:
+    def _consistent_connection(self) -> Self:
         if self.password_env and self.password_file:
             raise ValueError("set only one of password_env and password_file")
         if self.key_file and not self.cert_file:
@@ -139,11 +112,6 @@ class MqttSettings(StrictModel):
         if self.port is not None:
             return self.port
         return 8883 if self.use_tls else 1883
-
-    @property
-    def effective_client_id(self) -> str:
-        """The configured client id, or ``edge-agent-<device_id>``."""
-        return self.client_id or f"edge-agent-{self.device_id}"
 
     def read_password(self) -> str | None:
         """The password from ``password_env`` or ``password_file``; None when neither is set.
@@ -172,7 +140,50 @@ class MqttSettings(StrictModel):
         return None
 
 
-def _check_topic_prefix(value: str, key: str) -> str:
+class MqttSettings(BrokerConnection):
+    """Connection to the MQTT broker and what is published there (see agent/mqtt/topics.py)."""
+
+    enabled: bool = False
+    """Publish over MQTT (messages wait in the outbox while no broker answers)."""
+    client_id: str = Field("", description="empty: 'edge-agent-<device_id>'")
+    device_id: str = Field(default_factory=default_device_id)
+    """This agent's id in topics; default the host name (with an ACL, equal to the MQTT user)."""
+    topic_prefix: str = "edge-agent"
+    """First topic level."""
+    close_timeout_s: float = Field(5.0, ge=0, le=300, description="wait for in-flight acks on exit")
+
+    frame_jpeg_quality: int = Field(85, ge=1, le=100, description="used only when a frame is re-encoded")
+    frame_max_width_px: int = Field(1920, ge=0, description="wider frames are resized; 0: never resize")
+    frame_expiry_s: int = Field(86400, ge=0, description="MQTT 5 message expiry on frames; 0: none")
+
+    outbox: OutboxSettings = Field(default_factory=OutboxSettings)
+    home_assistant: HomeAssistantSettings = Field(default_factory=HomeAssistantSettings)
+
+    @field_validator("device_id")
+    @classmethod
+    def _device_id_is_topic_level(cls, value: str) -> str:
+        if not value or safe_name(value, max_len=64) != value:
+            raise ValueError(
+                f"device_id {value!r} must be 1-64 characters from A-Z a-z 0-9 . _ - "
+                f"(it is a topic level and, with an ACL, the MQTT user name); "
+                f"for example {safe_name(value or 'edge-agent', max_len=64)!r}"
+            )
+        return value
+
+    @field_validator("topic_prefix")
+    @classmethod
+    def _prefix_is_topic(cls, value: str) -> str:
+        return check_topic_prefix(value, "topic_prefix")
+
+    @property
+    def effective_client_id(self) -> str:
+        """The configured client id, or ``edge-agent-<device_id>``."""
+        return self.client_id or f"edge-agent-{self.device_id}"
+
+
+def check_topic_prefix(value: str, key: str) -> str:
+    """``value`` when it can prefix topics (non-empty, no wildcards, no leading or trailing '/');
+    else ``ValueError`` naming ``key``."""
     if not value or value.startswith("/") or value.endswith("/") or any(c in value for c in "+#\0"):
         raise ValueError(
             f"{key} {value!r} must be a non-empty topic without wildcards (+ #) or leading/trailing '/'"

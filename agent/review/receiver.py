@@ -21,10 +21,9 @@ import queue
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
@@ -32,7 +31,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from agent.frames import safe_name, utc_iso
 from agent.fsutil import atomic_write_json
-from agent.mqtt.client import build_tls_context
+from agent.mqtt.client import explain_refusal, new_paho_client
 from agent.review.checks import Rejected, check_jpeg, parse_annotation, parse_topic
 from agent.review.settings import ReviewSettings
 from agent.review.stats import ReviewStats
@@ -63,9 +62,6 @@ class ReviewReceiver:
         self.settings = settings
         self.store = store if store is not None else ReviewStore(settings)
         self.stats = ReviewStats()
-        self._agent_mqtt = settings.mqtt.as_agent_settings()
-        password = self._agent_mqtt.read_password()
-        tls_context = build_tls_context(self._agent_mqtt) if self._agent_mqtt.use_tls else None
         self._v5 = settings.mqtt.protocol == "5"
         self._queue: queue.Queue[_Item] = queue.Queue()
         self._stop = threading.Event()
@@ -75,28 +71,12 @@ class ReviewReceiver:
         self._problem_logged = False
         self._started_at = time.time()
         self._stats_file = self.store.state_dir / f"stats-{safe_name(settings.mqtt.client_id, 100)}.json"
-        self._client = self._build_client(password, tls_context)
+        self._client = self._build_client()
 
     # ---- the connection ---------------------------------------------------------------------
-    def _build_client(self, password: str | None, tls_context: Any) -> mqtt.Client:
+    def _build_client(self) -> mqtt.Client:
         m = self.settings.mqtt
-        client = mqtt.Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=m.client_id,
-            protocol=MQTTProtocolVersion.MQTTv5 if self._v5 else MQTTProtocolVersion.MQTTv311,
-            clean_session=None if self._v5 else False,
-            reconnect_on_failure=True,
-            manual_ack=True,
-        )
-        # paho accepts float seconds here although its annotation says int.
-        client.reconnect_delay_set(cast(int, m.reconnect_min_s), cast(int, m.reconnect_max_s))
-        client.connect_timeout = m.connect_timeout_s
-        if m.username is not None or password is not None:
-            client.username_pw_set(m.username, password)
-        if tls_context is not None:
-            client.tls_set_context(tls_context)
-            if m.insecure_skip_verify:
-                client.tls_insecure_set(True)
+        client = new_paho_client(m, m.client_id, mqtt.Client, persistent_session=True, manual_ack=True)
         client.on_connect = self._on_connect
         client.on_connect_fail = self._on_connect_fail
         client.on_disconnect = self._on_disconnect
@@ -110,7 +90,7 @@ class ReviewReceiver:
 
     def _connect(self) -> None:
         m = self.settings.mqtt
-        port = self._agent_mqtt.effective_port
+        port = m.effective_port
         if self._v5:
             props = Properties(PacketTypes.CONNECT)
             props.SessionExpiryInterval = m.session_expiry_s
@@ -127,11 +107,8 @@ class ReviewReceiver:
         if reason.is_failure:
             if not self._problem_logged:
                 self._problem_logged = True
-                log.error(
-                    "review: the broker %s:%d refused the connection: %s; check mqtt.username, the password "
-                    "and mqtt.client_id (retrying)",
-                    self.settings.mqtt.host, self._agent_mqtt.effective_port, reason.getName(),
-                )  # fmt: skip
+                m = self.settings.mqtt
+                log.error("review: the broker %s (retrying)", explain_refusal(m, reason, m.client_id))
             return
         self._connection += 1
         self._connected = True
@@ -139,7 +116,7 @@ class ReviewReceiver:
         log.info(
             "review: connected to %s:%d as %r (session %s)",
             self.settings.mqtt.host,
-            self._agent_mqtt.effective_port,
+            self.settings.mqtt.effective_port,
             self.settings.mqtt.client_id,
             "resumed" if flags.session_present else "new",
         )
@@ -156,7 +133,7 @@ class ReviewReceiver:
             log.warning(
                 "review: the broker %s:%d is not reachable; retrying with backoff (messages wait in our "
                 "session on the broker)",
-                self.settings.mqtt.host, self._agent_mqtt.effective_port,
+                self.settings.mqtt.host, self.settings.mqtt.effective_port,
             )  # fmt: skip
 
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
@@ -198,9 +175,9 @@ class ReviewReceiver:
         log.info(
             "review: %s:%d (MQTT %s, TLS %s), client %r%s; projects under %s (reviewer sees %s); batches by %s",
             s.mqtt.host,
-            self._agent_mqtt.effective_port,
+            s.mqtt.effective_port,
             s.mqtt.protocol,
-            "on" if self._agent_mqtt.use_tls else "off",
+            "on" if s.mqtt.use_tls else "off",
             s.mqtt.client_id,
             f", shared group {s.mqtt.shared_group!r}" if s.mqtt.shared_group else "",
             self.store.root,

@@ -13,13 +13,13 @@ from __future__ import annotations
 import os
 import socket
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
 from agent.config_model import StrictModel
 from agent.frames import safe_name
-from agent.mqtt.settings import MqttSettings
+from agent.mqtt.settings import BrokerConnection, check_topic_prefix
 from agent.vott import DEFAULT_SECURITY_TOKEN
 
 
@@ -28,21 +28,10 @@ def default_client_id() -> str:
     return "edge-agent-review-" + safe_name(socket.gethostname() or "host", max_len=64)
 
 
-def _check_topic(value: str, key: str) -> str:
-    if not value or value.startswith("/") or value.endswith("/") or any(c in value for c in "+#\0"):
-        raise ValueError(
-            f"{key} {value!r} must be a non-empty topic without wildcards (+ #) or leading/trailing '/'"
-        )
-    return value
-
-
-class ReviewMqttSettings(StrictModel):
+class ReviewMqttSettings(BrokerConnection):
     """Connection to the broker the agents publish to (the same keys as the agent's ``mqtt``
     section where they mean the same thing) and what to subscribe to."""
 
-    host: str = Field("localhost", min_length=1)
-    port: int | None = Field(None, ge=1, le=65535, description="default 8883 with TLS, else 1883")
-    protocol: Literal["5", "3.1.1"] = "5"
     client_id: str = Field(
         default_factory=default_client_id,
         min_length=1,
@@ -62,33 +51,11 @@ class ReviewMqttSettings(StrictModel):
     inflight_max: int = Field(
         16, ge=1, le=65535, description="MQTT 5 receive maximum: messages sent to us but not yet stored"
     )
-    keepalive_s: int = Field(30, ge=5, le=65535)
-    connect_timeout_s: float = Field(10.0, gt=0, le=300)
-    reconnect_min_s: float = Field(1.0, gt=0, le=3600)
-    reconnect_max_s: float = Field(60.0, gt=0, le=3600)
-
-    tls: bool = Field(False, description="TLS on; implied by ca_file or cert_file")
-    ca_file: str | None = Field(None, description="CA bundle that signed the broker's certificate")
-    cert_file: str | None = Field(None, description="client certificate (mutual TLS)")
-    key_file: str | None = Field(None, description="client private key (mutual TLS)")
-    insecure_skip_verify: bool = Field(False, description="do not verify the broker (testing only)")
-
-    username: str | None = None
-    password_env: str | None = Field(None, description="environment variable holding the password")
-    password_file: str | None = Field(None, description="file whose first line is the password")
-
-    @field_validator("protocol", mode="before")
-    @classmethod
-    def _protocol_as_text(cls, value: Any) -> Any:
-        # YAML reads `protocol: 5` as an int.
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return f"{value:g}"
-        return value
 
     @field_validator("topic_prefix")
     @classmethod
     def _prefix_is_topic(cls, value: str) -> str:
-        return _check_topic(value, "topic_prefix")
+        return check_topic_prefix(value, "topic_prefix")
 
     @field_validator("shared_group")
     @classmethod
@@ -107,13 +74,7 @@ class ReviewMqttSettings(StrictModel):
         return value
 
     @model_validator(mode="after")
-    def _consistent(self) -> ReviewMqttSettings:
-        if self.password_env and self.password_file:
-            raise ValueError("set only one of password_env and password_file")
-        if self.key_file and not self.cert_file:
-            raise ValueError("key_file needs cert_file (the client certificate it belongs to)")
-        if self.reconnect_min_s > self.reconnect_max_s:
-            raise ValueError("reconnect_min_s must not exceed reconnect_max_s")
+    def _shared_group_needs_v5(self) -> ReviewMqttSettings:
         if self.shared_group and self.protocol != "5":
             raise ValueError("shared_group needs protocol '5' (shared subscriptions are an MQTT 5 feature)")
         return self
@@ -122,31 +83,6 @@ class ReviewMqttSettings(StrictModel):
         """The two subscriptions: frames and annotations of every device under the prefix."""
         share = f"$share/{self.shared_group}/" if self.shared_group else ""
         return [f"{share}{self.topic_prefix}/+/frames/+", f"{share}{self.topic_prefix}/+/annotations/+"]
-
-    def as_agent_settings(self) -> MqttSettings:
-        """The same connection as the agent's ``MqttSettings`` (to reuse its TLS context and
-        password reading, whose messages name ``mqtt.<key>``)."""
-        return MqttSettings(
-            enabled=True,
-            host=self.host,
-            port=self.port,
-            protocol=self.protocol,
-            client_id=self.client_id,
-            device_id="review",
-            topic_prefix=self.topic_prefix,
-            keepalive_s=self.keepalive_s,
-            connect_timeout_s=self.connect_timeout_s,
-            reconnect_min_s=self.reconnect_min_s,
-            reconnect_max_s=self.reconnect_max_s,
-            tls=self.tls,
-            ca_file=self.ca_file,
-            cert_file=self.cert_file,
-            key_file=self.key_file,
-            insecure_skip_verify=self.insecure_skip_verify,
-            username=self.username,
-            password_env=self.password_env,
-            password_file=self.password_file,
-        )
 
 
 class ReviewSettings(StrictModel):

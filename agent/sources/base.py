@@ -18,6 +18,7 @@ from numpy.typing import NDArray
 
 from agent.errors import UserError
 from agent.frames import Frame, live_frame_name
+from agent.sources.decode import decode_image, sniff_format
 from agent.sources.pacing import Backoff, RateLimiter
 from agent.sources.settings import SourceSettings
 
@@ -183,6 +184,17 @@ class FrameSource(ABC):
             origin=origin if origin is not None else self.settings.redacted_url,
         )
 
+    def _decoded_frame(self, data: bytes, *, timestamp: float, what: str) -> Frame | None:
+        """A Frame of the image in ``data`` (kept as ``encoded``), or None when it does not decode
+        (counted and logged as a corrupt ``what``, e.g. "part")."""
+        image = decode_image(data)
+        if image is None:
+            self._skip_corrupt(f"a {len(data)}-byte {what}")
+            return None
+        return self._frame(
+            image, timestamp=timestamp, encoded=data, encoded_format=sniff_format(data) or "jpg"
+        )
+
     def _connect_at_start(self, connect: Callable[[], T], hint: str) -> T:
         """``connect_at_start`` for this source (stops early when the source is closed)."""
         return connect_at_start(connect, self.settings, self.description, hint, self._stop)
@@ -196,14 +208,53 @@ class FrameSource(ABC):
         else:
             log.debug("%s: skipped a corrupt image (%s)", self.description, detail)
 
-    def _log_retry(self, failures: int, message: str, delay_s: float) -> None:
-        """Log a failed reconnect: the first three, then every tenth (it may last hours)."""
-        if failures <= 3 or failures % 10 == 0:
-            log.warning(
-                "%s: %s; reconnect attempt %d in %.1f s", self.description, message, failures, delay_s
-            )
-        else:
-            log.debug("%s: %s; reconnect attempt %d in %.1f s", self.description, message, failures, delay_s)
+
+class Reconnector:
+    """The bookkeeping of a live source's read-and-reconnect loop: failures in a row, the
+    ``errors`` counter, capped exponential backoff (``reconnect_initial_s`` .. ``reconnect_max_s``),
+    the retry log line and the wait. Used by the one thread that reads the source."""
+
+    def __init__(self, source: FrameSource) -> None:
+        self._source = source
+        self._backoff = Backoff(source.settings.reconnect_initial_s, source.settings.reconnect_max_s)
+        self.failures = 0
+        """Failed reads or connects since the last good read."""
+
+    def failed(self, message: str) -> bool:
+        """Count a failed read or (re)connect, log ``message`` and wait the next backoff delay (s).
+
+        Returns True when the source was closed during the wait. Logs the first three failures
+        in a row, then every tenth (an outage may last hours).
+        """
+        source = self._source
+        self.failures += 1
+        source._count("errors")
+        delay = self._backoff.next_delay_s()
+        level = logging.WARNING if self.failures <= 3 or self.failures % 10 == 0 else logging.DEBUG
+        log.log(
+            level, "%s: %s; reconnect attempt %d in %.1f s", source.description, message, self.failures, delay
+        )
+        return source._stop.wait(delay)
+
+    def reconnect(self, connect: Callable[[], T], done: str = "reconnected") -> T | None:
+        """``connect()``'s result, counted as a reconnect and logged as ``done``; None after a
+        ``SourceUnavailable`` (handled by ``failed``: the caller just loops)."""
+        try:
+            result = connect()
+        except SourceUnavailable as exc:
+            self.failed(str(exc))
+            return None
+        self._source._count("reconnects")
+        log.info("%s: %s", self._source.description, done)
+        return result
+
+    def succeeded(self) -> int:
+        """A good read: returns the failures in a row before it (0 when none) and starts the
+        backoff over."""
+        failures, self.failures = self.failures, 0
+        if failures:
+            self._backoff.reset()
+        return failures
 
 
 def connect_at_start(

@@ -22,11 +22,9 @@ from collections.abc import Iterator
 from typing import Protocol
 
 from agent.frames import Frame
-from agent.sources.base import FrameSource, SourceUnavailable
-from agent.sources.decode import decode_image, sniff_format
+from agent.sources.base import FrameSource, Reconnector, SourceUnavailable
 from agent.sources.http_get import HTTP_HINT, ConnectionHolder, HttpEndpoint, OpenResponse
 from agent.sources.latest import LatestSlot
-from agent.sources.pacing import Backoff
 from agent.sources.settings import SourceSettings
 
 log = logging.getLogger(__name__)
@@ -197,44 +195,28 @@ class MjpegSource(FrameSource):
         self._thread.start()
 
     def _read_loop(self, first: tuple[OpenResponse, MultipartReader]) -> None:
-        settings = self.settings
-        backoff = Backoff(settings.reconnect_initial_s, settings.reconnect_max_s)
+        retry = Reconnector(self)
         current: tuple[OpenResponse, MultipartReader] | None = first
-        failures = 0
         try:
             while not self._stop.is_set():
                 if current is None:
-                    try:
-                        current = self._connect()
-                    except SourceUnavailable as exc:
-                        failures += 1
-                        self._count("errors")
-                        delay = backoff.next_delay_s()
-                        self._log_retry(failures, str(exc), delay)
-                        self._stop.wait(delay)
+                    current = retry.reconnect(self._connect)
+                    if current is None:
                         continue
-                    self._count("reconnects")
-                    log.info("%s: reconnected", self.description)
                 opened, reader = current
                 try:
                     while not self._stop.is_set():
                         part = reader.next_part()
                         if self._slot.put((part, time.time())):
                             self._count("dropped")
-                        if failures:
-                            failures = 0
-                            backoff.reset()
+                        retry.succeeded()
                 except (OSError, http.client.HTTPException, EOFError, StreamError) as exc:
                     if self._stop.is_set():
                         break
-                    failures += 1
-                    self._count("errors")
-                    delay = backoff.next_delay_s()
-                    self._log_retry(failures, _describe_read_error(exc), delay)
                     self._holder.set(None)
                     opened.close()
                     current = None
-                    self._stop.wait(delay)
+                    retry.failed(_describe_read_error(exc))
         finally:
             self._holder.set(None)
             if current is not None:
@@ -249,14 +231,10 @@ class MjpegSource(FrameSource):
                 if item is None:
                     return
                 data, timestamp = item
-                image = decode_image(data)
-                if image is None:
-                    self._skip_corrupt(f"a {len(data)}-byte part")
-                    continue
-                yield self._frame(
-                    image, timestamp=timestamp, encoded=data, encoded_format=sniff_format(data) or "jpg"
-                )
-                break
+                frame = self._decoded_frame(data, timestamp=timestamp, what="part")
+                if frame is not None:
+                    yield frame
+                    break
 
     def _interrupt(self) -> None:
         self._holder.interrupt()

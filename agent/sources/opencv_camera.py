@@ -23,11 +23,10 @@ from numpy.typing import NDArray
 
 from agent.errors import UserError
 from agent.frames import Frame
-from agent.sources.base import FrameSource, SourceUnavailable
+from agent.sources.base import FrameSource, Reconnector, SourceUnavailable
 from agent.sources.credentials import Credentials
 from agent.sources.folder import natural_key
 from agent.sources.latest import LatestSlot
-from agent.sources.pacing import Backoff
 from agent.sources.settings import SourceSettings, is_camera_index, v4l2_device_path
 
 log = logging.getLogger(__name__)
@@ -92,37 +91,21 @@ class OpenCvCameraSource(FrameSource):
         self._thread.start()
 
     def _read_loop(self, capture: cv2.VideoCapture | None) -> None:
-        settings = self.settings
-        backoff = Backoff(settings.reconnect_initial_s, settings.reconnect_max_s)
-        failures = 0
+        retry = Reconnector(self)
         try:
             while not self._stop.is_set():
                 if capture is None:
-                    try:
-                        capture = self._open_capture()
-                    except SourceUnavailable as exc:
-                        failures += 1
-                        self._count("errors")
-                        delay = backoff.next_delay_s()
-                        self._log_retry(failures, str(exc), delay)
-                        self._stop.wait(delay)
+                    capture = retry.reconnect(self._open_capture, "reopened")
+                    if capture is None:
                         continue
-                    self._count("reconnects")
-                    log.info("%s: reopened", self.description)
                 if not capture.grab():
                     if self._stop.is_set():
                         break
-                    failures += 1
-                    self._count("errors")
                     capture.release()
                     capture = None
-                    delay = backoff.next_delay_s()
-                    self._log_retry(failures, "no frame (camera unplugged or stream ended)", delay)
-                    self._stop.wait(delay)
+                    retry.failed("no frame (camera unplugged or stream ended)")
                     continue
-                if failures:
-                    failures = 0
-                    backoff.reset()
+                retry.succeeded()
                 if not self._slot.consumer_waiting:
                     self._count("dropped")
                     continue

@@ -23,8 +23,7 @@ from numpy.typing import NDArray
 
 from agent.errors import ConfigError, UserError
 from agent.frames import Frame
-from agent.sources.base import FrameSource, SourceUnavailable
-from agent.sources.pacing import Backoff
+from agent.sources.base import FrameSource, Reconnector, SourceUnavailable
 from agent.sources.settings import PICAMERA2_ENUM_CONTROLS, Picamera2Options, SourceSettings
 
 log = logging.getLogger(__name__)
@@ -174,22 +173,12 @@ class Picamera2Source(FrameSource):
 
     def _frames(self) -> Iterator[Frame]:
         settings = self.settings
-        backoff = Backoff(settings.reconnect_initial_s, settings.reconnect_max_s)
-        failures = 0
+        retry = Reconnector(self)
         while not self._stop.is_set():
             if self._camera is None:
-                try:
-                    self._camera = self._start_camera()
-                except SourceUnavailable as exc:
-                    failures += 1
-                    self._count("errors")
-                    delay = backoff.next_delay_s()
-                    self._log_retry(failures, str(exc), delay)
-                    if self._stop.wait(delay):
-                        return
+                self._camera = retry.reconnect(self._start_camera, "restarted")
+                if self._camera is None:
                     continue
-                self._count("reconnects")
-                log.info("%s: restarted", self.description)
             if not self._limiter.wait(self._stop):
                 return
             try:
@@ -197,18 +186,12 @@ class Picamera2Source(FrameSource):
             except Exception as exc:  # a camera error or a timeout; restart the camera
                 if self._stop.is_set():
                     return
-                failures += 1
-                self._count("errors")
                 _close_quietly(self._camera)
                 self._camera = None
-                delay = backoff.next_delay_s()
-                self._log_retry(failures, f"capture failed ({type(exc).__name__}: {exc})", delay)
-                if self._stop.wait(delay):
+                if retry.failed(f"capture failed ({type(exc).__name__}: {exc})"):
                     return
                 continue
-            if failures:
-                failures = 0
-                backoff.reset()
+            retry.succeeded()
             yield self._frame(to_bgr(np.asarray(array), self.options.format), timestamp=time.time())
 
     def _release(self) -> None:

@@ -15,10 +15,8 @@ import time
 from collections.abc import Iterator
 
 from agent.frames import Frame
-from agent.sources.base import FrameSource, SourceUnavailable
-from agent.sources.decode import decode_image, sniff_format
+from agent.sources.base import FrameSource, Reconnector, SourceUnavailable
 from agent.sources.http_get import HTTP_HINT, ConnectionHolder, HttpEndpoint
-from agent.sources.pacing import Backoff
 from agent.sources.settings import SourceSettings
 
 log = logging.getLogger(__name__)
@@ -74,9 +72,7 @@ class SnapshotSource(FrameSource):
         self._first = (data, time.time())
 
     def _frames(self) -> Iterator[Frame]:
-        settings = self.settings
-        backoff = Backoff(settings.reconnect_initial_s, settings.reconnect_max_s)
-        failures = 0
+        retry = Reconnector(self)
         while not self._stop.is_set():
             if not self._limiter.wait(self._stop):
                 return
@@ -86,28 +82,17 @@ class SnapshotSource(FrameSource):
                 try:
                     data = self.fetch()
                 except SourceUnavailable as exc:
-                    if self._stop.is_set():
-                        return
-                    failures += 1
-                    self._count("errors")
-                    delay = backoff.next_delay_s()
-                    self._log_retry(failures, str(exc), delay)
-                    if self._stop.wait(delay):
+                    if self._stop.is_set() or retry.failed(str(exc)):
                         return
                     continue
                 timestamp = time.time()
+                failures = retry.succeeded()
                 if failures:
                     self._count("reconnects")
                     log.info("%s: snapshots are back after %d failed attempts", self.description, failures)
-                    failures = 0
-                    backoff.reset()
-            image = decode_image(data)
-            if image is None:
-                self._skip_corrupt(f"a {len(data)}-byte snapshot")
-                continue
-            yield self._frame(
-                image, timestamp=timestamp, encoded=data, encoded_format=sniff_format(data) or "jpg"
-            )
+            frame = self._decoded_frame(data, timestamp=timestamp, what="snapshot")
+            if frame is not None:
+                yield frame
 
     def _interrupt(self) -> None:
         self._holder.interrupt()
