@@ -376,7 +376,8 @@ class Pipeline:
                     self.on_result(result)
         finally:
             self._report_stats()  # the final figures, while the stages can still report them
-            for stage in self.stages:
+            # last stage first: the publisher's final acknowledgements still reach the harvest store
+            for stage in reversed(self.stages):
                 try:
                     stage.close()
                 except Exception:
