@@ -16,7 +16,7 @@ from typing import Any
 
 from agent.alerts import AlertMonitor, validate_failure_labels
 from agent.config import AgentConfig
-from agent.detect.detector import Detector
+from agent.detect.detector import Detector, open_detector
 from agent.errors import ConfigError
 from agent.frames import safe_name
 from agent.gate import ChangeGate
@@ -98,7 +98,7 @@ def project_name(config: AgentConfig) -> str:
 def build_agent(config: AgentConfig, *, on_result: Any = None) -> Agent:
     """Open the detector, the output folders, the outbox and the source, and wire the stages:
     alerts (so an alerting frame is always kept) -> harvest + VoTT writer -> MQTT."""
-    detector = Detector(config.detector)
+    detector = open_detector(config.detector)
     alerts_on = config.alerts.enabled
     if alerts_on:
         validate_failure_labels(config.alerts, detector.labels)
@@ -158,7 +158,7 @@ def build_agent(config: AgentConfig, *, on_result: Any = None) -> Agent:
         gate=gate,
         on_result=on_result,
         on_stats=publisher.publish_stats if publisher is not None else None,
-        detector_factory=lambda: Detector(config.detector),
+        detector_factory=lambda: open_detector(config.detector),
     )
     log.info(
         "%s on %s (%s, %dx%d input) -> %s",

@@ -245,6 +245,12 @@ class Pipeline:
         self.detector = self.detector_factory()
         self._threads.append(self._start_inference())
 
+    def _can_restart(self) -> bool:
+        return (
+            self.detector_factory is not None
+            and self.counters.detector_restarts < self.settings.max_detector_restarts
+        )
+
     def progressing(self) -> bool:
         """False when a frame has been stuck in the detector or the output stages for longer than
         ``stall_timeout_s``: the systemd watchdog pings stop and systemd restarts the agent. An
@@ -332,7 +338,13 @@ class Pipeline:
                 self.counters.detector_errors += 1
                 errors_in_row += 1
                 log.error("detector failed on frame %s: %s", frame.frame_id, exc)
-                if errors_in_row >= self.settings.max_consecutive_errors:
+                if errors_in_row >= self.settings.max_consecutive_errors and self._can_restart():
+                    # a failing device (an unplugged Coral): open the detector again, or its fallback
+                    self.counters.detector_restarts += 1
+                    log.error("the detector failed %d times in a row: opening it again", errors_in_row)
+                    detector = self.detector = self.detector_factory()  # type: ignore[misc]
+                    errors_in_row = 0
+                elif errors_in_row >= self.settings.max_consecutive_errors:
                     raise RuntimeError(
                         f"the detector failed on {errors_in_row} frames in a row; last error: {exc}"
                     ) from exc
@@ -410,6 +422,9 @@ class Pipeline:
             "queues": {"capture": self._capture_q.qsize(), "results": self._result_q.qsize()},
             "stage_errors": dict(c.stage_errors),
         }
+        describe = getattr(self.detector, "describe", None)
+        if describe is not None:
+            stats["detector"] = describe()
         try:
             stats["source"] = self.source.stats()
         except Exception:

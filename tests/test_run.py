@@ -348,3 +348,69 @@ def test_source_url_printer_takes_the_printer_hosts_webcam() -> None:
     assert printer_webcam(stream).url == "http://octopi.local/webcam/?action=stream"
     with pytest.raises(ConfigError, match="needs a printer"):
         printer_webcam(AgentConfig.model_validate({"source": {"url": "printer"}}))
+
+
+def test_a_missing_edge_tpu_falls_back_to_the_cpu_model(tmp_path: Path) -> None:
+    frames = tmp_path / "frames"
+    make_frames(frames, 3)
+    config = write_config(
+        tmp_path,
+        frames,
+        detector={
+            "model": str(FIXTURE_MODELS / "fake_edgetpu_edgetpu.tflite"),
+            "edgetpu": "usb",
+            "fallback_model": MODEL,
+        },
+        pipeline={"stats_interval_s": 3600},
+        mqtt={"enabled": False},
+    )
+    result = run_cli("run", "--config", str(config))
+    assert result.code == 0, result.err
+    assert "Edge TPU usb unusable, running the CPU fallback model" in result.err
+    assert "processed 3 frames" in result.err
+    summary = json.loads((tmp_path / "data" / "harvest.json").read_text())
+    assert summary  # the run completed on the fallback and wrote its summary
+
+
+def test_without_a_fallback_the_missing_edge_tpu_stops_the_agent(tmp_path: Path) -> None:
+    frames = tmp_path / "frames"
+    make_frames(frames, 1)
+    config = write_config(
+        tmp_path,
+        frames,
+        detector={"model": str(FIXTURE_MODELS / "fake_edgetpu_edgetpu.tflite"), "edgetpu": "usb"},
+    )
+    result = run_cli("run", "--config", str(config))
+    assert result.code == 1
+    assert "cannot open the Edge TPU (usb)" in result.err
+
+
+class FailingDetector(HangingDetector):
+    """The real detector, made to raise from its Nth frame on (fault injection: an unplugged
+    Coral cannot be produced on purpose on this machine)."""
+
+    def detect(self, image: Any, timings: dict[str, float] | None = None) -> Any:
+        self.calls += 1
+        if self.calls >= self.hang_on:
+            raise RuntimeError("USB device disconnected")
+        return self.real.detect(image, timings)
+
+
+def test_a_failing_detector_is_opened_again(tmp_path: Path) -> None:
+    frames = tmp_path / "frames"
+    make_frames(frames, 8)
+    source = open_source(SourceSettings(url=str(frames)))
+    settings = PipelineSettings(max_consecutive_errors=2, max_detector_restarts=1)
+    pipeline = Pipeline(
+        source,
+        FailingDetector(hang_on=3),
+        [],
+        settings,
+        live=False,
+        detector_factory=lambda: Detector(DetectorSettings(model=MODEL)),
+    )
+    stats = pipeline.run()
+    assert stats["frames"]["detector_restarts"] == 1
+    assert stats["frames"]["detector_errors"] == 2
+    assert stats["frames"]["processed"] == 6
+    assert stats["detector"]["runtime"]

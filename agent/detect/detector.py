@@ -53,6 +53,7 @@ class Detector:
 
     def __init__(self, settings: DetectorSettings, *, warm_up: bool = True) -> None:
         self.settings = settings
+        self.fallback_reason: str | None = None  # set when this is the CPU fallback for a failed TPU
         self.spec: ModelSpec = resolve_model(settings.model_path(), settings.labels)
         card = self.spec.card
         self.interpreter, self.runtime = make_interpreter(
@@ -125,6 +126,15 @@ class Detector:
     def name(self) -> str:
         """The model's name (card ``name`` or file stem)."""
         return self.spec.name
+
+    def describe(self) -> dict[str, Any]:
+        """What runs where, for the stats message: model, runtime, Edge TPU device, fallback reason."""
+        return {
+            "model": self.name,
+            "runtime": self.runtime,
+            "edgetpu": self.settings.edgetpu,
+            "fallback": self.fallback_reason,
+        }
 
     def _check_labels(self, labels: list[str] | None) -> tuple[str, ...]:
         classes = self.layout.num_classes
@@ -257,3 +267,26 @@ def _as_list(value: float | list[float] | None) -> list[float] | None:
     if value is None:
         return None
     return [float(value)] if isinstance(value, int | float) else [float(v) for v in value]
+
+
+def open_detector(settings: DetectorSettings) -> Detector:
+    """The configured detector; when its Edge TPU is missing or fails and ``fallback_model`` is set,
+    the fallback model on the CPU instead (logged, and reported by ``describe()``)."""
+    try:
+        return Detector(settings)
+    except UserError as exc:
+        if not (settings.edgetpu and settings.fallback_model):
+            raise
+        reason = str(exc)
+    log.warning(
+        "Edge TPU %s unusable, running the CPU fallback model %s instead: %s",
+        settings.edgetpu,
+        settings.fallback_model,
+        reason,
+    )
+    cpu = settings.model_copy(
+        update={"model": settings.fallback_model, "edgetpu": None, "fallback_model": None}
+    )
+    detector = Detector(cpu)
+    detector.fallback_reason = reason
+    return detector

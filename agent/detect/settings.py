@@ -27,6 +27,10 @@ class DetectorSettings(StrictModel):
     num_threads: int | None = Field(default=None, ge=1, le=64)
     """Interpreter threads; default all cores."""
     edgetpu: str | None = Field(default=None, description="usb, usb:N, pci or pci:N")
+    fallback_model: str | None = Field(
+        default=None,
+        description="CPU model to run when the Edge TPU is missing or fails (reported in stats); unset: stop",
+    )
     layout: Layout = "auto"
     """Output layout; auto detects it from the model (override in the model card)."""
     score_threshold: float | None = Field(default=None, ge=0.0, le=1.0)
