@@ -107,7 +107,9 @@ def main() -> int:
         print(f"{args.check}: no {START} ... {END} block", file=sys.stderr)
         return 1
     if current != text.strip():
-        print(f"{args.check}: the configuration reference is stale; regenerate it with scripts/config_reference.py")
+        print(
+            f"{args.check}: the configuration reference is stale; regenerate it with scripts/config_reference.py"
+        )
         return 1
     return 0
 
