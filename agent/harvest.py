@@ -388,6 +388,7 @@ class HarvestStore:
                 return False
             entry.synced = True
             heapq.heappush(self._synced_heap, (entry.kept_at, entry.order, frame_id))
+            self._maybe_rebuild_heaps()
             self._append({"op": "synced", "id": frame_id}, durable=False)
             return True
 
@@ -419,6 +420,18 @@ class HarvestStore:
         self._total_bytes += entry.size_bytes
         key = (entry.kept_at, entry.order, entry.frame_id)
         heapq.heappush(self._synced_heap if entry.synced else self._unsynced_heap, key)
+        self._maybe_rebuild_heaps()
+
+    def _maybe_rebuild_heaps(self) -> None:
+        """Drop stale heap keys (a frame that became synced keeps its old unsynced key; evicting
+        synced frames first never pops those) once they outnumber the live frames."""
+        if len(self._synced_heap) + len(self._unsynced_heap) <= 2 * len(self._entries) + 256:
+            return
+        live = self._entries.values()
+        self._synced_heap = [(e.kept_at, e.order, e.frame_id) for e in live if e.synced]
+        self._unsynced_heap = [(e.kept_at, e.order, e.frame_id) for e in live if not e.synced]
+        heapq.heapify(self._synced_heap)
+        heapq.heapify(self._unsynced_heap)
 
     def _peek(self, synced: bool) -> KeptFrame | None:
         """Oldest live frame in the synced (or unsynced) heap, dropping stale items."""
@@ -764,8 +777,12 @@ class Harvester:
         memory: _SourceMemory,
     ) -> None:
         memory.last_kept = now
-        for label in frame_labels:
-            self._label_keeps[label].append(now)
+        if "class_balance" in self.settings.veto_policies:  # only that policy reads them
+            for label in frame_labels:
+                times = self._label_keeps[label]
+                times.append(now)
+                while times[0] <= now - _HOUR_S:
+                    times.popleft()
         if dhash is not None:
             memory.recent.append((dhash, signature))
             while len(memory.recent) > self.settings.duplicate.window_frames:

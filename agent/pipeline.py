@@ -39,7 +39,12 @@ class PipelineSettings(StrictModel):
     """Queues, logging of stats, and when to stop."""
 
     capture_queue: int = Field(default=4, ge=1, le=1000, description="frames waiting for the detector")
-    result_queue: int = Field(default=16, ge=1, le=10000, description="results waiting for the output stages")
+    result_queue: int = Field(
+        default=4,
+        ge=1,
+        le=10000,
+        description="results waiting for the output stages (each holds a decoded frame)",
+    )
     stats_interval_s: float = Field(
         default=30.0, gt=0, le=86400, description="log and publish stats this often"
     )

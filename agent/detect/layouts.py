@@ -197,23 +197,29 @@ def decode_yolo(raw: NDArray[Any], output: OutputTensor, layout: Layout, thresho
     first_class = 5 if layout.kind == "yolov5" else 4
     quantized = output.dtype != np.float32 and output.scale > 0
     cls = table[first_class:]
-    best_class = np.argmax(cls, axis=0).astype(np.int32)
-    best_raw = np.take_along_axis(cls, best_class[None, :], axis=0)[0]
+    # A max along the class axis is a fast vectorised reduction; argmax along it is not (numpy
+    # loops per column: ~1.6 ms for [80, 8400] int8). So prefilter with the max and take the
+    # argmax of the few candidate columns only (same first-index tie rule).
     if layout.kind == "yolov5":
         objectness_raw = table[4]
         pre = objectness_raw >= _raw_bound(threshold, output) if quantized else objectness_raw > threshold
-        idx = np.flatnonzero(pre)
-        scores = output.dequantize(objectness_raw[idx]) * output.dequantize(best_raw[idx])
     else:
-        pre = best_raw >= _raw_bound(threshold, output) if quantized else best_raw > threshold
-        idx = np.flatnonzero(pre)
-        scores = output.dequantize(best_raw[idx])
+        best_all = cls.max(axis=0)
+        pre = best_all >= _raw_bound(threshold, output) if quantized else best_all > threshold
+    idx = np.flatnonzero(pre)
+    sub = cls[:, idx]
+    best_class = np.argmax(sub, axis=0).astype(np.int32)
+    best_raw = np.take_along_axis(sub, best_class[None, :], axis=0)[0]
+    if layout.kind == "yolov5":
+        scores = output.dequantize(objectness_raw[idx]) * output.dequantize(best_raw)
+    else:
+        scores = output.dequantize(best_raw)
     above = scores > threshold
-    idx, scores = idx[above], scores[above]
+    idx, scores, best_class = idx[above], scores[above], best_class[above]
     boxes_all = table[:4]
     normalized = _looks_normalized(boxes_all, output)
     boxes = output.dequantize(boxes_all[:, idx]).T
-    return Candidates(cxcywh_to_xyxy(boxes), scores.astype(np.float32), best_class[idx], normalized)
+    return Candidates(cxcywh_to_xyxy(boxes), scores.astype(np.float32), best_class, normalized)
 
 
 def _raw_bound(threshold: float, output: OutputTensor) -> float:

@@ -65,6 +65,13 @@ def quantization_lut(mean: NDArray[np.float64], std: NDArray[np.float64], scale:
     return (q & 0xFF).astype(np.uint8)
 
 
+def _pure_offset(lut: NDArray[np.uint8]) -> np.uint8 | None:
+    """``k`` when every channel's table maps ``p`` to ``(p + k) mod 256`` (no clipping), else None."""
+    k = int(lut[0, 0])
+    expected = ((np.arange(256) + k) & 0xFF).astype(np.uint8)
+    return np.uint8(k) if all(np.array_equal(row, expected) for row in lut) else None
+
+
 class Preprocessor:
     """Turns BGR frames into input tensors for one model; not thread-safe (one per detector)."""
 
@@ -89,6 +96,7 @@ class Preprocessor:
         self._color = np.empty_like(self._canvas)
         self._geometry: tuple[int, int, InputTransform, tuple[int, int, int, int]] | None = None
         self._lut: NDArray[np.uint8] | None = None
+        self._lut_offset: np.uint8 | None = None
         self._mean = np.asarray(mean if mean is not None else [0.0], dtype=np.float64).reshape(-1)
         self._std = np.asarray(std if std is not None else [255.0], dtype=np.float64).reshape(-1)
         self._mean = np.broadcast_to(self._mean, (3,)).copy()
@@ -102,6 +110,12 @@ class Preprocessor:
                 raise ValueError("quantised model input without a scale")
             self._lut = quantization_lut(self._mean, self._std, scale, zero_point, self.dtype)
             self._quantized = np.empty_like(self._canvas)
+            self._lut_offset = _pure_offset(self._lut)
+            # cv2.LUT wants one table for all channels ([256]) or one per channel ([1, 256, 3])
+            same = bool((self._lut == self._lut[0]).all())
+            self._cv_lut = (
+                self._lut[0].copy() if same else np.ascontiguousarray(self._lut.T).reshape(1, 256, 3)
+            )
         elif self.dtype not in (np.uint8, np.float32):
             raise ValueError(f"model input type {self.dtype} is not supported (uint8, int8 or float32)")
 
@@ -137,8 +151,10 @@ class Preprocessor:
             cv2.cvtColor(self._canvas, cv2.COLOR_BGR2RGB, dst=self._color)
             pixels = self._color
         if self._lut is not None:
-            for channel in range(3):
-                self._quantized[..., channel] = self._lut[channel][pixels[..., channel]]
+            if self._lut_offset is not None:
+                np.add(pixels, self._lut_offset, out=self._quantized)
+            else:
+                cv2.LUT(pixels, self._cv_lut, dst=self._quantized)
             out: NDArray[np.generic] = self._quantized.view(self.dtype)
         elif self._float is not None:
             np.subtract(pixels, self._mean.astype(np.float32), out=self._float)
