@@ -1,0 +1,147 @@
+"""The bench and soak scripts run end to end on a tiny real model and report what they promise.
+
+``scripts/bench.py`` and ``scripts/soak.py`` run in a subprocess, as a user runs them, on the
+project's tiny SSD fixture model and a few synthetic frames (``--shared`` points at an empty
+folder, so nothing from ../shared is needed), with a real Mosquitto when it is installed (the
+bench falls back to the outbox alone, and says so, when it is not). Only the shape of the JSON
+and the sanity of its figures are checked: no timing assertions (the machine is shared).
+The YOLOv8n decode + NMS measurement needs ../shared and skips without it.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+
+REPO = Path(__file__).resolve().parent.parent
+MODEL = REPO / "tests" / "fixtures" / "models" / "ssd_tf1_order_uint8in.tflite"
+STAGES = ("decode", "preprocess", "invoke", "postprocess", "write", "publish")
+
+
+def _load_script(name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(f"edge_agent_{name}", REPO / "scripts" / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def _run(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, *args], cwd=cwd, capture_output=True, text=True, timeout=300, check=False
+    )
+
+
+def _is_ms_summary(summary: dict) -> bool:
+    return summary["n"] > 0 and 0 <= summary["median_ms"] <= summary["p95_ms"] <= summary["max_ms"]
+
+
+def test_bench_reports_limit_end_to_end_stages_and_checks_as_json(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    empty_shared = tmp_path / "no-shared"
+    empty_shared.mkdir()
+    proc = _run(
+        [
+            str(REPO / "scripts" / "bench.py"),
+            *("--models", str(MODEL), "--frames", "8", "--sizes", "160x120,320x240"),
+            *("--runtimes", "ai_edge_litert,tflite_runtime", "--threads", "1", "--limit-seconds", "0.2"),
+            "--detect-only",
+            *("--shared", str(empty_shared), "--work-dir", str(tmp_path / "work"), "--json", str(out)),
+        ],
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "end to end" in proc.stdout and "limit: bare invoke()" in proc.stdout
+
+    report = json.loads(out.read_text())
+    assert report["schema"] == "edge-agent-bench/1"
+    assert report["machine"]["cores"] >= 1 and report["machine"]["cpu"]
+    assert report["settings"]["frames"] == 8
+    assert report["settings"]["sizes"] == ["160x120", "320x240"]
+    (model,) = report["models"]
+    assert model["name"] == MODEL.stem and not model.get("skipped")
+
+    limit = model["limit"]
+    assert {r["runtime"] for r in limit["runs"]} <= {"ai_edge_litert", "tflite_runtime"}
+    for run in limit["runs"]:
+        assert run["threads"] == 1 and run["invokes"] >= 5
+        assert run["rate_fps"] > 0 and run["median_ms"] > 0 and run["cpu_ms_per_invoke"] >= 0
+    assert limit["limit_fps"] >= limit["best"]["rate_fps"] > 0
+
+    sizes = ["160x120", "320x240", "160x120 detect-only", "320x240 detect-only"]
+    assert [r["size"] for r in model["runs"]] == sizes
+    assert [r["detect_only"] for r in model["runs"]] == [False, False, True, True]
+    for run in model["runs"]:
+        assert run["processed"] == run["frames"] == 8
+        assert run["e2e_fps"] > 0 and run["limit_fps"] == limit["limit_fps"]
+        assert (
+            run["ratio"] == round(run["e2e_fps"] / run["limit_fps"], 3)
+            or abs(run["ratio"] - run["e2e_fps"] / run["limit_fps"]) < 0.01
+        )
+        assert run["meets_target"] == (run["ratio"] >= 0.85)
+        assert run["peak_rss_mb"] > 10
+        stages = ("decode", "preprocess", "invoke", "postprocess") if run["detect_only"] else STAGES
+        for stage in stages:
+            assert _is_ms_summary(run["stages"][stage]), (stage, run["stages"][stage])
+        if run["detect_only"]:
+            assert run["stages"]["write"]["n"] == 0  # no output stages ran
+            continue
+        assert run["cpu_ms_per_frame_total"] > 0  # per thread: sampled, too rough for 8 frames
+        if report["settings"]["mqtt"]:
+            # every frame's detections, JPEG and annotation reached the broker
+            assert run["mqtt"]["acked"] >= 3 * run["frames"] and run["mqtt"]["left_in_outbox"] == 0
+
+    names = [c["name"] for c in report["checks"]]
+    assert f"{MODEL.stem} 160x120 end-to-end / limit" in names
+    assert not any("detect-only" in name for name in names)
+    assert all({"name", "value", "target", "ok"} <= set(c) for c in report["checks"])
+    assert report["decode_nms"]["skipped"]  # no ../shared here: no YOLOv8n
+
+
+def test_yolov8n_decode_and_nms_are_measured_on_a_real_output(shared_dir: Path) -> None:
+    bench = _load_script("bench")
+    result = bench.measure_yolo_decode_nms(
+        shared_dir / "models" / "yolov8n_full_integer_quant_u8.3.172.tflite",
+        shared_dir / "models" / "images" / "kite_and_cold.jpg",
+        repeats=20,
+    )
+    assert result["output_shape"] == [1, 84, 8400]
+    assert result["candidates"] >= result["kept"] > 0  # people and kites
+    assert _is_ms_summary(result["decode_nms"]) and _is_ms_summary(result["postprocess_total"])
+    assert result["ok"] == (result["decode_nms"]["median_ms"] < 1.0)
+
+
+def test_soak_samples_rss_and_reports_growth(tmp_path: Path) -> None:
+    out = tmp_path / "soak.json"
+    proc = _run(
+        [
+            str(REPO / "scripts" / "soak.py"),
+            *("--model", str(MODEL), "--frames", "40", "--sample-every", "5", "--size", "160x120"),
+            *(
+                "--shared",
+                str(tmp_path / "no-shared"),
+                "--work-dir",
+                str(tmp_path / "work"),
+                "--json",
+                str(out),
+            ),
+        ],
+        cwd=tmp_path,
+    )
+    # exit 1 only means the growth target was missed, which 40 frames cannot judge
+    assert proc.returncode in (0, 1), proc.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert report["schema"] == "edge-agent-soak/1"
+    assert report["result"]["processed"] == 40
+    assert [f for f, _ in report["samples"]] == list(range(5, 41, 5))
+    assert all(kb > 10_000 for _, kb in report["samples"])
+    rss = report["rss"]
+    assert rss["samples"] == 8
+    assert rss["growth_mb"] == round(rss["last_quarter_median_mb"] - rss["first_quarter_median_mb"], 2)
+    assert rss["min_mb"] <= rss["first_quarter_median_mb"] <= rss["max_mb"]
+    assert "RSS: first quarter median" in proc.stdout
