@@ -678,9 +678,9 @@ def _log_event(event: AlertEvent) -> None:
         log.info("alert cleared for print %r: %s", event.print_name, event.reason)
     else:
         log.warning(
-            "ALERT %s for print %r (frame %s, alert %d/%d): %s",
+            "ALERT %s for %s (frame %s, alert %d/%d): %s",
             event.kind,
-            event.print_name,
+            f"print {event.print_name!r}" if event.print_name else "the camera's print",
             event.frame_id,
             event.alerts_this_print,
             event.max_alerts_per_print,

@@ -79,7 +79,7 @@ class KeepStage:
         self.writer.close()
         if self.summary_path is not None:
             self.harvester.write_summary(self.summary_path)
-        log.info("harvest: %s", self.harvester.summary_line())
+        log.info("%s", self.harvester.summary_line())
         self.harvester.close()
 
     def stats(self) -> dict[str, Any]:

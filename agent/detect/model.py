@@ -100,6 +100,12 @@ def resolve_model(model: str | Path, labels: str | Path | None = None) -> ModelS
     ``labels_file``, labels embedded in the model, a labels file beside the model.
     """
     path = Path(model).expanduser()
+    bundled = Path(__file__).resolve().parent.parent / "data"
+    if not path.is_file() and path.resolve().parent == bundled:
+        raise ConfigError(
+            f"the bundled guidance model ({path.name}) is not part of this build yet; pass a model with "
+            "--model (e.g. Print Nanny's print3d model, see the README) or set detector.model"
+        )
     if not path.is_file():
         raise ConfigError(
             f"model file {path} does not exist; set detector.model (or --model) to a .tflite file"
