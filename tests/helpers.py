@@ -74,3 +74,29 @@ def match_detections(
         if j not in used and mine["score"] > threshold:
             problems.append(f"extra {mine['label']} {mine['score']} {mine['box_xyxy']}")
     return problems
+
+
+def validate_vott(shared: Path, target: Path, frames: Path) -> subprocess.CompletedProcess[str]:
+    """Run ../shared/vott/validate_vott.py on a VoTT target folder with its frames folder."""
+    return subprocess.run(
+        [
+            sys.executable,
+            str(shared / "vott" / "validate_vott.py"),
+            str(target),
+            "--source-folder",
+            str(frames),
+        ],
+        capture_output=True,
+        text=True,
+    )
+
+
+def outbox_topics(outbox_file: Path) -> list[str]:
+    """The topics of the messages waiting in an agent's MQTT outbox, in sending order."""
+    from agent.mqtt.outbox import Outbox
+
+    box = Outbox(str(outbox_file), max_bytes=10**12, max_age_s=10**9)
+    try:
+        return [m.message.topic for m in box.take(100000)]
+    finally:
+        box.close()

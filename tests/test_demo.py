@@ -7,13 +7,10 @@ Until the bundled guidance model ships, the demo runs Print Nanny's print3d mode
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 from agent.config import BUNDLED_DATA
-from agent.mqtt.outbox import Outbox
-from tests.helpers import run_cli
+from tests.helpers import outbox_topics, run_cli, validate_vott
 
 
 def test_the_sample_timelapse_prelabels_alerts_on_the_failure_only_and_fills_the_outbox(
@@ -32,24 +29,10 @@ def test_the_sample_timelapse_prelabels_alerts_on_the_failure_only_and_fills_the
         frame = int(line.split("frame sample_frame_")[1].split(",")[0])
         assert frame >= failure_starts, f"alert on the healthy part: {line}"
 
-    check = subprocess.run(
-        [
-            sys.executable,
-            str(shared_dir / "vott" / "validate_vott.py"),
-            str(out / "vott"),
-            "--source-folder",
-            str(out / "frames"),
-        ],
-        capture_output=True,
-        text=True,
-    )
+    check = validate_vott(shared_dir, out / "vott", out / "frames")
     assert check.returncode == 0, check.stdout
 
-    box = Outbox(str(out / "mqtt-outbox.sqlite3"), max_bytes=10**12, max_age_s=10**9)
-    try:
-        topics = [m.message.topic for m in box.take(100000)]
-    finally:
-        box.close()
+    topics = outbox_topics(out / "mqtt-outbox.sqlite3")
     frames = len(list((BUNDLED_DATA / "sample_timelapse").glob("*.jpg")))
     assert sum(t.endswith("/detections") for t in topics) == frames
     assert sum(t.endswith("/alerts") for t in topics) == len(alerts)

@@ -5,8 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-import subprocess
-import sys
 import urllib.parse
 from pathlib import Path
 
@@ -14,23 +12,9 @@ import cv2
 import pytest
 
 from agent.boxes import iou_matrix
-from tests.helpers import run_cli
+from tests.helpers import run_cli, validate_vott
 
 FIXTURE_MODELS = Path(__file__).parent / "fixtures" / "models"
-
-
-def validate(shared: Path, target: Path, frames: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [
-            sys.executable,
-            str(shared / "vott" / "validate_vott.py"),
-            str(target),
-            "--source-folder",
-            str(frames),
-        ],
-        capture_output=True,
-        text=True,
-    )
 
 
 def vott_id(reviewer_path: str) -> str:
@@ -47,7 +31,7 @@ def test_label_print3d_frames_gives_a_valid_project_matching_detect(shared_dir: 
     result = run_cli("label", "--model", str(model), "--threshold", "0.3", "--out", str(target), str(frames))
     assert result.code == 0, result.err
     assert "with detections" in result.err
-    check = validate(shared_dir, target, frames)
+    check = validate_vott(shared_dir, target, frames)
     assert check.returncode == 0, check.stdout
 
     detect = run_cli("detect", "--json", "--model", str(model), "--threshold", "0.3", str(frames))
@@ -94,7 +78,7 @@ def test_label_maps_paths_to_a_windows_reviewer(shared_dir: Path, tmp_path: Path
     (asset,) = project["assets"].values()
     assert asset["path"] == "file:C:/Users/ann/review/frames/cam%201%23frame.png"
     assert asset["id"] == vott_id("C:\\Users\\ann\\review\\frames\\cam 1#frame.png")
-    check = validate(shared_dir, target, frames)
+    check = validate_vott(shared_dir, target, frames)
     assert check.returncode == 0, check.stdout
 
 

@@ -22,11 +22,10 @@ import yaml
 from agent.config import AgentConfig
 from agent.detect.detector import Detector
 from agent.detect.settings import DetectorSettings
-from agent.mqtt.outbox import Outbox
 from agent.pipeline import Pipeline, PipelineSettings
 from agent.sources import open_source
 from agent.sources.settings import SourceSettings
-from tests.helpers import REPO, run_cli
+from tests.helpers import REPO, outbox_topics, run_cli, validate_vott
 
 FIXTURE_MODELS = Path(__file__).parent / "fixtures" / "models"
 MODEL = str(FIXTURE_MODELS / "yolov5_layout_uint8.tflite")
@@ -65,14 +64,6 @@ def write_config(tmp_path: Path, frames: Path, **sections: Any) -> Path:
     return path
 
 
-def outbox_topics(data: Path) -> list[str]:
-    box = Outbox(str(data / "mqtt-outbox.sqlite3"), max_bytes=10**12, max_age_s=10**9)
-    try:
-        return [m.message.topic for m in box.take(100000)]
-    finally:
-        box.close()
-
-
 def test_run_writes_prelabels_and_queues_every_message_without_a_broker(tmp_path: Path) -> None:
     frames = tmp_path / "frames"
     make_frames(frames, 12, corrupt=(5,))
@@ -84,7 +75,7 @@ def test_run_writes_prelabels_and_queues_every_message_without_a_broker(tmp_path
     project = json.loads((data / "vott" / "edge-agent-cam.vott").read_text())
     assert len(project["assets"]) == 11
     assert len(list((data / "frames").glob("*.jpg"))) == 11
-    topics = outbox_topics(data)
+    topics = outbox_topics(data / "mqtt-outbox.sqlite3")
     assert sum(t == "edge-agent/testdev/detections" for t in topics) == 11
     assert sum(t.startswith("edge-agent/testdev/frames/") for t in topics) == 11
     assert sum(t.startswith("edge-agent/testdev/annotations/") for t in topics) == 11
@@ -99,17 +90,7 @@ def test_run_validates_with_the_vott_checker(shared_dir: Path, tmp_path: Path) -
     config = write_config(tmp_path, frames, mqtt={"enabled": False})
     assert run_cli("run", "--config", str(config)).code == 0
     data = tmp_path / "data"
-    check = subprocess.run(
-        [
-            sys.executable,
-            str(shared_dir / "vott" / "validate_vott.py"),
-            str(data / "vott"),
-            "--source-folder",
-            str(data / "frames"),
-        ],
-        capture_output=True,
-        text=True,
-    )
+    check = validate_vott(shared_dir, data / "vott", data / "frames")
     assert check.returncode == 0, check.stdout
 
 
