@@ -17,6 +17,8 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
+import pytest
+
 REPO = Path(__file__).resolve().parent.parent
 MODEL = REPO / "tests" / "fixtures" / "models" / "ssd_tf1_order_uint8in.tflite"
 STAGES = ("decode", "preprocess", "invoke", "postprocess", "write", "publish")
@@ -142,6 +144,10 @@ def test_soak_samples_rss_and_reports_growth(tmp_path: Path) -> None:
     assert all(kb > 10_000 for _, kb in report["samples"])
     rss = report["rss"]
     assert rss["samples"] == 8
-    assert rss["growth_mb"] == round(rss["last_quarter_median_mb"] - rss["first_quarter_median_mb"], 2)
+    # recomputed from the raw kB samples: median of the first two vs the last two of eight
+    kb = [k for _, k in report["samples"]]
+    first_mb, last_mb = (kb[0] + kb[1]) / 2 / 1024, (kb[-2] + kb[-1]) / 2 / 1024
+    assert rss["first_quarter_median_mb"] == pytest.approx(first_mb, abs=0.006)
+    assert rss["growth_mb"] == pytest.approx(last_mb - first_mb, abs=0.006)
     assert rss["min_mb"] <= rss["first_quarter_median_mb"] <= rss["max_mb"]
     assert "RSS: first quarter median" in proc.stdout
