@@ -122,7 +122,10 @@ class AlertSettings(StrictModel):
     history_samples: int = Field(60, ge=1, le=2000)
     """How many recent samples (score, smoothed) an alert carries (60 = 10 min at 10 s). Ours."""
     state_file: Path | None = None
-    """Where the monitor's state is saved after every change, to survive restarts. None: not saved."""
+    """Where the monitor's state is saved, to survive restarts. None: not saved."""
+    state_save_interval_s: float = Field(30.0, ge=0, le=3600)
+    """Save new samples to ``state_file`` at most this often (events and print changes are saved
+    at once, and the last samples on a clean exit); 0 saves every sample. Ours."""
 
     @field_validator("failure_labels")
     @classmethod
@@ -335,6 +338,7 @@ class AlertMonitor:
         self._clock = clock
         self._alpha = 2.0 / (settings.ewm_span + 1)
         self._save_failed = False
+        self._unsaved_at: float | None = None  # time of the newest sample not yet in state_file
         self._unknown_logged = False
         self.last_sample: Sample | None = None
         self.state = self._load() if settings.state_file else MonitorState()
@@ -389,8 +393,13 @@ class AlertMonitor:
             return []
         self._unknown_logged = False
         events, changed = self._observe(ps, score, frame_id, now)
-        if events or changed:
-            self._save(now, durable=bool(events) or changed == "durable")
+        durable = bool(events) or changed == "durable"
+        if durable:
+            self._save(now, durable=True)
+        elif changed:
+            self._unsaved_at = now
+            if abs(now - self.state.saved_at) >= self.settings.state_save_interval_s:
+                self._save(now, durable=False)
         for event in events:
             _log_event(event)
         return events
@@ -642,6 +651,11 @@ class AlertMonitor:
             )
         return state
 
+    def flush(self) -> None:
+        """Save samples not yet saved (``state_save_interval_s``); call on a clean exit."""
+        if self._unsaved_at is not None:
+            self._save(self._unsaved_at, durable=True)
+
     def _save(self, now: float, *, durable: bool) -> None:
         """Write the state atomically; fsync only for changes that matter after a power cut
         (events, print changes), so a sample every 10 s does not wear out an SD card."""
@@ -649,6 +663,7 @@ class AlertMonitor:
         if path is None:
             return
         self.state.saved_at = now
+        self._unsaved_at = None
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             atomic_write_json(path, self.state.to_json(), indent=None, fsync=durable)

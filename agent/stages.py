@@ -140,7 +140,8 @@ class AlertStage:
                     log.error("could not pause the print (%s); pause it by hand", event.reason)
 
     def close(self) -> None:
-        """Nothing to flush: the monitor saves its state on every change."""
+        """Save the samples the monitor has not saved yet."""
+        self.monitor.flush()
 
     def stats(self) -> dict[str, Any]:
         """Alert counts and the current level."""

@@ -309,6 +309,7 @@ def test_state_survives_a_restart_mid_print_without_re_alerting(tmp_path) -> Non
     run.feed(np.zeros(60), ps=printing(elapsed_s=600.0))
     run.feed(np.full(20, 1.5), ps=printing(elapsed_s=800.0))
     assert [k for _, k in run.events] == ["warn", "act"]
+    run.monitor.flush()  # a clean exit (the alert stage's close)
     saved = json.loads(state_file.read_text())
     assert saved["samples_this_print"] == 80
     assert saved["notified"] == "act"
@@ -320,6 +321,22 @@ def test_state_survives_a_restart_mid_print_without_re_alerting(tmp_path) -> Non
     assert restarted.events == [], "the same print carries on without a second alert"
     restarted.feed([0.0], ps=IDLE)
     assert [k for _, k in restarted.events] == ["clear"]
+
+
+def test_samples_are_saved_at_most_every_interval_and_events_at_once(tmp_path) -> None:
+    state_file = tmp_path / "alerts.json"
+    settings = AlertSettings(state_file=state_file, state_save_interval_s=60.0, min_sample_interval_s=10.0)
+    monitor = AlertMonitor(settings)
+    saved_counts = []
+    for i in range(30):  # a sample every 10 s
+        monitor.update_score(0.0, now=T0 + 10.0 * i, print_state=printing())
+        saved_counts.append(json.loads(state_file.read_text())["samples_this_print"])
+    # the print's start is saved at once; then one save per 60 s: never more than 6 samples behind
+    assert saved_counts[0] == 1
+    assert all(i + 1 - n < 6 for i, n in enumerate(saved_counts)), saved_counts
+    assert len(set(saved_counts)) < 10, "not saved on every sample"
+    monitor.flush()
+    assert json.loads(state_file.read_text())["samples_this_print"] == 30
 
 
 def test_a_resume_while_the_agent_was_down_is_seen_after_the_restart(tmp_path) -> None:
