@@ -49,6 +49,12 @@ class OutputSettings(StrictModel):
     save_every: int = Field(
         default=20, ge=0, le=100000, description="rewrite the .vott after this many frames"
     )
+    save_interval_s: float = Field(
+        default=10.0,
+        ge=0,
+        le=3600,
+        description="but at most this often (the whole file is rewritten; it is also saved on exit)",
+    )
     fsync: bool = Field(default=True, description="flush every file to the device (SD cards lose less)")
 
     def data_dir(self) -> Path:

@@ -26,8 +26,8 @@ Scores: VoTT has no score field, so each asset's scores live in a sidecar file
 regions are matched to the asset file by region id (VoTT keeps a region's id when the reviewer
 moves it). VoTT never reads that folder and the validator ignores sub-folders of ``T``.
 
-The ``.vott`` file is rewritten by ``VottProject.save()`` (every ``flush_every`` changes, or when
-the caller asks): a long run need not rewrite a 10k-asset project file per frame. Asset files are
+The ``.vott`` file is rewritten by ``VottProject.save()`` (every ``flush_every`` changes but at
+most every ``min_save_interval_s``, or when the caller asks): a long run need not rewrite a 10k-asset project file per frame. Asset files are
 written first, so a crash leaves asset files the project file does not list yet; opening the
 project again adds them back (and drops entries whose asset file is gone).
 """
@@ -39,11 +39,13 @@ import contextlib
 import hashlib
 import json
 import logging
+import math
 import ntpath
 import os
 import posixpath
 import re
 import threading
+import time
 import urllib.parse
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -375,7 +377,9 @@ class VottProject:
     parent) and ``reviewer_root`` is that folder on the reviewer's machine (default: the same
     path). ``tags`` are declared up front (in this order, hot keys 1-9), labels seen later are
     appended. The ``.vott`` file is rewritten after every ``flush_every`` changes (0: only on
-    ``save()``/``close()``). Thread-safe.
+    ``save()``/``close()``), but at most once per ``min_save_interval_s`` seconds: the whole
+    project is rewritten each time, so a large project saved on every few frames would cost
+    more than the frames. Thread-safe.
     """
 
     def __init__(
@@ -389,6 +393,7 @@ class VottProject:
         tags: Iterable[str] = (),
         security_token: str = DEFAULT_SECURITY_TOKEN,
         flush_every: int = 1,
+        min_save_interval_s: float = 0.0,
         description: str | None = None,
         fsync: bool = True,
     ) -> None:
@@ -397,6 +402,8 @@ class VottProject:
         if flush_every < 0:
             raise ConfigError(f"flush_every must be >= 0 (changes between project saves), got {flush_every}")
         self.flush_every = flush_every
+        self.min_save_interval_s = min_save_interval_s
+        self._saved_at = -math.inf  # time.monotonic() of the last save
         self._fsync = fsync
         self._lock = threading.RLock()
         self._pending = 0
@@ -668,7 +675,11 @@ class VottProject:
     # ---- saving -----------------------------------------------------------------------------
     def _changed(self) -> None:
         self._pending += 1
-        if self.flush_every and self._pending >= self.flush_every:
+        if (
+            self.flush_every
+            and self._pending >= self.flush_every
+            and time.monotonic() - self._saved_at >= self.min_save_interval_s
+        ):
             self.save()
 
     @property
@@ -677,10 +688,13 @@ class VottProject:
         return self._pending > 0
 
     def save(self) -> None:
-        """Write ``<name>.vott`` atomically (UTF-8 without BOM, 4-space indent like VoTT)."""
+        """Write ``<name>.vott`` atomically (UTF-8 without BOM). Compact, not VoTT's 4-space
+        indent: Python's C JSON encoder only runs without indent, 4-6x faster on large
+        projects, and VoTT reads either."""
         with self._lock:
-            atomic_write_json(self.project_file, self._data, fsync=self._fsync)
+            atomic_write_json(self.project_file, self._data, indent=None, fsync=self._fsync)
             self._pending = 0
+            self._saved_at = time.monotonic()
 
     def close(self) -> None:
         """Save if anything changed since the last save."""
