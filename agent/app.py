@@ -103,7 +103,10 @@ def build_agent(config: AgentConfig, *, on_result: Any = None) -> Agent:
     # OpenCV's own thread pool would fight the interpreter's threads for the same cores; the
     # resizes and JPEG work here are small and run beside inference anyway (measured: +7 %).
     cv2.setNumThreads(1)
-    detector = open_detector(config.detector)
+    interpreters, threads = config.detector.parallelism()
+    detector_settings = config.detector.model_copy(update={"num_threads": threads})
+    detectors = [open_detector(detector_settings) for _ in range(interpreters)]
+    detector = detectors[0]
     alerts_on = config.alerts.enabled
     if alerts_on:
         validate_failure_labels(config.alerts, detector.labels)
@@ -116,6 +119,7 @@ def build_agent(config: AgentConfig, *, on_result: Any = None) -> Agent:
         reviewer_root=out.reviewer_root,
         tags=[label for label in detector.labels if label and label != "???"],
         flush_every=out.save_every,
+        min_save_interval_s=out.save_interval_s,
         fsync=out.fsync,
     )
     writer = VottStage(project, jpeg_quality=out.jpeg_quality, fsync=out.fsync)
@@ -156,22 +160,26 @@ def build_agent(config: AgentConfig, *, on_result: Any = None) -> Agent:
     gate = ChangeGate(config.gate) if config.gate.enabled else None
     pipeline = Pipeline(
         source,
-        detector,
+        detectors,
         stages,
         config.pipeline,
         live=source.live,
         gate=gate,
         on_result=on_result,
         on_stats=publisher.publish_stats if publisher is not None else None,
-        detector_factory=lambda: open_detector(config.detector),
+        detector_factory=lambda: open_detector(detector_settings),
     )
     log.info(
-        "%s on %s (%s, %dx%d input) -> %s",
+        "%s on %s (%s, %dx%d input, %d interpreter%s x %d thread%s) -> %s",
         source.description,
         detector.name,
         detector.runtime,
         detector.input_width,
         detector.input_height,
+        interpreters,
+        "s" if interpreters > 1 else "",
+        threads,
+        "s" if threads > 1 else "",
         out.data_dir(),
     )
     return Agent(config=config, detector=detector, source=source, pipeline=pipeline, stages=stages)

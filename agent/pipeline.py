@@ -1,16 +1,19 @@
-"""The capture loop: source -> gate -> detector -> output stages, on three threads.
+"""The capture loop: source -> gate -> detectors -> output stages, on their own threads.
 
 ::
 
-    capture thread     inference thread           output thread
-    source ──queue──▶  gate ▸ detector ──queue──▶  stage 1 ▸ stage 2 ▸ ...  (harvest, VoTT, alerts, MQTT)
+    capture thread        inference threads (1 per interpreter)   output thread
+    source ▸ gate ──queue──▶  detector 1 ┐                 ┌──▶ reorder ▸ stage 1 ▸ stage 2 ▸ ...
+                          ╰▶ detector 2 ┴──queue──────────┘     (alerts, harvest, VoTT, MQTT)
 
 Queues are bounded. A live source (camera, stream) never waits for a slow detector: when
 the capture queue is full the oldest frame is dropped and counted. A file source (folder,
-video) waits instead, because every frame of a recording matters. Output stages see every
-result in order; an error in one stage is logged and counted, never fatal. ``stop()`` (the
-CLI calls it on SIGINT/SIGTERM) closes the source; frames already queued are finished and
-every stage is closed, so nothing is left half-written.
+video) waits instead, because every frame of a recording matters. With several interpreters
+(``detector.interpreters``) successive frames are detected in parallel and put back in capture
+order before the output stages, which see every result in order; an error in one stage is
+logged and counted, never fatal. ``stop()`` (the CLI calls it on SIGINT/SIGTERM) closes the
+source; frames already queued are finished and every stage is closed, so nothing is left
+half-written.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import statistics
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -134,14 +137,25 @@ class Counters:
 _END = object()
 
 
+@dataclass
+class _Worker:
+    """One interpreter and the thread that feeds it; replaced as a whole when it hangs."""
+
+    slot: int
+    detector: DetectorLike
+    generation: int = 0  # bumped when a hung detector is replaced; the old thread then quits
+    since: float | None = None  # monotonic start of the running inference
+    seq: int | None = None  # sequence number of the frame being detected
+
+
 class Pipeline:
-    """Runs one source through one detector into the output stages until the source ends or
-    ``stop()`` is called."""
+    """Runs one source through one detector (or several copies of it, in parallel on successive
+    frames) into the output stages until the source ends or ``stop()`` is called."""
 
     def __init__(
         self,
         source: FrameSourceLike,
-        detector: DetectorLike,
+        detector: DetectorLike | Sequence[DetectorLike],
         stages: Iterable[Stage],
         settings: PipelineSettings,
         *,
@@ -151,8 +165,10 @@ class Pipeline:
         on_stats: Callable[[dict[str, Any]], None] | None = None,
         detector_factory: Callable[[], DetectorLike] | None = None,
     ) -> None:
+        detectors = list(detector) if isinstance(detector, Sequence) else [detector]
+        if not detectors:
+            raise ValueError("a pipeline needs at least one detector")
         self.source = source
-        self.detector = detector
         self.detector_factory = detector_factory
         self.stages = list(stages)
         self.settings = settings
@@ -167,10 +183,19 @@ class Pipeline:
         self._capture_q: queue.Queue[Any] = queue.Queue(maxsize=settings.capture_queue)
         self._result_q: queue.Queue[Any] = queue.Queue(maxsize=settings.result_queue)
         self._lock = threading.Lock()
-        self._generation = 0  # bumped when a hung detector is replaced; old threads then quit
-        self._inference_since: float | None = None  # monotonic start of the running inference
+        self._take_lock = threading.Lock()  # taking a frame and numbering it is one step
+        self._next_seq = 0  # sequence number of the next frame a worker takes
+        self._abandoned: set[int] = set()  # numbers that will never have a result
+        self._next_out = 0  # sequence number of the next result the output stages see
+        self._workers = [_Worker(i, d) for i, d in enumerate(detectors)]
+        self._workers_running = len(self._workers)
         self._output_since: float | None = None  # monotonic start of the result in the output stages
         self._threads: list[threading.Thread] = []
+
+    @property
+    def detector(self) -> DetectorLike:
+        """The first interpreter's detector (all run the same model)."""
+        return self._workers[0].detector
 
     # ---- control ------------------------------------------------------------------------------
     def stop(self) -> None:
@@ -192,13 +217,13 @@ class Pipeline:
         """Run to the end; returns the final stats. Re-raises a fatal error from a worker."""
         capture = threading.Thread(target=self._guard(self._capture_loop), name="capture", daemon=True)
         output = threading.Thread(target=self._guard(self._output_loop), name="output", daemon=True)
-        self._threads = [capture, self._start_inference(), output]
+        self._threads = [capture, *(self._start_inference(w) for w in self._workers), output]
         capture.start()
         output.start()
         next_stats = time.monotonic() + self.settings.stats_interval_s
         while output.is_alive():
             output.join(timeout=0.2)
-            self._check_detector()
+            self._check_detectors()
             if time.monotonic() >= next_stats:
                 next_stats += self.settings.stats_interval_s
                 self._report_stats()
@@ -209,46 +234,46 @@ class Pipeline:
             raise self._fatal
         return final
 
-    def _start_inference(self) -> threading.Thread:
-        generation = self._generation
+    def _start_inference(self, worker: _Worker) -> threading.Thread:
+        generation = worker.generation
         thread = threading.Thread(
-            target=self._guard(lambda: self._inference_loop(generation)),
-            name=f"inference-{generation}",
+            target=self._guard(lambda: self._inference_loop(worker, generation)),
+            name=f"inference-{worker.slot}.{generation}",
             daemon=True,
         )
         thread.start()
         return thread
 
-    def _check_detector(self) -> None:
+    def _check_detectors(self) -> None:
         """Replace a detector whose inference has run longer than ``inference_timeout_s``."""
         limit = self.settings.inference_timeout_s
-        since = self._inference_since
-        if not limit or since is None or time.monotonic() - since < limit or self._fatal is not None:
-            return
-        if (
-            self.detector_factory is None
-            or self.counters.detector_restarts >= self.settings.max_detector_restarts
-        ):
-            if self._fatal is None:
-                self._fatal = RuntimeError(
-                    f"the detector has been stuck in one inference for over {limit:.0f} s "
-                    f"(after {self.counters.detector_restarts} restarts); exiting so the service manager restarts us"
-                )
-            self.stop()
-            _put_end(self._result_q)
-            return
-        self.counters.detector_restarts += 1
-        log.error(
-            "inference stuck for over %.0f s: restarting the detector (restart %d of at most %d)",
-            limit,
-            self.counters.detector_restarts,
-            self.settings.max_detector_restarts,
-        )
-        self._generation += 1
-        self._inference_since = None
-        self.counters.dropped += 1  # the frame the hung detector holds
-        self.detector = self.detector_factory()
-        self._threads.append(self._start_inference())
+        for worker in self._workers:
+            since = worker.since
+            if not limit or since is None or time.monotonic() - since < limit or self._fatal is not None:
+                continue
+            if not self._can_restart():
+                if self._fatal is None:
+                    self._fatal = RuntimeError(
+                        f"the detector has been stuck in one inference for over {limit:.0f} s (after "
+                        f"{self.counters.detector_restarts} restarts); exiting so the service manager restarts us"
+                    )
+                self.stop()
+                _put_end(self._result_q)
+                return
+            self.counters.detector_restarts += 1
+            log.error(
+                "inference stuck for over %.0f s: restarting the detector (restart %d of at most %d)",
+                limit,
+                self.counters.detector_restarts,
+                self.settings.max_detector_restarts,
+            )
+            worker.generation += 1
+            worker.since = None
+            self.counters.dropped += 1  # the frame the hung detector holds
+            if worker.seq is not None:
+                self._abandon(worker.seq)
+            worker.detector = self.detector_factory()  # type: ignore[misc]
+            self._threads.append(self._start_inference(worker))
 
     def _can_restart(self) -> bool:
         return (
@@ -257,14 +282,13 @@ class Pipeline:
         )
 
     def progressing(self) -> bool:
-        """False when a frame has been stuck in the detector or the output stages for longer than
+        """False when a frame has been stuck in a detector or the output stages for longer than
         ``stall_timeout_s``: the systemd watchdog pings stop and systemd restarts the agent. An
         idle pipeline (waiting for a camera, between samples) is progressing."""
         now = time.monotonic()
         limit = self.settings.stall_timeout_s
-        return all(
-            since is None or now - since < limit for since in (self._inference_since, self._output_since)
-        )
+        since = [w.since for w in self._workers] + [self._output_since]
+        return all(t is None or now - t < limit for t in since)
 
     def _guard(self, loop: Callable[[], None]) -> Callable[[], None]:
         def run() -> None:
@@ -280,7 +304,7 @@ class Pipeline:
 
         return run
 
-    # ---- the three loops --------------------------------------------------------------------------
+    # ---- the loops ----------------------------------------------------------------------------
     def _capture_loop(self) -> None:
         limit = self.settings.max_frames
         try:
@@ -288,6 +312,12 @@ class Pipeline:
                 if self._stop.is_set():
                     break
                 self.counters.captured += 1
+                # the gate runs here, in capture order: it keeps a running background
+                if self.gate is not None:
+                    run_it, _reason = self.gate.should_infer(frame, time.monotonic())
+                    if not run_it:
+                        self.counters.skipped += 1
+                        continue
                 if self.live:
                     self._put_dropping_oldest(frame)
                 else:
@@ -319,27 +349,39 @@ class Pipeline:
                 if self._fatal is not None:
                     return
 
-    def _inference_loop(self, generation: int) -> None:
-        errors_in_row = 0
-        detector = self.detector
-        while True:
+    def _abandon(self, seq: int) -> None:
+        """Frame ``seq`` will never have a result: the output loop stops waiting for it."""
+        with self._lock:
+            self._abandoned.add(seq)
+
+    def _take(self) -> tuple[int, Any]:
+        """The next frame and its sequence number (or ``_END``, left in place for the others)."""
+        with self._take_lock:
             frame = self._capture_q.get()
             if frame is _END:
+                self._capture_q.put(_END)  # there is room: it was just taken
+                return -1, _END
+            seq = self._next_seq
+            self._next_seq += 1
+            return seq, frame
+
+    def _inference_loop(self, worker: _Worker, generation: int) -> None:
+        errors_in_row = 0
+        detector = worker.detector
+        while True:
+            seq, frame = self._take()
+            if frame is _END:
                 break
-            if self.gate is not None:
-                run_it, _reason = self.gate.should_infer(frame, time.monotonic())
-                if not run_it:
-                    self.counters.skipped += 1
-                    continue
             timings: dict[str, float] = {}
-            self._inference_since = time.monotonic()
+            worker.seq, worker.since = seq, time.monotonic()
             try:
                 detections = detector.detect(frame.image, timings)
                 errors_in_row = 0
             except Exception as exc:
-                if generation != self._generation:
-                    return
-                self._inference_since = None
+                if generation != worker.generation:
+                    return  # replaced while hung; the frame is already counted as dropped
+                worker.since = None
+                self._abandon(seq)
                 self.counters.detector_errors += 1
                 errors_in_row += 1
                 log.error("detector failed on frame %s: %s", frame.frame_id, exc)
@@ -347,16 +389,16 @@ class Pipeline:
                     # a failing device (an unplugged Coral): open the detector again, or its fallback
                     self.counters.detector_restarts += 1
                     log.error("the detector failed %d times in a row: opening it again", errors_in_row)
-                    detector = self.detector = self.detector_factory()  # type: ignore[misc]
+                    detector = worker.detector = self.detector_factory()  # type: ignore[misc]
                     errors_in_row = 0
                 elif errors_in_row >= self.settings.max_consecutive_errors:
                     raise RuntimeError(
                         f"the detector failed on {errors_in_row} frames in a row; last error: {exc}"
                     ) from exc
                 continue
-            if generation != self._generation:
+            if generation != worker.generation:
                 return  # this thread hung on the frame and was replaced (the frame counts as dropped)
-            self._inference_since = None
+            worker.since = None
             result = FrameResult(
                 frame=frame,
                 detections=detections,
@@ -366,31 +408,46 @@ class Pipeline:
                 timings_ms=timings,
             )
             self.counters.inference_ms.append(result.inference_ms)
-            self._put_waiting(self._result_q, result)
-        self._put_waiting(self._result_q, _END)
+            self._put_waiting(self._result_q, (seq, result))
+        with self._lock:
+            self._workers_running -= 1
+            last = self._workers_running == 0
+        if last:
+            self._put_waiting(self._result_q, _END)
+
+    def _in_order(self, pending: dict[int, FrameResult], *, flush: bool = False) -> Iterator[FrameResult]:
+        """Results from ``pending`` that are next in capture order (all of them when ``flush``)."""
+        while pending:
+            with self._lock:
+                while self._next_out in self._abandoned:
+                    self._abandoned.discard(self._next_out)
+                    self._next_out += 1
+            if self._next_out in pending:
+                yield pending.pop(self._next_out)
+                self._next_out += 1
+            elif flush:
+                self._next_out = min(pending)
+            else:
+                return
 
     def _output_loop(self) -> None:
+        pending: dict[int, FrameResult] = {}  # results that came before an earlier frame's
         try:
             while True:
-                result = self._result_q.get()
-                if result is _END:
+                try:
+                    item = self._result_q.get(timeout=0.2)  # wakes up to see abandoned frames
+                except queue.Empty:
+                    item = None
+                if item is _END:
+                    for result in self._in_order(pending, flush=True):
+                        self._handle(result)
                     break
-                self._output_since = time.monotonic()
-                for stage in self.stages:
-                    try:
-                        stage.handle(result)
-                    except Exception as exc:
-                        with self._lock:
-                            errors = self.counters.stage_errors
-                            errors[stage.name] = errors.get(stage.name, 0) + 1
-                        log.error("%s failed on frame %s: %s", stage.name, result.frame.frame_id, exc)
-                self.counters.processed += 1
-                if result.keep:
-                    self.counters.kept += 1
-                self.counters.completed_at.append(time.monotonic())
-                self._output_since = None
-                if self.on_result is not None:
-                    self.on_result(result)
+                if item is not None:
+                    seq, result = item
+                    if seq >= self._next_out:  # a late duplicate of an abandoned frame is ignored
+                        pending[seq] = result
+                for result in self._in_order(pending):
+                    self._handle(result)
         finally:
             self._report_stats()  # the final figures, while the stages can still report them
             # last stage first: the publisher's final acknowledgements still reach the harvest store
@@ -399,6 +456,25 @@ class Pipeline:
                     stage.close()
                 except Exception:
                     log.exception("closing %s failed", stage.name)
+
+    def _handle(self, result: FrameResult) -> None:
+        """Run one result through every output stage."""
+        self._output_since = time.monotonic()
+        for stage in self.stages:
+            try:
+                stage.handle(result)
+            except Exception as exc:
+                with self._lock:
+                    errors = self.counters.stage_errors
+                    errors[stage.name] = errors.get(stage.name, 0) + 1
+                log.error("%s failed on frame %s: %s", stage.name, result.frame.frame_id, exc)
+        self.counters.processed += 1
+        if result.keep:
+            self.counters.kept += 1
+        self.counters.completed_at.append(time.monotonic())
+        self._output_since = None
+        if self.on_result is not None:
+            self.on_result(result)
 
     # ---- stats ----------------------------------------------------------------------------------
     def stats(self) -> dict[str, Any]:

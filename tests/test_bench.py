@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -74,12 +75,19 @@ def test_bench_reports_limit_end_to_end_stages_and_checks_as_json(tmp_path: Path
         assert run["threads"] == 1 and run["invokes"] >= 5
         assert run["rate_fps"] > 0 and run["median_ms"] > 0 and run["cpu_ms_per_invoke"] >= 0
     assert limit["limit_fps"] >= limit["best"]["rate_fps"] > 0
+    parallel = limit["parallel_interpreters"]  # the agent's default on 2+ cores, shown beside the limit
+    if (os.cpu_count() or 1) >= 2:
+        assert parallel["interpreters"] == 2 and parallel["rate_fps"] > 0 and parallel["invokes"] >= 10
+        assert "interpreters x" in proc.stdout
+    else:
+        assert parallel is None
 
     sizes = ["160x120", "320x240", "160x120 detect-only", "320x240 detect-only"]
     assert [r["size"] for r in model["runs"]] == sizes
     assert [r["detect_only"] for r in model["runs"]] == [False, False, True, True]
     for run in model["runs"]:
         assert run["processed"] == run["frames"] == 8
+        assert run["interpreters"] == (2 if (os.cpu_count() or 1) >= 2 else 1)
         assert run["e2e_fps"] > 0 and run["limit_fps"] == limit["limit_fps"]
         assert (
             run["ratio"] == round(run["e2e_fps"] / run["limit_fps"], 3)

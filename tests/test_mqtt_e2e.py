@@ -83,7 +83,15 @@ def test_nothing_lost_through_outages_and_sigkill(mosquitto, tmp_path, capsys): 
     config.write_text(
         yaml.safe_dump(
             {
-                "source": {"url": str(frames), "id": "cam0", "max_fps": 120},
+                # watch: the folder never ends, so the agent stops only on our SIGTERM
+                "source": {
+                    "url": str(frames),
+                    "id": "cam0",
+                    "max_fps": 120,
+                    "watch": True,
+                    "watch_poll_s": 0.2,
+                    "watch_settle_s": 0.2,
+                },
                 "detector": {"model": str(MODEL)},
                 "output": {"dir": str(data), "fsync": False},
                 "mqtt": {

@@ -395,3 +395,82 @@ def test_a_failing_detector_is_opened_again(tmp_path: Path) -> None:
     assert stats["frames"]["detector_errors"] == 2
     assert stats["frames"]["processed"] == 6
     assert stats["detector"]["runtime"]
+
+
+class SlowOnEvenFrames(HangingDetector):
+    """The real detector, delayed on every other call, so that a second interpreter finishes
+    later frames first (a timing fault, injected: the order must still come out right)."""
+
+    def detect(self, image: Any, timings: dict[str, float] | None = None) -> Any:
+        self.calls += 1
+        if self.calls % 2 == 0:
+            time.sleep(0.05)
+        return self.real.detect(image, timings)
+
+
+def test_parallel_interpreters_deliver_every_frame_in_capture_order(tmp_path: Path) -> None:
+    frames = tmp_path / "frames"
+    make_frames(frames, 24)
+    seen: list[str] = []
+    pipeline = Pipeline(
+        open_source(SourceSettings(url=str(frames))),
+        [SlowOnEvenFrames(hang_on=0), Detector(DetectorSettings(model=MODEL))],
+        [],
+        PipelineSettings(),
+        live=False,
+        on_result=lambda r: seen.append(r.frame.name),
+    )
+    stats = pipeline.run()
+    assert seen == [f"frame_{i:04d}" for i in range(24)]
+    assert stats["frames"]["processed"] == 24
+
+
+def test_a_failing_interpreter_among_two_loses_only_its_frames(tmp_path: Path) -> None:
+    frames = tmp_path / "frames"
+    make_frames(frames, 12)
+    seen: list[str] = []
+    failing = FailingDetector(hang_on=2)  # fails from its 2nd frame on
+    pipeline = Pipeline(
+        open_source(SourceSettings(url=str(frames))),
+        [failing, Detector(DetectorSettings(model=MODEL))],
+        [],
+        PipelineSettings(max_consecutive_errors=100),
+        live=False,
+        on_result=lambda r: seen.append(r.frame.name),
+    )
+    stats = pipeline.run()
+    assert stats["frames"]["detector_errors"] == failing.calls - 1
+    assert stats["frames"]["processed"] == 12 - stats["frames"]["detector_errors"]
+    assert seen == sorted(seen) and len(seen) == stats["frames"]["processed"]
+
+
+def test_a_hung_interpreter_among_two_is_replaced_and_the_other_frames_flow(tmp_path: Path) -> None:
+    frames = tmp_path / "frames"
+    make_frames(frames, 10)
+    seen: list[str] = []
+    hanging = HangingDetector(hang_on=2)
+    pipeline = Pipeline(
+        open_source(SourceSettings(url=str(frames))),
+        [hanging, Detector(DetectorSettings(model=MODEL))],
+        [],
+        PipelineSettings(inference_timeout_s=1.0, max_detector_restarts=1),
+        live=False,
+        on_result=lambda r: seen.append(r.frame.name),
+        detector_factory=lambda: Detector(DetectorSettings(model=MODEL)),
+    )
+    thread, out = run_pipeline_in_thread(pipeline)
+    thread.join(60)
+    hanging.release.set()
+    assert "error" not in out, out.get("error")
+    stats = out["stats"]["frames"]
+    assert stats["detector_restarts"] == 1 and stats["dropped"] == 1
+    assert stats["processed"] == 9 and len(seen) == 9
+    assert seen == sorted(seen)
+
+
+def test_parallelism_defaults() -> None:
+    assert DetectorSettings().parallelism(cores=2) == (2, 1)
+    assert DetectorSettings().parallelism(cores=4) == (2, 2)
+    assert DetectorSettings().parallelism(cores=1) == (1, 1)
+    assert DetectorSettings(edgetpu="usb").parallelism(cores=4) == (1, 4)
+    assert DetectorSettings(interpreters=1, num_threads=3).parallelism(cores=4) == (1, 3)

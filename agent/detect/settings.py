@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from pydantic import Field, field_validator
@@ -25,7 +26,11 @@ class DetectorSettings(StrictModel):
     runtime: RuntimeName = "auto"
     """TFLite runtime; auto picks the fastest installed (ai_edge_litert, then tflite_runtime, then tensorflow)."""
     num_threads: int | None = Field(default=None, ge=1, le=64)
-    """Interpreter threads; default all cores."""
+    """Threads per interpreter; default the cores shared out among the interpreters."""
+    interpreters: int | None = Field(default=None, ge=1, le=16)
+    """Interpreters working on successive frames in parallel (output order is kept); default 2
+    on a CPU with 2+ cores (two 1-thread interpreters out-run one 2-thread one by 10-20 %), 1 on
+    an Edge TPU (one device)."""
     edgetpu: str | None = Field(default=None, description="usb, usb:N, pci or pci:N")
     fallback_model: str | None = Field(
         default=None,
@@ -60,6 +65,13 @@ class DetectorSettings(StrictModel):
             if not 0.0 <= threshold <= 1.0:
                 raise ValueError(f"threshold for {label!r} must be between 0 and 1")
         return value
+
+    def parallelism(self, cores: int | None = None) -> tuple[int, int]:
+        """``(interpreters, threads per interpreter)`` for this machine (``cores``: default all)."""
+        cores = cores or os.cpu_count() or 1
+        interpreters = self.interpreters or (1 if self.edgetpu or cores < 2 else 2)
+        threads = self.num_threads or max(1, cores // interpreters)
+        return interpreters, threads
 
     def model_path(self) -> Path:
         """The model file to load (the bundled guidance model when ``model`` is unset)."""
