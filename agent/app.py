@@ -21,6 +21,7 @@ from agent.config import AgentConfig
 from agent.detect.detector import Detector, open_detector
 from agent.errors import ConfigError
 from agent.frames import safe_name
+from agent.fsutil import GroupSync
 from agent.gate import ChangeGate
 from agent.harvest import Harvester
 from agent.labeler import VottStage
@@ -111,6 +112,9 @@ def build_agent(config: AgentConfig, *, on_result: Any = None) -> Agent:
     if alerts_on:
         validate_failure_labels(config.alerts, detector.labels)
     out = config.output
+    group_sync = (
+        GroupSync(out.data_dir(), out.fsync_interval_s) if out.fsync and out.fsync_interval_s else None
+    )
     project = VottProject(
         out.vott_dir(),
         out.frames_dir(),
@@ -121,8 +125,9 @@ def build_agent(config: AgentConfig, *, on_result: Any = None) -> Agent:
         flush_every=out.save_every,
         min_save_interval_s=out.save_interval_s,
         fsync=out.fsync,
+        group_sync=group_sync,
     )
-    writer = VottStage(project, jpeg_quality=out.jpeg_quality, fsync=out.fsync)
+    writer = VottStage(project, jpeg_quality=out.jpeg_quality, fsync=out.fsync, group_sync=group_sync)
     keep: KeepStage
     harvester = Harvester(
         config.harvest,

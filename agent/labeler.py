@@ -26,7 +26,7 @@ from pydantic import Field
 from agent.config_model import StrictModel
 from agent.errors import UserError
 from agent.frames import Frame, FrameResult
-from agent.fsutil import atomic_write_bytes
+from agent.fsutil import GroupSync, atomic_write_bytes
 from agent.vott import VottProject
 
 log = logging.getLogger(__name__)
@@ -55,7 +55,14 @@ class OutputSettings(StrictModel):
         le=3600,
         description="but at most this often (the whole file is rewritten; it is also saved on exit)",
     )
-    fsync: bool = Field(default=True, description="flush every file to the device (SD cards lose less)")
+    fsync: bool = Field(default=True, description="flush written files to the device (SD cards lose less)")
+    fsync_interval_s: float = Field(
+        default=1.0,
+        ge=0,
+        le=60,
+        description="flush kept frames and asset files together at most this often (a power cut loses "
+        "at most this much); 0: fsync each file as it is written",
+    )
 
     def data_dir(self) -> Path:
         """The output folder as an absolute path."""
@@ -93,8 +100,10 @@ class VottStage:
         jpeg_quality: int = 90,
         in_place_folder: Path | None = None,
         fsync: bool = True,
+        group_sync: GroupSync | None = None,
     ) -> None:
         self.project = project
+        self.group_sync = group_sync if fsync else None
         self.frames_dir = project.frames_dir
         self.jpeg_quality = jpeg_quality
         self.in_place_folder = in_place_folder.resolve() if in_place_folder else None
@@ -123,7 +132,9 @@ class VottStage:
         if path is None:
             data, ext = encode_frame(frame, self.jpeg_quality)
             path = self.frames_dir / f"{frame.frame_id}.{ext}"
-            atomic_write_bytes(path, data, fsync=self.fsync)
+            atomic_write_bytes(path, data, fsync=self.fsync and self.group_sync is None)
+            if self.group_sync is not None:
+                self.group_sync.wrote()
             self.written += 1
         result.image_path = str(path)
         result.asset_id = self.project.add_frame(

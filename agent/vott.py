@@ -60,7 +60,7 @@ from agent.boxes import as_boxes, clip_xyxy, ltwh_to_xyxy, xyxy_to_ltwh
 from agent.detections import Detections
 from agent.errors import ConfigError, UserError
 from agent.frames import utc_iso
-from agent.fsutil import atomic_write_json
+from agent.fsutil import GroupSync, atomic_write_json
 
 log = logging.getLogger(__name__)
 
@@ -396,6 +396,7 @@ class VottProject:
         min_save_interval_s: float = 0.0,
         description: str | None = None,
         fsync: bool = True,
+        group_sync: GroupSync | None = None,
     ) -> None:
         self.target_dir = Path(os.path.abspath(target_dir))
         self.frames_dir = Path(os.path.abspath(frames_dir))
@@ -405,6 +406,9 @@ class VottProject:
         self.min_save_interval_s = min_save_interval_s
         self._saved_at = -math.inf  # time.monotonic() of the last save
         self._fsync = fsync
+        # with a GroupSync, asset files are flushed in groups and always before the .vott lists them
+        self._group_sync = group_sync if fsync else None
+        self._fsync_each = fsync and group_sync is None
         self._lock = threading.RLock()
         self._pending = 0
         root = (
@@ -506,6 +510,11 @@ class VottProject:
         """Make the assets map agree with the asset files (after a crash between the two writes)."""
         assets: dict[str, Any] = data["assets"]
         on_disk = {p.name[: -len(ASSET_SUFFIX)]: p for p in self.target_dir.glob(f"*{ASSET_SUFFIX}")}
+        for aid, path in list(on_disk.items()):
+            if path.stat().st_size == 0:  # written just before a power cut, never flushed
+                log.warning("%s: empty asset file (power cut?); removing it", path)
+                path.unlink()
+                del on_disk[aid]
         for aid, entry in list(assets.items()):
             if isinstance(entry, dict) and entry.get("state") == 2 and aid not in on_disk:
                 log.warning("%s: asset %s has no asset file any more; removing it", self.project_file, aid)
@@ -620,7 +629,7 @@ class VottProject:
         with self._lock:
             for tag in dict.fromkeys(t for r in meta["regions"] for t in r["tags"]):
                 self._ensure_tag(tag)
-            atomic_write_json(self.asset_file(aid), meta, fsync=self._fsync)
+            atomic_write_json(self.asset_file(aid), meta, fsync=self._fsync_each)
             scores_path = self.scores_file(aid)
             if record_scores:
                 scores_path.parent.mkdir(exist_ok=True)
@@ -642,11 +651,13 @@ class VottProject:
                             for region, i in zip(meta["regions"], kept.tolist(), strict=True)
                         ],
                     },
-                    fsync=self._fsync,
+                    fsync=self._fsync_each,
                 )  # fmt: skip
             else:
                 with contextlib.suppress(FileNotFoundError):
                     scores_path.unlink()
+            if self._group_sync is not None:
+                self._group_sync.wrote()
             self._data["assets"][aid] = meta["asset"]
             self._data.setdefault("lastVisitedAssetId", aid)
             self._changed()
@@ -692,15 +703,19 @@ class VottProject:
         indent: Python's C JSON encoder only runs without indent, 4-6x faster on large
         projects, and VoTT reads either."""
         with self._lock:
+            if self._group_sync is not None:
+                self._group_sync.flush()  # every asset the project lists is on the device first
             atomic_write_json(self.project_file, self._data, indent=None, fsync=self._fsync)
             self._pending = 0
             self._saved_at = time.monotonic()
 
     def close(self) -> None:
-        """Save if anything changed since the last save."""
+        """Save if anything changed since the last save; flush grouped writes."""
         with self._lock:
             if self._pending:
                 self.save()
+            if self._group_sync is not None:
+                self._group_sync.flush()
 
     def __enter__(self) -> VottProject:
         return self

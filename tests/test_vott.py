@@ -314,3 +314,35 @@ def test_user_mistakes_get_a_message(tmp_path: Path) -> None:
     (tmp_path / "t" / "t.vott").write_text("{broken")
     with pytest.raises(UserError, match="cannot read"):
         load_project(tmp_path / "t")
+
+
+def test_group_sync_flushes_assets_before_the_project_lists_them(shared_dir: Path, tmp_path: Path) -> None:
+    from agent.fsutil import GroupSync
+
+    frames, target = tmp_path / "frames", tmp_path / "vott"
+    frames.mkdir()
+    group = GroupSync(tmp_path, interval_s=3600.0)  # only the explicit flushes
+    with VottProject(target, frames, flush_every=0, group_sync=group) as project:
+        for i in range(4):
+            write_image(frames / f"f{i}.jpg")
+            project.add_frame(frames / f"f{i}.jpg", 160, 120, dets([[1, 1, 50, 50]], [0]))
+        assert group.flushes == 0  # four frames' files wait for one flush
+        project.save()
+        assert group.flushes == 1  # before the project file lists them
+    assert group.flushes == 1  # nothing new was written after the save
+    validate(shared_dir, target, frames, "--warnings-as-errors")
+
+
+def test_an_asset_file_emptied_by_a_power_cut_is_dropped_on_reopen(shared_dir: Path, tmp_path: Path) -> None:
+    frames, target = tmp_path / "frames", tmp_path / "vott"
+    frames.mkdir()
+    with VottProject(target, frames) as project:
+        ids = []
+        for i in range(3):
+            write_image(frames / f"f{i}.jpg")
+            ids.append(project.add_frame(frames / f"f{i}.jpg", 160, 120, dets([[1, 1, 50, 50]], [0])))
+    (target / f"{ids[2]}-asset.json").write_bytes(b"")  # what delayed allocation leaves after a cut
+    with VottProject(target, frames) as recovered:
+        assert set(recovered.assets) == set(ids[:2])
+    assert not (target / f"{ids[2]}-asset.json").exists()
+    validate(shared_dir, target, frames, "--warnings-as-errors")
