@@ -30,6 +30,7 @@ from agent.mqtt.settings import MqttSettings
 from agent.pipeline import Pipeline, Stage
 from agent.printer import PrinterWatcher, make_printer, webcam_urls
 from agent.sources import FrameSource, open_source
+from agent.sources.decode import DecodeHint
 from agent.sources.settings import SourceSettings
 from agent.stages import AlertStage, KeepStage, MqttStage, SteppedClock
 from agent.vott import VottProject
@@ -162,6 +163,10 @@ def build_agent(config: AgentConfig, *, on_result: Any = None) -> Agent:
     stages.append(keep)
     if publisher is not None:
         stages.append(MqttStage(publisher, reviewer_path=lambda image: project.reviewer_path(image)))
+    if config.source.reduced_decode:
+        source.decode_hint = DecodeHint(
+            detector.input_width, detector.input_height, either=detector.preprocess.letterbox
+        )
     gate = ChangeGate(config.gate) if config.gate.enabled else None
     pipeline = Pipeline(
         source,

@@ -63,6 +63,11 @@ class Detections:
         """Boxes clipped to an image of ``width`` x ``height`` pixels."""
         return Detections(clip_xyxy(self.xyxy, width, height), self.score, self.class_id, self.labels)
 
+    def scaled(self, sx: float, sy: float) -> Detections:
+        """Boxes multiplied by ``sx`` horizontally and ``sy`` vertically (another image size)."""
+        factors = np.array([sx, sy, sx, sy], dtype=np.float32)
+        return Detections(self.xyxy * factors, self.score, self.class_id, self.labels)
+
     def with_labels(self, labels: Sequence[str]) -> Detections:
         """The same detections naming their classes with ``labels``."""
         return Detections(self.xyxy, self.score, self.class_id, tuple(labels))

@@ -40,7 +40,9 @@ class Frame:
     so re-reading the same file gives the same frame id. ``name`` is a file-safe stem
     unique within the source (the file name for folders, a time stamp and sequence
     number for live sources). ``encoded`` holds the source's own JPEG/PNG bytes when it
-    had them, so they can be stored or published without re-encoding.
+    had them, so they can be stored or published without re-encoding. ``full_size`` is set
+    when ``image`` was decoded at reduced size (see ``agent.sources.decode``): ``width`` and
+    ``height`` are then the full image's, which is what ``encoded`` holds.
     """
 
     image: NDArray[np.uint8]
@@ -51,16 +53,17 @@ class Frame:
     encoded: bytes | None = field(default=None, repr=False)
     encoded_format: str = "jpg"
     origin: str | None = None  # the file path, or the redacted URL, the frame came from
+    full_size: tuple[int, int] | None = None  # (width, height) when ``image`` is reduced
 
     @property
     def width(self) -> int:
-        """Image width in pixels."""
-        return int(self.image.shape[1])
+        """Width of the full frame in pixels."""
+        return self.full_size[0] if self.full_size else int(self.image.shape[1])
 
     @property
     def height(self) -> int:
-        """Image height in pixels."""
-        return int(self.image.shape[0])
+        """Height of the full frame in pixels."""
+        return self.full_size[1] if self.full_size else int(self.image.shape[0])
 
     @property
     def frame_id(self) -> str:

@@ -399,6 +399,9 @@ class Pipeline:
             if generation != worker.generation:
                 return  # this thread hung on the frame and was replaced (the frame counts as dropped)
             worker.since = None
+            if frame.full_size is not None:  # decoded at reduced size: boxes in full-frame pixels
+                height, width = frame.image.shape[:2]
+                detections = detections.scaled(frame.width / width, frame.height / height)
             result = FrameResult(
                 frame=frame,
                 detections=detections,

@@ -287,6 +287,7 @@ def write_config(tmp_path: Path, model: Path, webcam: MjpegWebcam, octoprint: Fa
             "min_sample_interval_s": 0.1,
             "cooldown_s": 2,
             "state_file": str(tmp_path / "data" / "alert-state.json"),
+            "state_save_interval_s": 0,  # the test follows the samples in the state file
         },
         "printer": {
             "kind": "octoprint",

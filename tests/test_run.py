@@ -474,3 +474,56 @@ def test_parallelism_defaults() -> None:
     assert DetectorSettings().parallelism(cores=1) == (1, 1)
     assert DetectorSettings(edgetpu="usb").parallelism(cores=4) == (1, 4)
     assert DetectorSettings(interpreters=1, num_threads=3).parallelism(cores=4) == (1, 3)
+
+
+def _assets_by_image(data: Path) -> dict[str, dict[str, Any]]:
+    out = {}
+    for path in (data / "vott").glob("*-asset.json"):
+        meta = json.loads(path.read_text())
+        out[meta["asset"]["name"]] = meta
+    return out
+
+
+def test_reduced_decode_gives_full_frame_boxes_like_a_full_decode(shared_dir: Path, tmp_path: Path) -> None:
+    """1280x720 camera frames, the print3d SSD (320x320): decoded at half size, detected, and the
+    boxes written in full-frame pixels, agreeing with a full-size decode."""
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    for path in sorted((shared_dir / "models" / "print3d" / "images").glob("*.jpg")):
+        image = cv2.resize(cv2.imread(str(path)), (1280, 720), interpolation=cv2.INTER_CUBIC)
+        cv2.imwrite(str(frames / path.name), image, [cv2.IMWRITE_JPEG_QUALITY, 92])
+    model = str(shared_dir / "models" / "print3d" / "print3d_2020-10-23_ssd_uint8.tflite")
+    results = {}
+    for reduced in (True, False):
+        out = tmp_path / f"out-{reduced}"
+        out.mkdir()
+        config = write_config(
+            out,
+            frames,
+            source={"reduced_decode": reduced},
+            detector={"model": model, "score_threshold": 0.3},
+            alerts={"enabled": False},
+            mqtt={"enabled": False},
+        )
+        result = run_cli("run", "--config", str(config))
+        assert result.code == 0, result.err
+        results[reduced] = _assets_by_image(out / "data")
+        validate_vott(shared_dir, out / "data" / "vott", out / "data" / "frames")
+    assert results[True].keys() == results[False].keys() and results[True]
+    matched = total = 0
+    for name, meta in results[True].items():
+        full = results[False][name]
+        assert meta["asset"]["size"] == full["asset"]["size"] == {"width": 1280, "height": 720}
+        for mine, theirs in ((meta, full), (full, meta)):
+            for region in mine["regions"]:
+                box = region["boundingBox"]
+                # a box of the same label in the other run, within 2 % of the frame on every side
+                total += 1
+                matched += any(
+                    max(abs(box[k] - other["boundingBox"][k]) for k in ("left", "top", "width", "height"))
+                    <= 0.02 * 1280
+                    for other in theirs["regions"]
+                    if other["tags"] == region["tags"]
+                )
+    # borderline detections may cross the score threshold in one run only; scaled boxes must agree
+    assert total >= 8 and matched >= 0.8 * total, (matched, total)

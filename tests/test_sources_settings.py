@@ -9,7 +9,7 @@ from pydantic import ValidationError
 
 from agent.errors import ConfigError
 from agent.sources import SourceSettings, resolve_kind
-from agent.sources.decode import decode_image, sniff_format
+from agent.sources.decode import DecodeHint, decode_for_detector, decode_image, sniff_format
 from agent.sources.pacing import Backoff, RateLimiter
 from agent.sources.settings import default_source_id, guess_kind, redact_url
 
@@ -184,3 +184,37 @@ def test_decode_handles_png_and_bmp_and_refuses_truncated_png():
         assert decoded.dtype == np.uint8
         assert np.array_equal(decoded, image)
         assert decode_image(data.tobytes()[:-20]) is None
+
+
+def test_reduced_decode_keeps_the_model_input_covered() -> None:
+    stretch = DecodeHint(320, 320)
+    letterbox = DecodeHint(640, 640, either=True)
+    assert stretch.reduction(1280, 720) == 2  # 640x360 still covers 320x320
+    assert stretch.reduction(640, 480) == 1  # 320x240 would be upscaled
+    assert stretch.reduction(2592, 1944) == 4
+    assert letterbox.reduction(1280, 720) == 2  # 640x360: the width reaches 640
+    assert letterbox.reduction(1920, 1080) == 2
+    assert letterbox.reduction(640, 480) == 1
+    assert DecodeHint(96, 96, either=True).reduction(1280, 720) == 8
+
+
+def test_a_large_jpeg_decodes_reduced_with_its_full_size() -> None:
+    rng = np.random.default_rng(3)
+    image = cv2.resize(rng.integers(0, 255, (18, 32, 3), dtype=np.uint8), (1281, 721))  # smooth
+    data = cv2.imencode(".jpg", image)[1].tobytes()
+    decoded = decode_for_detector(data, DecodeHint(320, 320))
+    assert decoded is not None
+    reduced, full = decoded
+    assert reduced.shape == (361, 641, 3) and full == (1281, 721)  # libjpeg rounds sizes up
+    # the same picture, smaller: compare with an area resize of the full decode
+    expected = cv2.resize(
+        cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR),
+        (641, 361),
+        interpolation=cv2.INTER_AREA,
+    )
+    assert np.abs(reduced.astype(int) - expected.astype(int)).mean() < 6
+    small = cv2.imencode(".jpg", image[:480, :640])[1].tobytes()
+    assert decode_for_detector(small, DecodeHint(320, 320))[1] is None  # type: ignore[index]
+    assert decode_for_detector(data[:-100], DecodeHint(320, 320)) is None  # truncated: refused
+    png = cv2.imencode(".png", image)[1].tobytes()
+    assert decode_for_detector(png, DecodeHint(320, 320))[1] is None  # type: ignore[index]

@@ -153,7 +153,7 @@ def encode_frame(frame: Frame, max_width_px: int, quality: int) -> EncodedFrame:
     """
     if frame.encoded and frame.encoded_format.lower() in ("jpg", "jpeg") and _fits(frame, max_width_px):
         return EncodedFrame(frame.encoded, frame.width, frame.height, 1.0)
-    image, scale = _fit_width(frame.image, max_width_px)
+    image, scale = _fit_width(frame, max_width_px)
     ok, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
     if not ok:
         raise ValueError(f"OpenCV could not encode frame {frame.frame_id} as JPEG")
@@ -164,14 +164,15 @@ def _fits(frame: Frame, max_width_px: int) -> bool:
     return max_width_px <= 0 or frame.width <= max_width_px
 
 
-def _fit_width(image: NDArray[Any], max_width_px: int) -> tuple[NDArray[Any], float]:
-    """``image`` resized (area interpolation) to ``max_width_px`` when wider, and the scale applied."""
+def _fit_width(frame: Frame, max_width_px: int) -> tuple[NDArray[Any], float]:
+    """The frame's image resized (area interpolation) to ``max_width_px`` when wider, and its
+    scale relative to the full frame (below 1 also when the image was decoded at reduced size)."""
+    image = frame.image
     height, width = image.shape[:2]
     if max_width_px <= 0 or width <= max_width_px:
-        return image, 1.0
-    scale = max_width_px / width
-    size = (max_width_px, max(1, round(height * scale)))
-    return cv2.resize(image, size, interpolation=cv2.INTER_AREA), scale
+        return image, width / frame.width
+    size = (max_width_px, max(1, round(height * max_width_px / width)))
+    return cv2.resize(image, size, interpolation=cv2.INTER_AREA), max_width_px / frame.width
 
 
 def frame_message(topics: Topics, frame: Frame, encoded: EncodedFrame, expiry_s: int) -> Message:
@@ -271,8 +272,8 @@ def annotated_jpeg(result: FrameResult, max_width_px: int, quality: int) -> byte
     """The frame with its detections drawn (box, label, score), as JPEG no wider than ``max_width_px``."""
     frame = result.frame
     dets = result.detections
-    image, scale = _fit_width(frame.image, max_width_px)
-    if scale == 1.0:
+    image, scale = _fit_width(frame, max_width_px)
+    if image is frame.image:
         image = image.copy()
     thickness = max(1, round(image.shape[1] / 400))
     boxes = np.round(dets.xyxy * scale).astype(np.int32).tolist()

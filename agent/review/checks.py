@@ -17,6 +17,8 @@ from typing import Any
 import cv2
 import numpy as np
 
+from agent.jpeg import JpegError, JpegInfo
+from agent.jpeg import jpeg_info as parse_jpeg_info
 from agent.vott import parse_regions
 
 # Why a message was dropped; the receiver's stats count each of these.
@@ -54,8 +56,6 @@ _ID = re.compile(r"[A-Za-z0-9._-]{1,160}")
 _WINDOWS_RESERVED = frozenset(
     {"CON", "PRN", "AUX", "NUL"} | {f"COM{i}" for i in range(1, 10)} | {f"LPT{i}" for i in range(1, 10)}
 )
-# SOF0-SOF15 carry the frame size; C4 (DHT), C8 (JPG) and CC (DAC) share the range but do not.
-_SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
 _BOX_TOLERANCE_PX = 1.0  # the agent rounds sizes and boxes separately when it scales a frame
 _MAX_INT_DIGITS = 18
 _MAX_MODEL_CHARS = 200
@@ -113,56 +113,12 @@ def _shown(text: str, limit: int = 80) -> str:
 # --------------------------------------------------------------------------------------------
 # JPEG
 # --------------------------------------------------------------------------------------------
-@dataclass(frozen=True, slots=True)
-class JpegInfo:
-    """What a JPEG's headers declare: size in pixels and where the first scan's data starts."""
-
-    width: int
-    height: int
-    scan_offset: int
-
-
 def jpeg_info(data: bytes) -> JpegInfo:
-    """Read the frame size from the SOF marker by walking the marker segments (no decoding).
-
-    Raises ``Rejected`` with ``not_jpeg``, ``jpeg_malformed`` or ``jpeg_truncated``."""
-    if data[:3] != b"\xff\xd8\xff":
-        raise Rejected("not_jpeg", "payload does not start with a JPEG start-of-image marker")
-    size: tuple[int, int] | None = None
-    i, n = 2, len(data)
-    while True:
-        if i >= n:
-            raise Rejected("jpeg_truncated", "data ends inside the JPEG headers")
-        if data[i] != 0xFF:
-            raise Rejected("jpeg_malformed", f"no marker at byte {i}")
-        while i < n and data[i] == 0xFF:  # fill bytes
-            i += 1
-        if i >= n:
-            raise Rejected("jpeg_truncated", "data ends inside the JPEG headers")
-        marker = data[i]
-        i += 1
-        if 0xD0 <= marker <= 0xD7 or marker == 0x01:  # standalone markers carry no length
-            continue
-        if marker in (0x00, 0xD8, 0xD9):
-            raise Rejected("jpeg_malformed", f"unexpected marker 0xFF{marker:02X} before the image data")
-        if i + 2 > n:
-            raise Rejected("jpeg_truncated", "data ends inside a JPEG segment length")
-        length = int.from_bytes(data[i : i + 2], "big")
-        if length < 2:
-            raise Rejected("jpeg_malformed", f"segment 0xFF{marker:02X} has length {length}")
-        if i + length > n:
-            raise Rejected("jpeg_truncated", f"data ends inside segment 0xFF{marker:02X}")
-        if marker in _SOF_MARKERS:
-            if length < 8:
-                raise Rejected("jpeg_malformed", "start-of-frame segment is too short")
-            height = int.from_bytes(data[i + 3 : i + 5], "big")
-            width = int.from_bytes(data[i + 5 : i + 7], "big")
-            size = (width, height)
-        if marker == 0xDA:  # start of scan: the headers are over
-            if size is None:
-                raise Rejected("jpeg_malformed", "no start-of-frame marker before the image data")
-            return JpegInfo(size[0], size[1], i + length)
-        i += length
+    """``agent.jpeg.jpeg_info`` for an untrusted payload: a bad header is ``Rejected``."""
+    try:
+        return parse_jpeg_info(data)
+    except JpegError as exc:
+        raise Rejected(exc.reason, exc.detail) from None
 
 
 def check_jpeg(data: bytes, max_side_px: int) -> JpegInfo:

@@ -18,7 +18,7 @@ from numpy.typing import NDArray
 
 from agent.errors import UserError
 from agent.frames import Frame, live_frame_name
-from agent.sources.decode import decode_image, sniff_format
+from agent.sources.decode import DecodeHint, decode_for_detector, decode_image, sniff_format
 from agent.sources.pacing import Backoff, RateLimiter
 from agent.sources.settings import SourceSettings
 
@@ -50,7 +50,8 @@ class FrameSource(ABC):
     ``stats()`` returns counters: ``frames`` yielded, ``corrupt_skipped`` images that did not
     decode, ``reconnects`` after a failure, ``errors`` (failed reads/connects), ``dropped`` live
     frames received but not passed on because a newer one arrived first (with ``interval_s`` set
-    this includes the frames the interval passes over).
+    this includes the frames the interval passes over). Set ``decode_hint`` before iterating to
+    decode large JPEGs at reduced size (``agent.sources.decode``).
     """
 
     kind: str = "source"
@@ -70,6 +71,7 @@ class FrameSource(ABC):
         self._iterating = False
         self._released = False
         self._next_sequence = 0
+        self.decode_hint: DecodeHint | None = None
 
     # --- lifecycle -------------------------------------------------------------------------
     def open(self) -> None:  # noqa: B027 - optional hook
@@ -168,6 +170,7 @@ class FrameSource(ABC):
         encoded: bytes | None = None,
         encoded_format: str = "jpg",
         origin: str | None = None,
+        full_size: tuple[int, int] | None = None,
     ) -> Frame:
         """A Frame with the next sequence number; ``name`` defaults to the live-frame name and
         ``origin`` (where it came from) to the source's URL without credentials."""
@@ -182,17 +185,30 @@ class FrameSource(ABC):
             encoded=encoded,
             encoded_format=encoded_format,
             origin=origin if origin is not None else self.settings.redacted_url,
+            full_size=full_size,
         )
+
+    def _decode(self, data: bytes) -> tuple[NDArray[np.uint8], tuple[int, int] | None] | None:
+        """The image in ``data`` (reduced per ``decode_hint``) and its full size when reduced."""
+        if self.decode_hint is not None:
+            return decode_for_detector(data, self.decode_hint)
+        image = decode_image(data)
+        return None if image is None else (image, None)
 
     def _decoded_frame(self, data: bytes, *, timestamp: float, what: str) -> Frame | None:
         """A Frame of the image in ``data`` (kept as ``encoded``), or None when it does not decode
         (counted and logged as a corrupt ``what``, e.g. "part")."""
-        image = decode_image(data)
-        if image is None:
+        decoded = self._decode(data)
+        if decoded is None:
             self._skip_corrupt(f"a {len(data)}-byte {what}")
             return None
+        image, full_size = decoded
         return self._frame(
-            image, timestamp=timestamp, encoded=data, encoded_format=sniff_format(data) or "jpg"
+            image,
+            timestamp=timestamp,
+            encoded=data,
+            encoded_format=sniff_format(data) or "jpg",
+            full_size=full_size,
         )
 
     def _connect_at_start(self, connect: Callable[[], T], hint: str) -> T:

@@ -19,7 +19,7 @@ from pathlib import Path
 from agent.errors import ConfigError, UserError
 from agent.frames import Frame
 from agent.sources.base import FrameSource
-from agent.sources.decode import decode_image, sniff_format
+from agent.sources.decode import sniff_format
 from agent.sources.settings import IMAGE_SUFFIXES, SourceSettings
 
 log = logging.getLogger(__name__)
@@ -173,8 +173,8 @@ class FolderSource(FrameSource):
             self._count("errors")
             log.warning("%s: cannot read %s: %s", self.description, path, exc.strerror or exc)
             return None
-        image = decode_image(data)
-        if image is None:
+        decoded = self._decode(data)
+        if decoded is None:
             key = str(path)
             if key not in self._warned_corrupt:
                 self._warned_corrupt.add(key)
@@ -184,6 +184,7 @@ class FolderSource(FrameSource):
                     "%s: skipping %s: not a complete JPEG/PNG/BMP image%s", self.description, path.name, still
                 )
             return None
+        image, full_size = decoded
         fmt = sniff_format(data)
         keep = fmt in _ENCODED_FORMATS
         return self._frame(
@@ -193,4 +194,5 @@ class FolderSource(FrameSource):
             encoded=data if keep else None,
             encoded_format=fmt if keep and fmt else "jpg",
             origin=str(path),
+            full_size=full_size,
         )

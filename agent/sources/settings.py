@@ -196,6 +196,9 @@ class SourceSettings(StrictModel):
     """Verify the HTTPS server's certificate."""
     max_frame_mb: float = Field(default=16.0, gt=0, le=512)
     """A stream part or snapshot larger than this is refused."""
+    reduced_decode: bool = True
+    """Decode JPEGs (folders, MJPEG, snapshots) at 1/2, 1/4 or 1/8 size when that still covers the
+    model input: faster, less memory; boxes, VoTT and MQTT keep the full frame's pixels."""
 
     rtsp_transport: Literal["tcp", "udp"] = "tcp"
     """RTSP over tcp (reliable) or udp."""

@@ -1,0 +1,70 @@
+"""JPEG headers read without decoding: the frame size, checked before anything is allocated."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# SOF0-SOF15 carry the frame size; C4 (DHT), C8 (JPG) and CC (DAC) share the range but do not.
+_SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+
+
+class JpegError(ValueError):
+    """Headers that are not a JPEG's: ``reason`` is ``not_jpeg``, ``jpeg_malformed`` or
+    ``jpeg_truncated``; ``detail`` says where."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass(frozen=True, slots=True)
+class JpegInfo:
+    """What a JPEG's headers declare: size in pixels and where the first scan's data starts."""
+
+    width: int
+    height: int
+    scan_offset: int
+
+
+def jpeg_info(data: bytes) -> JpegInfo:
+    """Read the frame size from the SOF marker by walking the marker segments (no decoding).
+
+    Raises ``JpegError`` with ``not_jpeg``, ``jpeg_malformed`` or ``jpeg_truncated``."""
+    if data[:3] != b"\xff\xd8\xff":
+        raise JpegError("not_jpeg", "payload does not start with a JPEG start-of-image marker")
+    size: tuple[int, int] | None = None
+    i, n = 2, len(data)
+    while True:
+        if i >= n:
+            raise JpegError("jpeg_truncated", "data ends inside the JPEG headers")
+        if data[i] != 0xFF:
+            raise JpegError("jpeg_malformed", f"no marker at byte {i}")
+        while i < n and data[i] == 0xFF:  # fill bytes
+            i += 1
+        if i >= n:
+            raise JpegError("jpeg_truncated", "data ends inside the JPEG headers")
+        marker = data[i]
+        i += 1
+        if 0xD0 <= marker <= 0xD7 or marker == 0x01:  # standalone markers carry no length
+            continue
+        if marker in (0x00, 0xD8, 0xD9):
+            raise JpegError("jpeg_malformed", f"unexpected marker 0xFF{marker:02X} before the image data")
+        if i + 2 > n:
+            raise JpegError("jpeg_truncated", "data ends inside a JPEG segment length")
+        length = int.from_bytes(data[i : i + 2], "big")
+        if length < 2:
+            raise JpegError("jpeg_malformed", f"segment 0xFF{marker:02X} has length {length}")
+        if i + length > n:
+            raise JpegError("jpeg_truncated", f"data ends inside segment 0xFF{marker:02X}")
+        if marker in _SOF_MARKERS:
+            if length < 8:
+                raise JpegError("jpeg_malformed", "start-of-frame segment is too short")
+            height = int.from_bytes(data[i + 3 : i + 5], "big")
+            width = int.from_bytes(data[i + 5 : i + 7], "big")
+            size = (width, height)
+        if marker == 0xDA:  # start of scan: the headers are over
+            if size is None:
+                raise JpegError("jpeg_malformed", "no start-of-frame marker before the image data")
+            return JpegInfo(size[0], size[1], i + length)
+        i += length
