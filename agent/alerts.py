@@ -339,6 +339,7 @@ class AlertMonitor:
         self._alpha = 2.0 / (settings.ewm_span + 1)
         self._save_failed = False
         self._unsaved_at: float | None = None  # time of the newest sample not yet in state_file
+        self._saved_monotonic = time.monotonic()
         self._unknown_logged = False
         self.last_sample: Sample | None = None
         self.state = self._load() if settings.state_file else MonitorState()
@@ -398,7 +399,8 @@ class AlertMonitor:
             self._save(now, durable=True)
         elif changed:
             self._unsaved_at = now
-            if abs(now - self.state.saved_at) >= self.settings.state_save_interval_s:
+            # real seconds, not the sample clock: a replay at full speed must not save every frame
+            if time.monotonic() - self._saved_monotonic >= self.settings.state_save_interval_s:
                 self._save(now, durable=False)
         for event in events:
             _log_event(event)
@@ -663,6 +665,7 @@ class AlertMonitor:
         if path is None:
             return
         self.state.saved_at = now
+        self._saved_monotonic = time.monotonic()
         self._unsaved_at = None
         try:
             path.parent.mkdir(parents=True, exist_ok=True)

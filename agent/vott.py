@@ -629,7 +629,8 @@ class VottProject:
         with self._lock:
             for tag in dict.fromkeys(t for r in meta["regions"] for t in r["tags"]):
                 self._ensure_tag(tag)
-            atomic_write_json(self.asset_file(aid), meta, fsync=self._fsync_each)
+            # compact JSON (VoTT reads it; its own 4-space indent needs the slow pure-Python encoder)
+            atomic_write_json(self.asset_file(aid), meta, indent=None, fsync=self._fsync_each)
             scores_path = self.scores_file(aid)
             if record_scores:
                 scores_path.parent.mkdir(exist_ok=True)
@@ -651,6 +652,7 @@ class VottProject:
                             for region, i in zip(meta["regions"], kept.tolist(), strict=True)
                         ],
                     },
+                    indent=None,
                     fsync=self._fsync_each,
                 )  # fmt: skip
             else:

@@ -480,17 +480,24 @@ def installed_runtimes(wanted: Sequence[str]) -> tuple[list[str], list[str]]:
 # ----------------------------------------------------------------------------------------- decode + NMS
 
 
-def measure_decode(files: Sequence[Path], limit: int = 200) -> dict[str, Any]:
-    """JPEG decode as the folder source does it (``agent.sources.decode.decode_image``), per file."""
-    from agent.sources.decode import decode_image
+def measure_decode(files: Sequence[Path], model: Path, limit: int = 200) -> dict[str, Any]:
+    """JPEG decode as the folder source does it for ``model`` (at reduced size when the model's
+    input allows, ``agent.sources.decode.decode_for_detector``), per file."""
+    from agent.detect.detector import Detector
+    from agent.detect.settings import DetectorSettings
+    from agent.sources.decode import DecodeHint, decode_for_detector
 
+    detector = Detector(DetectorSettings(model=str(model), num_threads=1), warm_up=False)
+    hint = DecodeHint(detector.input_width, detector.input_height, either=detector.preprocess.letterbox)
     datas = [p.read_bytes() for p in files[:limit]]
     times = []
+    reduced = 0
     for data in datas:
         t0 = time.perf_counter()
-        decode_image(data)
+        decoded = decode_for_detector(data, hint)
         times.append((time.perf_counter() - t0) * 1000.0)
-    return summarize_ms(times)
+        reduced += decoded is not None and decoded[1] is not None
+    return {**summarize_ms(times), "reduced": reduced == len(datas)}
 
 
 def measure_yolo_decode_nms(model: Path, image: Path, repeats: int = 300) -> dict[str, Any]:
@@ -1088,7 +1095,6 @@ def bench_model(
     runtimes: Sequence[str],
     threads: Sequence[int],
     frame_sets: dict[str, list[Path]],
-    decode_stats: dict[str, dict[str, Any]],
     broker: Broker | None,
     work: Path,
     overrides: Sequence[tuple[str, Any]],
@@ -1166,6 +1172,7 @@ def bench_model(
     recheck = measure_invoke(entry.path, best["runtime"], best["threads"], sample, args.limit_seconds)
     recheck.pop("labels")
     limit_fps = max(best["rate_fps"], recheck["rate_fps"])
+    decode_stats = {size: measure_decode(files, entry.path) for size, files in frame_sets.items()}
     runs = [summarize_run(c, size, n, limit_fps, decode_stats[size.split()[0]]) for size, n, c in runs_raw]
     for run in runs:
         run["detect_only"] = run["size"].endswith("detect-only")
@@ -1267,11 +1274,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"bench: making {args.frames} frames per size in {work}", file=sys.stderr)
     images = source_images(args.shared)
     frame_sets: dict[str, list[Path]] = {}
-    decode_stats: dict[str, dict[str, Any]] = {}
     for size in sizes:
         w, h = parse_size(size)
         frame_sets[size] = make_frames(work / f"frames-{size}-{args.frames}", images, w, h, args.frames)
-        decode_stats[size] = measure_decode(frame_sets[size])
 
     report: dict[str, Any] = {"schema": SCHEMA, "models": []}
     with maybe_broker(not args.no_mqtt, work / "broker") as broker:
@@ -1292,7 +1297,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 report["models"].append({"name": entry.name, "path": None, "skipped": entry.skipped})
                 continue
             report["models"].append(
-                bench_model(entry, args, runtimes, threads, frame_sets, decode_stats, broker, work, overrides)
+                bench_model(entry, args, runtimes, threads, frame_sets, broker, work, overrides)
             )
     if not args.no_decode_nms:
         yolo = args.shared / KNOWN_MODELS[YOLO_NMS_MODEL][0]

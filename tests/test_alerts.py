@@ -327,16 +327,22 @@ def test_samples_are_saved_at_most_every_interval_and_events_at_once(tmp_path) -
     state_file = tmp_path / "alerts.json"
     settings = AlertSettings(state_file=state_file, state_save_interval_s=60.0, min_sample_interval_s=10.0)
     monitor = AlertMonitor(settings)
-    saved_counts = []
-    for i in range(30):  # a sample every 10 s
+    saved = []
+    for i in range(30):  # a sample every 10 s of sample time, all within a second of real time
         monitor.update_score(0.0, now=T0 + 10.0 * i, print_state=printing())
-        saved_counts.append(json.loads(state_file.read_text())["samples_this_print"])
-    # the print's start is saved at once; then one save per 60 s: never more than 6 samples behind
-    assert saved_counts[0] == 1
-    assert all(i + 1 - n < 6 for i, n in enumerate(saved_counts)), saved_counts
-    assert len(set(saved_counts)) < 10, "not saved on every sample"
-    monitor.flush()
-    assert json.loads(state_file.read_text())["samples_this_print"] == 30
+        saved.append(json.loads(state_file.read_text())["samples_this_print"])
+    assert saved == [1] * 30, "the print's start is saved at once, samples wait for 60 real seconds"
+    for i in range(30, 50):  # a failure: the warn event is saved at once with its samples
+        monitor.update_score(1.5, now=T0 + 10.0 * i, print_state=printing())
+    assert json.loads(state_file.read_text())["notified"] in ("warn", "act")
+    monitor.flush()  # a clean exit
+    assert json.loads(state_file.read_text())["samples_this_print"] == 50
+
+    every = AlertSettings(state_file=tmp_path / "every.json", state_save_interval_s=0)
+    eager = AlertMonitor(every)
+    for i in range(5):
+        eager.update_score(0.0, now=T0 + 10.0 * i, print_state=printing())
+        assert json.loads((tmp_path / "every.json").read_text())["samples_this_print"] == i + 1
 
 
 def test_a_resume_while_the_agent_was_down_is_seen_after_the_restart(tmp_path) -> None:
