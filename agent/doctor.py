@@ -559,25 +559,36 @@ def check_source(config: AgentConfig, timeout_s: float) -> tuple[Check, Frame | 
 
 @dataclass(frozen=True)
 class Timing:
-    """``invokes`` timed runs of one model on one runtime with ``threads`` threads."""
+    """``invokes`` timed runs of one model on one runtime with ``threads`` threads, on each of
+    ``interpreters`` interpreters invoking at the same time."""
 
     runtime: str
     threads: int
     edgetpu: str | None
     median_ms: float
     invokes: int
+    interpreters: int = 1
 
     @property
     def per_second(self) -> float:
-        """Invokes per second at the median time."""
-        return 1000.0 / self.median_ms if self.median_ms > 0 else float("inf")
+        """Invokes per second of all the interpreters together, at the median time."""
+        return 1000.0 * self.interpreters / self.median_ms if self.median_ms > 0 else float("inf")
+
+    @property
+    def plan(self) -> tuple[str, int, int]:
+        """``(runtime, interpreters, threads)``."""
+        return self.runtime, self.interpreters, self.threads
 
     @property
     def label(self) -> str:
-        """e.g. ``ai_edge_litert, 4 threads`` or ``tflite_runtime + edgetpu usb``."""
+        """e.g. ``ai_edge_litert, 4 threads``, ``ai_edge_litert, 2 interpreters x 1 thread`` or
+        ``tflite_runtime + edgetpu usb``."""
         if self.edgetpu:
             return f"{self.runtime} + edgetpu {self.edgetpu}"
-        return f"{self.runtime}, {self.threads} thread{'s' if self.threads != 1 else ''}"
+        threads = f"{self.threads} thread{'s' if self.threads != 1 else ''}"
+        return f"{self.runtime}, " + (
+            f"{self.interpreters} interpreters x {threads}" if self.interpreters > 1 else threads
+        )
 
 
 def time_model(
@@ -588,23 +599,36 @@ def time_model(
     *,
     edgetpu: str | None = None,
     tensor: NDArray[Any] | None = None,
+    interpreters: int = 1,
 ) -> Timing:
     """Median wall time (ms) of ``invokes`` invokes after one warm-up, on a blank input unless
-    ``tensor`` (an input of the model's shape and type) is given. Raises ``UserError``."""
-    interpreter, used = make_interpreter(
-        str(spec.path), spec.file_info, runtime=runtime, num_threads=threads, edgetpu=edgetpu
-    )
-    detail = interpreter.get_input_details()[0]
+    ``tensor`` (an input of the model's shape and type) is given; with ``interpreters`` > 1 that
+    many interpreters invoke at the same time, each on its own thread. Raises ``UserError``."""
+    made = [
+        make_interpreter(
+            str(spec.path), spec.file_info, runtime=runtime, num_threads=threads, edgetpu=edgetpu
+        )
+        for _ in range(interpreters)
+    ]
+    detail = made[0][0].get_input_details()[0]
     if tensor is None or tuple(tensor.shape) != tuple(detail["shape"]) or tensor.dtype != detail["dtype"]:
         tensor = np.zeros(detail["shape"], dtype=detail["dtype"])
-    times = []
-    for i in range(invokes + 1):
-        start = time.perf_counter()
-        interpreter.set_tensor(detail["index"], tensor)
-        interpreter.invoke()
-        if i:  # the first one is the warm-up
-            times.append((time.perf_counter() - start) * 1000.0)
-    return Timing(used, threads, edgetpu, statistics.median(times), invokes)
+    times: list[float] = []
+
+    def loop(interpreter: Any) -> None:
+        for i in range(invokes + 1):
+            start = time.perf_counter()
+            interpreter.set_tensor(detail["index"], tensor)
+            interpreter.invoke()
+            if i:  # the first one is the warm-up
+                times.append((time.perf_counter() - start) * 1000.0)
+
+    workers = [threading.Thread(target=loop, args=(interpreter,)) for interpreter, _ in made]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    return Timing(made[0][1], threads, edgetpu, statistics.median(times), invokes, interpreters)
 
 
 def check_model(config: AgentConfig, options: DoctorOptions, frame: Frame | None = None) -> list[Check]:
@@ -635,8 +659,8 @@ def check_model(config: AgentConfig, options: DoctorOptions, frame: Frame | None
     checks = [Check("model", Status.OK, detail, required=True, data={"path": str(spec.path)})]
     tensor = detector.preprocess(frame.image)[0].copy() if frame is not None else None
 
-    threads_now = settings.num_threads or os.cpu_count() or 1
-    configured = (detector.runtime, threads_now)
+    interpreters_now, threads_now = settings.parallelism()
+    configured = (detector.runtime, interpreters_now, threads_now)
     timings: list[Timing] = []
     if spec.file_info.is_edgetpu:
         checks.append(
@@ -655,7 +679,21 @@ def check_model(config: AgentConfig, options: DoctorOptions, frame: Frame | None
                     checks.append(problem(name, runtime == detector.runtime, str(exc)))
                     break
                 timings.append(timing)
-                checks.append(_timing_check(name, timing, (runtime, threads) == configured))
+                checks.append(_timing_check(name, timing, timing.plan == configured))
+        cores = os.cpu_count() or 1
+        if cores >= 2:  # the agent's parallel mode: interpreters side by side on successive frames
+            plans = {(2, cores // 2), (interpreters_now, threads_now)} - {(1, t) for t in counts}
+            for n, threads in sorted(plans):
+                name = f"timing {detector.runtime} {n}x{threads}"
+                try:
+                    timing = time_model(
+                        spec, detector.runtime, threads, options.invokes, tensor=tensor, interpreters=n
+                    )
+                except UserError as exc:
+                    checks.append(problem(name, False, str(exc)))
+                    continue
+                timings.append(timing)
+                checks.append(_timing_check(name, timing, timing.plan == configured))
     if tpu:
         checks.append(_edgetpu_delegate_check(spec, detector.runtime, tpu, options.invokes, tensor))
     if timings:
@@ -671,6 +709,7 @@ def _timing_check(name: str, timing: Timing, configured: bool) -> Check:
     data = {
         "runtime": timing.runtime,
         "threads": timing.threads,
+        "interpreters": timing.interpreters,
         "edgetpu": timing.edgetpu,
         "median_ms": round(timing.median_ms, 4),
         "per_second": round(timing.per_second, 1),
@@ -698,26 +737,35 @@ def _edgetpu_delegate_check(
     return check
 
 
-def _fastest_check(timings: list[Timing], configured: tuple[str, int], runtime_setting: str) -> Check:
-    best = min(timings, key=lambda t: t.median_ms)
-    current = next((t for t in timings if (t.runtime, t.threads) == configured), None)
+def _fastest_check(timings: list[Timing], configured: tuple[str, int, int], runtime_setting: str) -> Check:
+    """The plan with the most invokes per second (all interpreters together) against the config's."""
+    best = max(timings, key=lambda t: t.per_second)
+    current = next((t for t in timings if t.plan == configured), None)
     auto_pick = installed_runtimes()[0]
     runtime_value = "auto" if best.runtime == auto_pick else best.runtime
-    advice = f"detector.runtime: {runtime_value}, detector.num_threads: {best.threads}"
-    detail = f"{best.label}: {best.median_ms:.2f} ms, {best.per_second:,.0f} invokes/s"
+    advice = (
+        f"detector.runtime: {runtime_value}, detector.interpreters: {best.interpreters}, "
+        f"detector.num_threads: {best.threads}"
+    )
+    detail = f"{best.label}: {best.per_second:,.0f} invokes/s ({best.median_ms:.2f} ms each)"
     data = {
         "runtime": best.runtime,
         "threads": best.threads,
+        "interpreters": best.interpreters,
         "median_ms": round(best.median_ms, 4),
         "per_second": round(best.per_second, 1),
-        "recommended": {"runtime": runtime_value, "num_threads": best.threads},
+        "recommended": {
+            "runtime": runtime_value,
+            "interpreters": best.interpreters,
+            "num_threads": best.threads,
+        },
     }
     # Timings are noisy: within 10 % of the best counts as just as fast.
-    if current is not None and current.median_ms <= best.median_ms * 1.10:
-        detail += f"; the config's {current.label} is as fast ({current.median_ms:.2f} ms)"
+    if current is not None and current.per_second >= best.per_second / 1.10:
+        detail += f"; the config's {current.label} is as fast ({current.per_second:,.0f} invokes/s)"
         return Check("fastest", Status.OK, detail, data=data)
     if current is not None:
-        detail += f"; the config uses {current.label} ({current.median_ms:.2f} ms)"
+        detail += f"; the config uses {current.label} ({current.per_second:,.0f} invokes/s)"
     return Check("fastest", Status.OK, detail, f"for the best speed set {advice}", data=data)
 
 
