@@ -93,7 +93,7 @@ def format_report(report: dict[str, Any]) -> str:
     lines = [
         f"edge-agent soak  {report['created']}  commit {m.get('git_commit') or '?'}",
         f"machine: {m['cpu']}, {m['cores']} cores, load {m['load_avg_1m_start']} -> {m.get('load_avg_1m_end', '?')}",
-        f"model {s['model']} ({r['runtime']}, {r['threads']} threads), {s['frames']} frames of {s['size']}, "
+        f"model {s['model']} ({r['runtime']}, {r['interpreters']} interpreters x {r['threads']} threads), {s['frames']} frames of {s['size']}, "
         f"MQTT {'on (' + s['broker'] + ')' if s['broker'] else 'off (outbox only)'}, alerts {'on' if s['alerts'] else 'off'}, "
         f"harvest quota {s['quota_mb']} MB, "
         f"RSS sampled every {s['sample_every']} frames",
@@ -206,6 +206,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "kept": child.get("kept"),
             "runtime": child["runtime"],
             "threads": child["threads"],
+            "interpreters": child.get("interpreters", 1),
             "wall_s": child["run_s"],
             "fps": round(bench.e2e_rate(child["done_s"]), 2),
             "peak_rss_mb": round(child["vm_hwm_kb"] / 1024, 1),
