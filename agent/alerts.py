@@ -666,7 +666,6 @@ class AlertMonitor:
             return
         self.state.saved_at = now
         self._saved_monotonic = time.monotonic()
-        self._unsaved_at = None
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             atomic_write_json(path, self.state.to_json(), indent=None, fsync=durable)
@@ -678,6 +677,7 @@ class AlertMonitor:
                 self._save_failed = True
             return
         self._save_failed = False
+        self._unsaved_at = None
 
 
 def _next_level(

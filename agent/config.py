@@ -64,6 +64,7 @@ def _describe(error: dict[str, Any]) -> str:
         return "unknown key (check the spelling against the configuration reference in the README)"
     if error.get("type") in ("missing",):
         return "required key is missing"
+    message = message.removeprefix("Value error, ")  # pydantic's wrapping of our own messages
     value = error.get("input")
     # echo the value only for type and range mistakes: a validator may be refusing a secret
     kind = str(error.get("type", ""))

@@ -13,6 +13,7 @@ A check is ``OK``, ``WARN`` (works, but worth a look), ``FAIL`` (the agent canno
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import grp
 import importlib
@@ -568,11 +569,14 @@ class Timing:
     median_ms: float
     invokes: int
     interpreters: int = 1
+    measured_per_second: float | None = None  # several interpreters: invokes / wall time, together
 
     @property
     def per_second(self) -> float:
-        """Invokes per second of all the interpreters together, at the median time."""
-        return 1000.0 * self.interpreters / self.median_ms if self.median_ms > 0 else float("inf")
+        """Invokes per second (of all the interpreters together)."""
+        if self.measured_per_second is not None:
+            return self.measured_per_second
+        return 1000.0 / self.median_ms if self.median_ms > 0 else float("inf")
 
     @property
     def plan(self) -> tuple[str, int, int]:
@@ -614,21 +618,37 @@ def time_model(
     if tensor is None or tuple(tensor.shape) != tuple(detail["shape"]) or tensor.dtype != detail["dtype"]:
         tensor = np.zeros(detail["shape"], dtype=detail["dtype"])
     times: list[float] = []
+    errors: list[BaseException] = []
+    start_together = threading.Barrier(interpreters + 1)  # the workers and this thread
 
     def loop(interpreter: Any) -> None:
-        for i in range(invokes + 1):
-            start = time.perf_counter()
+        try:
             interpreter.set_tensor(detail["index"], tensor)
-            interpreter.invoke()
-            if i:  # the first one is the warm-up
+            interpreter.invoke()  # warm-up
+            start_together.wait()
+            for _ in range(invokes):
+                start = time.perf_counter()
+                interpreter.set_tensor(detail["index"], tensor)
+                interpreter.invoke()
                 times.append((time.perf_counter() - start) * 1000.0)
+        except BaseException as exc:  # surfaced below, in the caller's thread
+            errors.append(exc)
+            start_together.abort()
 
     workers = [threading.Thread(target=loop, args=(interpreter,)) for interpreter, _ in made]
     for worker in workers:
         worker.start()
+    with contextlib.suppress(threading.BrokenBarrierError):
+        start_together.wait()  # every warm-up done: the timed part starts now
+    began = time.perf_counter()
     for worker in workers:
         worker.join()
-    return Timing(made[0][1], threads, edgetpu, statistics.median(times), invokes, interpreters)
+    wall_s = time.perf_counter() - began
+    real = [e for e in errors if not isinstance(e, threading.BrokenBarrierError)]
+    if real or not times:
+        raise UserError(f"{spec.path}: invoke() failed on {runtime}: {real[0] if real else 'no timing'}")
+    rate = len(times) / wall_s if interpreters > 1 else None  # all together, by the wall clock
+    return Timing(made[0][1], threads, edgetpu, statistics.median(times), invokes, interpreters, rate)
 
 
 def check_model(config: AgentConfig, options: DoctorOptions, frame: Frame | None = None) -> list[Check]:

@@ -101,7 +101,12 @@ class GroupSync:
     def wrote(self) -> None:
         """Note a file written without fsync; flushes when the interval is over."""
         self._dirty = True
-        if time.monotonic() - self._flushed_at >= self.interval_s:
+        self.flush_if_due()
+
+    def flush_if_due(self) -> None:
+        """Flush when files wait and the interval is over (call it now and then, so that the last
+        files of a burst do not wait for the next write)."""
+        if self._dirty and time.monotonic() - self._flushed_at >= self.interval_s:
             self.flush()
 
     def flush(self) -> None:

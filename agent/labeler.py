@@ -124,6 +124,10 @@ class VottStage:
 
     def handle(self, result: FrameResult) -> None:
         """Write the frame (if kept) and its asset file; records ``image_path`` and ``asset_id``."""
+        # every frame, kept or not: saves and flushes held back by their intervals happen now
+        self.project.save_if_due()
+        if self.group_sync is not None:
+            self.group_sync.flush_if_due()
         if not result.keep:
             return
         t0 = time.perf_counter()

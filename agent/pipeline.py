@@ -146,6 +146,35 @@ class _Worker:
     generation: int = 0  # bumped when a hung detector is replaced; the old thread then quits
     since: float | None = None  # monotonic start of the running inference
     seq: int | None = None  # sequence number of the frame being detected
+    # guards generation/since/seq between the worker thread and the hang check
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def start(self, generation: int, seq: int) -> bool:
+        """Mark the start of frame ``seq``; False when this thread has been replaced."""
+        with self.lock:
+            if generation != self.generation:
+                return False
+            self.seq, self.since = seq, time.monotonic()
+            return True
+
+    def finish(self, generation: int) -> bool:
+        """Mark the end of the running inference; False when this thread has been replaced."""
+        with self.lock:
+            if generation != self.generation:
+                return False
+            self.since = None
+            return True
+
+    def replace_if_stuck(self, limit_s: float) -> int | None:
+        """When the running inference has taken over ``limit_s``: retire the thread (its
+        generation moves on) and return the frame number it holds; else None."""
+        with self.lock:
+            since = self.since
+            if since is None or time.monotonic() - since < limit_s:
+                return None
+            self.generation += 1
+            self.since = None
+            return self.seq if self.seq is not None else -1
 
 
 class Pipeline:
@@ -187,6 +216,7 @@ class Pipeline:
         self._next_seq = 0  # sequence number of the next frame a worker takes
         self._abandoned: set[int] = set()  # numbers that will never have a result
         self._next_out = 0  # sequence number of the next result the output stages see
+        self._reorder_since: float | None = None  # monotonic time results began waiting for an earlier one
         self._workers = [_Worker(i, d) for i, d in enumerate(detectors)]
         self._workers_running = len(self._workers)
         self._output_since: float | None = None  # monotonic start of the result in the output stages
@@ -247,19 +277,23 @@ class Pipeline:
     def _check_detectors(self) -> None:
         """Replace a detector whose inference has run longer than ``inference_timeout_s``."""
         limit = self.settings.inference_timeout_s
+        if not limit or self._fatal is not None:
+            return
         for worker in self._workers:
             since = worker.since
-            if not limit or since is None or time.monotonic() - since < limit or self._fatal is not None:
+            if since is None or time.monotonic() - since < limit:
                 continue
             if not self._can_restart():
-                if self._fatal is None:
-                    self._fatal = RuntimeError(
-                        f"the detector has been stuck in one inference for over {limit:.0f} s (after "
-                        f"{self.counters.detector_restarts} restarts); exiting so the service manager restarts us"
-                    )
+                self._fatal = RuntimeError(
+                    f"the detector has been stuck in one inference for over {limit:.0f} s (after "
+                    f"{self.counters.detector_restarts} restarts); exiting so the service manager restarts us"
+                )
                 self.stop()
                 _put_end(self._result_q)
                 return
+            held = worker.replace_if_stuck(limit)
+            if held is None:
+                continue  # it finished in the meantime
             self.counters.detector_restarts += 1
             log.error(
                 "inference stuck for over %.0f s: restarting the detector (restart %d of at most %d)",
@@ -267,11 +301,9 @@ class Pipeline:
                 self.counters.detector_restarts,
                 self.settings.max_detector_restarts,
             )
-            worker.generation += 1
-            worker.since = None
             self.counters.dropped += 1  # the frame the hung detector holds
-            if worker.seq is not None:
-                self._abandon(worker.seq)
+            if held >= 0:
+                self._abandon(held)
             worker.detector = self.detector_factory()  # type: ignore[misc]
             self._threads.append(self._start_inference(worker))
 
@@ -287,7 +319,7 @@ class Pipeline:
         idle pipeline (waiting for a camera, between samples) is progressing."""
         now = time.monotonic()
         limit = self.settings.stall_timeout_s
-        since = [w.since for w in self._workers] + [self._output_since]
+        since = [w.since for w in self._workers] + [self._output_since, self._reorder_since]
         return all(t is None or now - t < limit for t in since)
 
     def _guard(self, loop: Callable[[], None]) -> Callable[[], None]:
@@ -312,12 +344,6 @@ class Pipeline:
                 if self._stop.is_set():
                     break
                 self.counters.captured += 1
-                # the gate runs here, in capture order: it keeps a running background
-                if self.gate is not None:
-                    run_it, _reason = self.gate.should_infer(frame, time.monotonic())
-                    if not run_it:
-                        self.counters.skipped += 1
-                        continue
                 if self.live:
                     self._put_dropping_oldest(frame)
                 else:
@@ -352,18 +378,27 @@ class Pipeline:
     def _abandon(self, seq: int) -> None:
         """Frame ``seq`` will never have a result: the output loop stops waiting for it."""
         with self._lock:
-            self._abandoned.add(seq)
+            if seq >= self._next_out:  # an already skipped number stays out of the set
+                self._abandoned.add(seq)
 
     def _take(self) -> tuple[int, Any]:
-        """The next frame and its sequence number (or ``_END``, left in place for the others)."""
+        """The next frame the gate lets through and its sequence number (or ``_END``, left in
+        place for the other workers). The gate runs here, under the lock, so it sees frames in
+        capture order and only those a live source did not drop."""
         with self._take_lock:
-            frame = self._capture_q.get()
-            if frame is _END:
-                self._capture_q.put(_END)  # there is room: it was just taken
-                return -1, _END
-            seq = self._next_seq
-            self._next_seq += 1
-            return seq, frame
+            while True:
+                frame = self._capture_q.get()
+                if frame is _END:
+                    _put_end(self._capture_q)  # never blocks: for the other workers
+                    return -1, _END
+                if self.gate is not None:
+                    run_it, _reason = self.gate.should_infer(frame, time.monotonic())
+                    if not run_it:
+                        self.counters.skipped += 1
+                        continue
+                seq = self._next_seq
+                self._next_seq += 1
+                return seq, frame
 
     def _inference_loop(self, worker: _Worker, generation: int) -> None:
         errors_in_row = 0
@@ -373,15 +408,16 @@ class Pipeline:
             if frame is _END:
                 break
             timings: dict[str, float] = {}
-            worker.seq, worker.since = seq, time.monotonic()
+            if not worker.start(generation, seq):
+                self._abandon(seq)  # replaced between frames: the new thread goes on from the next
+                return
             try:
                 detections = detector.detect(frame.image, timings)
                 errors_in_row = 0
             except Exception as exc:
-                if generation != worker.generation:
-                    return  # replaced while hung; the frame is already counted as dropped
-                worker.since = None
                 self._abandon(seq)
+                if not worker.finish(generation):
+                    return  # replaced while hung; the frame is already counted as dropped
                 self.counters.detector_errors += 1
                 errors_in_row += 1
                 log.error("detector failed on frame %s: %s", frame.frame_id, exc)
@@ -396,12 +432,14 @@ class Pipeline:
                         f"the detector failed on {errors_in_row} frames in a row; last error: {exc}"
                     ) from exc
                 continue
-            if generation != worker.generation:
-                return  # this thread hung on the frame and was replaced (the frame counts as dropped)
-            worker.since = None
+            if not worker.finish(generation):
+                self._abandon(seq)  # hung on this frame and replaced (counted as dropped)
+                return
             if frame.full_size is not None:  # decoded at reduced size: boxes in full-frame pixels
                 height, width = frame.image.shape[:2]
-                detections = detections.scaled(frame.width / width, frame.height / height)
+                detections = detections.scaled(frame.width / width, frame.height / height).clipped(
+                    frame.width, frame.height
+                )
             result = FrameResult(
                 frame=frame,
                 detections=detections,
@@ -421,15 +459,17 @@ class Pipeline:
     def _in_order(self, pending: dict[int, FrameResult], *, flush: bool = False) -> Iterator[FrameResult]:
         """Results from ``pending`` that are next in capture order (all of them when ``flush``)."""
         while pending:
-            with self._lock:
-                while self._next_out in self._abandoned:
-                    self._abandoned.discard(self._next_out)
-                    self._next_out += 1
             if self._next_out in pending:
+                with self._lock:
+                    self._abandoned.discard(self._next_out)
                 yield pending.pop(self._next_out)
                 self._next_out += 1
-            elif flush:
-                self._next_out = min(pending)
+                continue
+            with self._lock:
+                skip = self._next_out in self._abandoned
+                self._abandoned.discard(self._next_out)
+            if skip or flush:  # abandoned, or (at the end) lost with a fatal error
+                self._next_out = self._next_out + 1 if skip else max(self._next_out, min(pending))
             else:
                 return
 
@@ -451,6 +491,10 @@ class Pipeline:
                         pending[seq] = result
                 for result in self._in_order(pending):
                     self._handle(result)
+                if not pending:
+                    self._reorder_since = None
+                elif self._reorder_since is None:
+                    self._reorder_since = time.monotonic()
         finally:
             self._report_stats()  # the final figures, while the stages can still report them
             # last stage first: the publisher's final acknowledgements still reach the harvest store

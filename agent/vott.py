@@ -511,9 +511,11 @@ class VottProject:
         assets: dict[str, Any] = data["assets"]
         on_disk = {p.name[: -len(ASSET_SUFFIX)]: p for p in self.target_dir.glob(f"*{ASSET_SUFFIX}")}
         for aid, path in list(on_disk.items()):
-            if path.stat().st_size == 0:  # written just before a power cut, never flushed
-                log.warning("%s: empty asset file (power cut?); removing it", path)
+            if path.stat().st_size == 0 or self._frame_emptied(path, assets.get(aid)):  # a power cut
+                log.warning("%s: empty asset or frame file (power cut?); removing the asset", path)
                 path.unlink()
+                with contextlib.suppress(FileNotFoundError):
+                    self.scores_file(aid).unlink()
                 del on_disk[aid]
         for aid, entry in list(assets.items()):
             if isinstance(entry, dict) and entry.get("state") == 2 and aid not in on_disk:
@@ -541,6 +543,17 @@ class VottProject:
             if assets:
                 data["lastVisitedAssetId"] = next(iter(assets))
                 self._pending += 1
+
+    def _frame_emptied(self, asset_path: Path, entry: Any) -> bool:
+        """True when the asset's frame in ``frames_dir`` exists but is empty (its data never
+        reached the device); frames kept elsewhere are not checked. ``entry``: the asset's
+        entry in the project's map, when it has one (saves reading the asset file)."""
+        try:
+            name = entry["name"] if isinstance(entry, dict) else _read_json(asset_path)["asset"]["name"]
+            frame = self.frames_dir / str(name)
+            return frame.is_file() and frame.stat().st_size == 0
+        except (UserError, KeyError, TypeError, OSError):
+            return False
 
     # ---- tags -------------------------------------------------------------------------------
     def _ensure_tag(self, tag: str, data: dict[str, Any] | None = None) -> None:
@@ -688,12 +701,18 @@ class VottProject:
     # ---- saving -----------------------------------------------------------------------------
     def _changed(self) -> None:
         self._pending += 1
-        if (
-            self.flush_every
-            and self._pending >= self.flush_every
-            and time.monotonic() - self._saved_at >= self.min_save_interval_s
-        ):
-            self.save()
+        self.save_if_due()
+
+    def save_if_due(self) -> None:
+        """Save when ``flush_every`` changes wait and ``min_save_interval_s`` has passed (call it
+        now and then: a save held back by the interval happens on the next change otherwise)."""
+        with self._lock:
+            if (
+                self.flush_every
+                and self._pending >= self.flush_every
+                and time.monotonic() - self._saved_at >= self.min_save_interval_s
+            ):
+                self.save()
 
     @property
     def dirty(self) -> bool:

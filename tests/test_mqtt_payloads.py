@@ -196,3 +196,26 @@ def test_home_assistant_discovery_describes_one_device():
     score = json.loads(messages["homeassistant/sensor/pi_cam-1/top_score/config"])
     assert score["state_topic"] == "edge-agent/pi.cam-1/detections"
     assert score["value_template"] == "{{ value_json.top_score }}"
+
+
+def test_a_frame_decoded_reduced_is_published_sharp_and_agrees_with_its_annotation():
+    from agent.sources.decode import DecodeHint, decode_for_detector
+    from agent.vott import asset_json
+
+    rng = np.random.default_rng(5)
+    picture = cv2.resize(rng.integers(0, 255, (180, 320, 3), dtype=np.uint8), (1281, 721))
+    data = cv2.imencode(".jpg", picture)[1].tobytes()
+    decoded = decode_for_detector(data, DecodeHint(96, 96, either=True))  # 1/8: 161 x 91
+    assert decoded is not None and decoded[0].shape == (91, 161, 3)
+    frame = Frame(decoded[0], "cam", 1, 1_700_000_000.0, "f1", data, "jpg", full_size=decoded[1])
+    encoded = encode_frame(frame, max_width_px=1000, quality=90)
+    jpeg = cv2.imdecode(np.frombuffer(encoded.jpeg, np.uint8), cv2.IMREAD_COLOR)
+    assert (encoded.width, encoded.height) == (jpeg.shape[1], jpeg.shape[0]) == (1000, 563)
+    # decoded again from the original bytes, not blown up from the detector's 161 px
+    expected = cv2.resize(picture, (1000, 563), interpolation=cv2.INTER_AREA)
+    assert np.abs(jpeg.astype(int) - expected.astype(int)).mean() < 20  # blown up: ~37
+    dets = Detections.create([[100, 50, 600, 400]], [0.9], [0], ["person"])
+    asset = asset_json(f"/data/frames/{frame.name}.jpg", frame.width, frame.height, dets)
+    scaled = scale_vott_asset(asset, encoded.scale)
+    assert scaled["asset"]["size"] == {"width": 1000, "height": 563}
+    assert encode_frame(frame, max_width_px=0, quality=90).jpeg == data  # fits: the original bytes

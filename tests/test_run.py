@@ -474,6 +474,16 @@ def test_parallelism_defaults() -> None:
     assert DetectorSettings().parallelism(cores=1) == (1, 1)
     assert DetectorSettings(edgetpu="usb").parallelism(cores=4) == (1, 4)
     assert DetectorSettings(interpreters=1, num_threads=3).parallelism(cores=4) == (1, 3)
+    assert DetectorSettings(num_threads=4).parallelism(cores=4) == (1, 4)  # tuned for one interpreter
+    assert DetectorSettings(interpreters=2, num_threads=2).parallelism(cores=4) == (2, 2)
+
+
+def test_two_interpreters_on_one_edge_tpu_are_refused_with_the_key_and_line(tmp_path: Path) -> None:
+    config = tmp_path / "agent.yaml"
+    config.write_text("detector:\n  edgetpu: usb\n  interpreters: 2\n")
+    result = run_cli("run", "--config", str(config), "--check")
+    assert result.code == 2
+    assert "agent.yaml:3: detector.interpreters: an Edge TPU runs one interpreter" in result.err
 
 
 def _assets_by_image(data: Path) -> dict[str, dict[str, Any]]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationInfo, field_validator
 
 from agent.config_model import StrictModel
 from agent.detect.model import Layout
@@ -27,11 +27,11 @@ class DetectorSettings(StrictModel):
     """TFLite runtime; auto picks the fastest installed (ai_edge_litert, then tflite_runtime, then tensorflow)."""
     num_threads: int | None = Field(default=None, ge=1, le=64)
     """Threads per interpreter; default the cores shared out among the interpreters."""
+    edgetpu: str | None = Field(default=None, description="usb, usb:N, pci or pci:N")
     interpreters: int | None = Field(default=None, ge=1, le=16)
     """Interpreters working on successive frames in parallel (output order is kept); default 2
     on a CPU with 2+ cores (two 1-thread interpreters out-run one 2-thread one by 10-20 %), 1 on
-    an Edge TPU (one device)."""
-    edgetpu: str | None = Field(default=None, description="usb, usb:N, pci or pci:N")
+    an Edge TPU (one device) or when num_threads is set."""
     fallback_model: str | None = Field(
         default=None,
         description="CPU model to run when the Edge TPU is missing or fails (reported in stats); unset: stop",
@@ -58,6 +58,15 @@ class DetectorSettings(StrictModel):
         except Exception as exc:
             raise ValueError(str(exc)) from None
 
+    @field_validator("interpreters")
+    @classmethod
+    def _one_interpreter_per_tpu(cls, value: int | None, info: ValidationInfo) -> int | None:
+        if value and value > 1 and info.data.get("edgetpu"):
+            raise ValueError(
+                "an Edge TPU runs one interpreter; remove detector.interpreters (or set it to 1)"
+            )
+        return value
+
     @field_validator("class_thresholds")
     @classmethod
     def _check_thresholds(cls, value: dict[str, float]) -> dict[str, float]:
@@ -69,7 +78,7 @@ class DetectorSettings(StrictModel):
     def parallelism(self, cores: int | None = None) -> tuple[int, int]:
         """``(interpreters, threads per interpreter)`` for this machine (``cores``: default all)."""
         cores = cores or os.cpu_count() or 1
-        interpreters = self.interpreters or (1 if self.edgetpu or cores < 2 else 2)
+        interpreters = self.interpreters or (1 if self.edgetpu or self.num_threads or cores < 2 else 2)
         threads = self.num_threads or max(1, cores // interpreters)
         return interpreters, threads
 

@@ -27,6 +27,7 @@ from numpy.typing import NDArray
 
 from agent.frames import Frame, FrameResult, utc_iso
 from agent.mqtt.outbox import Message, MessageClass
+from agent.sources.decode import decode_image
 
 ONLINE = "online"
 OFFLINE = "offline"
@@ -165,14 +166,22 @@ def _fits(frame: Frame, max_width_px: int) -> bool:
 
 
 def _fit_width(frame: Frame, max_width_px: int) -> tuple[NDArray[Any], float]:
-    """The frame's image resized (area interpolation) to ``max_width_px`` when wider, and its
-    scale relative to the full frame (below 1 also when the image was decoded at reduced size)."""
-    image = frame.image
-    height, width = image.shape[:2]
-    if max_width_px <= 0 or width <= max_width_px:
-        return image, width / frame.width
-    size = (max_width_px, max(1, round(height * max_width_px / width)))
-    return cv2.resize(image, size, interpolation=cv2.INTER_AREA), max_width_px / frame.width
+    """The frame's picture no wider than ``max_width_px`` (0: full width) and its scale relative
+    to the full frame. The size is computed from the full frame, as ``scale_vott_asset`` does,
+    so that picture and annotation agree to the pixel; a frame decoded at reduced size for the
+    detector is decoded again, whole, when the reduced picture is smaller than that."""
+    out_w = frame.width if max_width_px <= 0 else min(frame.width, max_width_px)
+    scale = out_w / frame.width
+    size = (out_w, max(1, round(frame.height * scale)))
+    image: NDArray[Any] = frame.image
+    if image.shape[1] < out_w and frame.encoded is not None:
+        whole = decode_image(frame.encoded)
+        if whole is not None:
+            image = whole
+    if (image.shape[1], image.shape[0]) != size:
+        shrink = image.shape[1] > out_w
+        image = cv2.resize(image, size, interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+    return image, scale
 
 
 def frame_message(topics: Topics, frame: Frame, encoded: EncodedFrame, expiry_s: int) -> Message:

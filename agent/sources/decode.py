@@ -101,7 +101,8 @@ def decode_for_detector(
     if fmt == "jpg":
         try:
             info = jpeg_info(data)
-            factor = hint.reduction(info.width, info.height) if info.width and info.height else 1
+            if info.width and info.height:  # either way round: EXIF may turn the picture
+                factor = min(hint.reduction(info.width, info.height), hint.reduction(info.height, info.width))
         except JpegError:
             factor = 1  # let OpenCV have its say on odd headers
     if factor == 1:
