@@ -501,6 +501,7 @@ class TrainConfig:
     xla: bool
     ema: bool
     max_minutes: float
+    init: Path | None = None  # weights of an earlier run to start from
 
 
 def train(data: Prepared, nc: int, cfg: TrainConfig, anchors: np.ndarray) -> tuple[Any, dict[str, Any]]:
@@ -511,6 +512,9 @@ def train(data: Prepared, nc: int, cfg: TrainConfig, anchors: np.ndarray) -> tup
     keras.utils.set_random_seed(cfg.seed)
     tf.config.experimental.enable_op_determinism()  # same seed, same data -> same model
     model = build_detector(cfg.size, nc, cfg.width)
+    if cfg.init is not None:
+        model.load_weights(str(cfg.init))
+        log.info("starting from the weights in %s", cfg.init)
     log.info(
         "model: %d parameters, input %d, anchors %s",
         model.count_params(),
@@ -676,7 +680,17 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--max-minutes", type=float, default=60.0, help="stop training after this many minutes")
     p.add_argument("--threads", type=int, default=0, help="TensorFlow CPU threads (0: all)")
-    p.add_argument("--no-xla", action="store_true", help="do not compile the training step with XLA")
+    p.add_argument(
+        "--no-xla",
+        action="store_true",
+        help="do not compile the training step with XLA (faster on some CPUs)",
+    )
+    p.add_argument(
+        "--init",
+        type=Path,
+        help="start from the .weights.h5 an earlier run wrote beside its model (same --input-size and "
+        "--width; its anchors are read from the _anchors.npy beside it)",
+    )
     p.add_argument(
         "--quick",
         action="store_true",
@@ -731,7 +745,13 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("need at least one training and one held-out image; add data")
     log.info("%d training images, %d held out, labels %s", len(train_samples), len(heldout), labels)
     data = prepare(train_samples, args.input_size)
-    anchors = kmeans_anchors(data.boxes, len(STRIDES) * ANCHORS_PER_CELL, args.seed, args.input_size)
+    if args.init is not None:
+        anchors_file = args.init.with_name(args.init.name.replace(".weights.h5", "_anchors.npy"))
+        if not args.init.is_file() or not anchors_file.is_file():
+            raise UserError(f"--init needs {args.init} and {anchors_file} (written by an earlier run)")
+        anchors = np.load(anchors_file)
+    else:
+        anchors = kmeans_anchors(data.boxes, len(STRIDES) * ANCHORS_PER_CELL, args.seed, args.input_size)
     cfg = TrainConfig(
         size=args.input_size,
         epochs=args.epochs,
@@ -742,8 +762,13 @@ def run(args: argparse.Namespace) -> int:
         xla=not (args.no_xla or args.quick),
         ema=not args.quick,
         max_minutes=args.max_minutes,
+        init=args.init,
     )
     model, summary = train(data, len(labels), cfg, anchors)
+    # the float weights and anchors, so that a later run can go on from here (--init)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    model.save_weights(str(args.out.with_name(f"{args.out.stem}.weights.h5")))
+    np.save(args.out.with_name(f"{args.out.stem}_anchors.npy"), anchors)
     graph = export_graph(model, anchors, args.input_size, len(labels))
     calib_idx = np.random.default_rng(args.seed).permutation(len(data.images))[:200]
     with contextlib.redirect_stdout(io.StringIO()):  # Keras prints the whole exported signature
