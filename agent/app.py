@@ -128,7 +128,7 @@ def build_agent(config: AgentConfig, *, on_result: Any = None) -> Agent:
         fsync=out.fsync,
         group_sync=group_sync,
     )
-    writer = VottStage(project, jpeg_quality=out.jpeg_quality, fsync=out.fsync, group_sync=group_sync)
+    writer = VottStage(project, jpeg_quality=out.jpeg_quality)
     keep: KeepStage
     harvester = Harvester(
         config.harvest,

@@ -26,7 +26,6 @@ from pydantic import Field
 from agent.config_model import StrictModel
 from agent.errors import UserError
 from agent.frames import Frame, FrameResult
-from agent.fsutil import GroupSync, atomic_write_bytes
 from agent.vott import VottProject
 
 log = logging.getLogger(__name__)
@@ -99,15 +98,11 @@ class VottStage:
         *,
         jpeg_quality: int = 90,
         in_place_folder: Path | None = None,
-        fsync: bool = True,
-        group_sync: GroupSync | None = None,
     ) -> None:
         self.project = project
-        self.group_sync = group_sync if fsync else None
         self.frames_dir = project.frames_dir
         self.jpeg_quality = jpeg_quality
         self.in_place_folder = in_place_folder.resolve() if in_place_folder else None
-        self.fsync = fsync
         self.written = 0
         self.assets = 0
         self.write_ms_total = 0.0
@@ -124,10 +119,7 @@ class VottStage:
 
     def handle(self, result: FrameResult) -> None:
         """Write the frame (if kept) and its asset file; records ``image_path`` and ``asset_id``."""
-        # every frame, kept or not: saves and flushes held back by their intervals happen now
-        self.project.save_if_due()
-        if self.group_sync is not None:
-            self.group_sync.flush_if_due()
+        self.project.catch_up()  # every frame, kept or not
         if not result.keep:
             return
         t0 = time.perf_counter()
@@ -136,9 +128,7 @@ class VottStage:
         if path is None:
             data, ext = encode_frame(frame, self.jpeg_quality)
             path = self.frames_dir / f"{frame.frame_id}.{ext}"
-            atomic_write_bytes(path, data, fsync=self.fsync and self.group_sync is None)
-            if self.group_sync is not None:
-                self.group_sync.wrote()
+            self.project.write_frame(path, data)
             self.written += 1
         result.image_path = str(path)
         result.asset_id = self.project.add_frame(

@@ -27,9 +27,10 @@ regions are matched to the asset file by region id (VoTT keeps a region's id whe
 moves it). VoTT never reads that folder and the validator ignores sub-folders of ``T``.
 
 The ``.vott`` file is rewritten by ``VottProject.save()`` (every ``flush_every`` changes but at
-most every ``min_save_interval_s``, or when the caller asks): a long run need not rewrite a 10k-asset project file per frame. Asset files are
-written first, so a crash leaves asset files the project file does not list yet; opening the
-project again adds them back (and drops entries whose asset file is gone).
+most every ``min_save_interval_s``, or when the caller asks): a long run need not rewrite a
+10k-asset project file per frame. Asset files are written first, so a crash leaves asset files
+the project file does not list yet; opening the project again adds them back (and drops entries
+whose asset file is gone, or whose asset or frame file a power cut left empty).
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ from agent.boxes import as_boxes, clip_xyxy, ltwh_to_xyxy, xyxy_to_ltwh
 from agent.detections import Detections
 from agent.errors import ConfigError, UserError
 from agent.frames import utc_iso
-from agent.fsutil import GroupSync, atomic_write_json
+from agent.fsutil import GroupSync, atomic_write_bytes, atomic_write_json
 
 log = logging.getLogger(__name__)
 
@@ -406,7 +407,8 @@ class VottProject:
         self.min_save_interval_s = min_save_interval_s
         self._saved_at = -math.inf  # time.monotonic() of the last save
         self._fsync = fsync
-        # with a GroupSync, asset files are flushed in groups and always before the .vott lists them
+        # with a GroupSync, frames and asset files are flushed in groups, always before the .vott
+        # lists them; without one (and with fsync) each file is flushed as it is written
         self._group_sync = group_sync if fsync else None
         self._fsync_each = fsync and group_sync is None
         self._lock = threading.RLock()
@@ -671,8 +673,7 @@ class VottProject:
             else:
                 with contextlib.suppress(FileNotFoundError):
                     scores_path.unlink()
-            if self._group_sync is not None:
-                self._group_sync.wrote()
+            self._wrote()
             self._data["assets"][aid] = meta["asset"]
             self._data.setdefault("lastVisitedAssetId", aid)
             self._changed()
@@ -703,9 +704,24 @@ class VottProject:
         self._pending += 1
         self.save_if_due()
 
+    def write_frame(self, path: str | os.PathLike[str], data: bytes) -> None:
+        """Write a frame's image file atomically, flushed to the device like the asset files."""
+        atomic_write_bytes(path, data, fsync=self._fsync_each)
+        self._wrote()
+
+    def _wrote(self) -> None:
+        if self._group_sync is not None:
+            self._group_sync.wrote()
+
+    def catch_up(self) -> None:
+        """Do the saves and flushes their intervals held back (call it now and then, e.g. per
+        frame: otherwise they wait for the next change)."""
+        self.save_if_due()
+        if self._group_sync is not None:
+            self._group_sync.flush_if_due()
+
     def save_if_due(self) -> None:
-        """Save when ``flush_every`` changes wait and ``min_save_interval_s`` has passed (call it
-        now and then: a save held back by the interval happens on the next change otherwise)."""
+        """Save when ``flush_every`` changes wait and ``min_save_interval_s`` has passed."""
         with self._lock:
             if (
                 self.flush_every

@@ -70,6 +70,14 @@ def dets(boxes: list[list[float]], classes: list[int], scores: list[float] | Non
     return Detections.create(boxes, scores or [0.9] * len(boxes), classes, LABELS)
 
 
+def add_frames(project: VottProject, frames: Path, count: int) -> list[str | None]:
+    """``count`` small frames ``f0.jpg``... with one box each; their asset ids."""
+    return [
+        project.add_frame(write_image(frames / f"f{i}.jpg"), 160, 120, dets([[1, 1, 50, 50]], [0]))
+        for i in range(count)
+    ]
+
+
 def test_ids_match_the_spec_examples() -> None:
     assert asset_id("/home/user/frames/frame_000001.jpg") == "96e7d45170c8388ab2327b8a826019cb"
     assert (
@@ -222,10 +230,7 @@ def test_remove_frame_leaves_no_dangling_files(shared_dir: Path, tmp_path: Path)
     frames, target = tmp_path / "frames", tmp_path / "vott"
     frames.mkdir()
     with VottProject(target, frames) as project:
-        ids = []
-        for i in range(3):
-            write_image(frames / f"f{i}.jpg")
-            ids.append(project.add_frame(frames / f"f{i}.jpg", 160, 120, dets([[1, 1, 50, 50]], [0])))
+        ids = add_frames(project, frames, 3)
         assert project.remove_frame(frames / "f0.jpg")
         (frames / "f0.jpg").unlink()  # the quota evicts the image too
         assert not project.remove_frame(frames / "f0.jpg")
@@ -337,10 +342,7 @@ def test_assets_emptied_by_a_power_cut_are_dropped_on_reopen(shared_dir: Path, t
     frames, target = tmp_path / "frames", tmp_path / "vott"
     frames.mkdir()
     with VottProject(target, frames) as project:
-        ids = []
-        for i in range(3):
-            write_image(frames / f"f{i}.jpg")
-            ids.append(project.add_frame(frames / f"f{i}.jpg", 160, 120, dets([[1, 1, 50, 50]], [0])))
+        ids = add_frames(project, frames, 3)
     (target / f"{ids[2]}-asset.json").write_bytes(b"")  # what delayed allocation leaves after a cut
     (frames / "f1.jpg").write_bytes(b"")  # or a frame whose data never reached the disk
     with VottProject(target, frames) as recovered:
