@@ -38,7 +38,9 @@ import json
 import logging
 import math
 import os
+import signal
 import sys
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -523,7 +525,8 @@ def train(data: Prepared, nc: int, cfg: TrainConfig, anchors: np.ndarray) -> tup
     )
     steps_per_epoch = max(1, len(data.images) // cfg.batch)
     total = steps_per_epoch * cfg.epochs
-    warmup = min(steps_per_epoch * 2, total // 5)
+    warmup = max(1, min(steps_per_epoch * 2, total // 5))
+    warmup_s = 0.0  # wall time the warm-up took, set when it ends
     optimizer = keras.optimizers.AdamW(
         learning_rate=cfg.lr,
         weight_decay=5e-4,
@@ -546,22 +549,32 @@ def train(data: Prepared, nc: int, cfg: TrainConfig, anchors: np.ndarray) -> tup
 
     rng = np.random.default_rng(cfg.seed)
     start = time.monotonic()
+    budget_s = cfg.max_minutes * 60.0
     done = 0
     parts_avg = np.zeros(3)
+    lr = 0.0
+    stop = _StopRequest()
     for epoch in range(cfg.epochs):
         order = rng.permutation(len(data.images))
         for s in range(steps_per_epoch):
+            # The cosine follows whichever runs out first, the steps or --max-minutes, so a run cut
+            # by time still ends on a small learning rate (and is then not bit-for-bit reproducible).
+            by_time = (time.monotonic() - start - warmup_s) / max(1.0, budget_s - warmup_s)
+            progress = max((done - warmup) / max(1, total - warmup), by_time if done >= warmup else 0.0)
+            if progress >= 1.0 or stop.requested:
+                break
             idx = np.sort(order[s * cfg.batch : (s + 1) * cfg.batch])
             images, boxes = augment(data, idx, rng, cfg.size)
             targets = build_targets(boxes, [data.classes[i] for i in idx], anchors, cfg.size, nc)
             if done < warmup:
                 lr = cfg.lr * (done + 1) / warmup
             else:
-                progress = (done - warmup) / max(1, total - warmup)
                 lr = cfg.lr * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * progress)))
             parts = step(images, *targets, np.float32(lr)).numpy()
             parts_avg = 0.95 * parts_avg + 0.05 * parts if done else parts
             done += 1
+            if done == warmup:
+                warmup_s = time.monotonic() - start
             if done % 50 == 0:
                 rate = done * cfg.batch / (time.monotonic() - start)
                 log.info(
@@ -576,9 +589,13 @@ def train(data: Prepared, nc: int, cfg: TrainConfig, anchors: np.ndarray) -> tup
             "epoch %d/%d: loss box %.3f obj %.4f cls %.3f, lr %.5f, %.1f min",
             epoch + 1, cfg.epochs, *parts_avg, lr, elapsed,
         )  # fmt: skip
-        if elapsed > cfg.max_minutes:
-            log.warning("stopping after %d epochs: --max-minutes %.0f reached", epoch + 1, cfg.max_minutes)
+        if stop.requested:
+            log.warning("stopping after %d epochs: interrupted; writing the model as it is", epoch + 1)
             break
+        if done < (epoch + 1) * steps_per_epoch:
+            log.warning("stopping in epoch %d: --max-minutes %g reached", epoch + 1, cfg.max_minutes)
+            break
+    stop.restore()
     if cfg.ema:
         optimizer.finalize_variable_values(model.trainable_variables)
     summary = {
@@ -587,6 +604,29 @@ def train(data: Prepared, nc: int, cfg: TrainConfig, anchors: np.ndarray) -> tup
         "train_minutes": round((time.monotonic() - start) / 60.0, 1),
     }
     return model, summary
+
+
+class _StopRequest:
+    """Ctrl-C or SIGTERM during training: finish the step, then export what was learnt so far."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: dict[int, Any] = {}
+        if threading.current_thread() is threading.main_thread():  # Python delivers signals only there
+            self._previous = {
+                sig: signal.signal(sig, self._handle) for sig in (signal.SIGINT, signal.SIGTERM)
+            }
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested:  # a second Ctrl-C: stop at once
+            raise KeyboardInterrupt
+        self.requested = True
+        log.warning("stop requested: finishing this step, then writing the model (Ctrl-C again to abort)")
+
+    def restore(self) -> None:
+        """Put the earlier signal handlers back."""
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
 
 
 def augment(
@@ -678,7 +718,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--width", type=float, default=1.0, help="channel multiplier of the network")
     p.add_argument("--seed", type=int, default=1)
-    p.add_argument("--max-minutes", type=float, default=60.0, help="stop training after this many minutes")
+    p.add_argument(
+        "--max-minutes",
+        type=float,
+        default=60.0,
+        help="training time budget: the learning rate anneals to it if the epochs would take longer",
+    )
     p.add_argument("--threads", type=int, default=0, help="TensorFlow CPU threads (0: all)")
     p.add_argument(
         "--no-xla",

@@ -249,14 +249,17 @@ def test_quick_training_gives_a_quantized_model_the_agent_runs(generator: Module
     assert np.all(dets.xyxy[:, 2] <= image.shape[1]) and np.all(dets.xyxy[:, 3] <= image.shape[0])
     assert np.all((dets.score >= 0.01) & (dets.score <= 1.0))
 
-    # a later run goes on from this one's weights and anchors
+    # a later run goes on from this one's weights and anchors; a time budget shorter than the
+    # epochs ends training early (on an annealed learning rate) and still writes the model
     assert (out.parent / "quick.weights.h5").is_file() and (out.parent / "quick_anchors.npy").is_file()
     again = subprocess.run(
         [python, str(SCRIPTS / "train_guidance_model.py"), "--data", str(data / "vott-target"),
          "--out", str(tmp_path / "model2" / "quick.tflite"), "--quick", "--seed", "5",
-         "--init", str(out.parent / "quick.weights.h5")],
+         "--init", str(out.parent / "quick.weights.h5"), "--max-minutes", "0.001"],
         capture_output=True, text=True, timeout=540, cwd=tmp_path,
         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
     )  # fmt: skip
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     assert "starting from the weights" in again.stderr
+    assert "--max-minutes 0.001 reached" in again.stderr
+    assert Detector(DetectorSettings(model=str(tmp_path / "model2" / "quick.tflite"))).labels == tuple(LABELS)
