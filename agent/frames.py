@@ -98,4 +98,5 @@ class FrameResult:
     skipped_inference: bool = False
     image_path: str | None = None  # where the kept frame's image was written
     asset_id: str | None = None  # its VoTT asset id (None when it has no detections)
+    annotation: dict[str, Any] | None = None  # its VoTT asset JSON + scores, as the VoTT stage built it
     alerts: list[Any] = field(default_factory=list)  # alert events this frame triggered

@@ -26,7 +26,7 @@ from pydantic import Field
 from agent.config_model import StrictModel
 from agent.errors import UserError
 from agent.frames import Frame, FrameResult
-from agent.vott import VottProject
+from agent.vott import VottProject, annotation_json
 
 log = logging.getLogger(__name__)
 
@@ -131,8 +131,17 @@ class VottStage:
             self.project.write_frame(path, data)
             self.written += 1
         result.image_path = str(path)
+        result.annotation = annotation_json(
+            self.project.reviewer_path(path), frame.width, frame.height, result.detections
+        )
         result.asset_id = self.project.add_frame(
-            path, frame.width, frame.height, result.detections, model=result.model, timestamp=frame.timestamp
+            path,
+            frame.width,
+            frame.height,
+            result.detections,
+            model=result.model,
+            timestamp=frame.timestamp,
+            annotation=result.annotation,
         )
         if result.asset_id:
             self.assets += 1

@@ -25,7 +25,7 @@ from agent.harvest import Harvester
 from agent.labeler import VottStage
 from agent.mqtt.client import MqttPublisher
 from agent.printer import PrinterClient, PrinterWatcher
-from agent.vott import asset_json_with_scores
+from agent.vott import annotation_json
 
 log = logging.getLogger(__name__)
 
@@ -159,8 +159,11 @@ def annotation_for(result: FrameResult, reviewer_path: Callable[[str], str]) -> 
     """The ``annotations/<frame_id>`` payload: the VoTT asset JSON of the frame as the agent's own
     project has it (the receiver recomputes ids from its own paths) plus the scores."""
     frame = result.frame
-    image = result.image_path or f"{frame.frame_id}.jpg"
-    payload = asset_json_with_scores(reviewer_path(image), frame.width, frame.height, result.detections)
+    if result.annotation is not None:  # the VoTT stage built it for the same reviewer path
+        payload = dict(result.annotation)
+    else:
+        image = result.image_path or f"{frame.frame_id}.jpg"
+        payload = annotation_json(reviewer_path(image), frame.width, frame.height, result.detections)
     payload["frame_id"] = frame.frame_id
     payload["model"] = result.model
     return payload

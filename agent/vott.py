@@ -284,11 +284,10 @@ def asset_json(reviewer_path: str, width: int, height: int, detections: Detectio
     return _asset_metadata(reviewer_path, width, height, detections)[0]
 
 
-def asset_json_with_scores(
-    reviewer_path: str, width: int, height: int, detections: Detections
-) -> dict[str, Any]:
-    """``asset_json`` plus ``scores``: ``[{"region_id", "label", "score"}]`` for each region, the
-    payload of an ``annotations/<frame_id>`` MQTT message (VoTT has no score field)."""
+def annotation_json(reviewer_path: str, width: int, height: int, detections: Detections) -> dict[str, Any]:
+    """A frame's VoTT asset JSON (``asset``, ``regions``, ``version``) plus ``scores``:
+    ``[{"region_id", "label", "score"}]`` for each region. The asset file holds all but the scores
+    (VoTT has no score field); the ``annotations/<frame_id>`` MQTT message holds all of it."""
     meta, kept = _asset_metadata(reviewer_path, width, height, detections)
     names = detections.label_names()
     meta["scores"] = [
@@ -627,6 +626,7 @@ class VottProject:
         model: str | None = None,
         timestamp: float | None = None,
         record_scores: bool = True,
+        annotation: dict[str, Any] | None = None,
     ) -> str | None:
         """Add (or replace) the frame ``image_path`` of ``width`` x ``height`` pixels with its
         ``detections`` (pixel boxes) as a Tagged asset; returns its asset id.
@@ -634,9 +634,16 @@ class VottProject:
         A frame without detections (or whose boxes have no area inside the image) is not
         added, and an earlier asset of the same frame is removed; returns None then. Writes
         ``<id>-asset.json`` and the scores sidecar (``model``, capture ``timestamp`` in epoch
-        seconds) atomically; the project file follows per ``flush_every``."""
-        reviewer = self.reviewer_path(image_path)
-        meta, kept = _asset_metadata(reviewer, width, height, detections)
+        seconds) atomically; the project file follows per ``flush_every``. ``annotation`` is
+        this frame's ``annotation_json(self.reviewer_path(image_path), ...)`` when the caller
+        has already built it (the agent publishes the same payload)."""
+        if annotation is None:
+            annotation = annotation_json(self.reviewer_path(image_path), width, height, detections)
+        meta = {
+            "asset": annotation["asset"],
+            "regions": annotation["regions"],
+            "version": annotation["version"],
+        }
         aid = meta["asset"]["id"]
         if not meta["regions"]:
             self.remove_frame(image_path)
@@ -659,12 +666,12 @@ class VottProject:
                         "regions": [
                             {
                                 "id": region["id"],
-                                "label": region["tags"][0],
-                                "score": round(float(detections.score[i]), 5),
+                                "label": score["label"],
+                                "score": score["score"],
                                 "box_xyxy": [region["points"][0]["x"], region["points"][0]["y"],
                                              region["points"][2]["x"], region["points"][2]["y"]],
                             }
-                            for region, i in zip(meta["regions"], kept.tolist(), strict=True)
+                            for region, score in zip(meta["regions"], annotation["scores"], strict=True)
                         ],
                     },
                     indent=None,

@@ -16,7 +16,7 @@ from agent.errors import ConfigError
 from agent.mqtt.topics import scale_vott_asset
 from agent.review.checks import REASONS, Rejected, check_jpeg, jpeg_info, parse_annotation, parse_topic
 from agent.review.settings import ReviewSettings
-from agent.vott import asset_json_with_scores
+from agent.vott import annotation_json
 
 REPO = Path(__file__).resolve().parent.parent
 LIMITS = {"max_side_px": 4096, "max_regions": 50, "max_label_chars": 40}
@@ -134,7 +134,7 @@ def test_random_bytes_after_a_jpeg_start_never_crash():
 # ---- annotations ------------------------------------------------------------------------------
 def agent_annotation(frame_id: str = "f1", boxes=((10, 10, 50, 40),), labels=("spaghetti",)) -> dict:
     dets = Detections.create(list(boxes), [0.8] * len(boxes), list(range(len(boxes))), list(labels))
-    payload = asset_json_with_scores(f"{frame_id}.jpg", 96, 64, dets)
+    payload = annotation_json(f"{frame_id}.jpg", 96, 64, dets)
     payload["frame_id"] = frame_id
     payload["model"] = "print3d.tflite"
     return payload

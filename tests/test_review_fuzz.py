@@ -33,7 +33,7 @@ import yaml
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 from agent.detections import Detections
-from agent.vott import asset_json_with_scores
+from agent.vott import annotation_json
 from tests.mosquitto import mosquitto  # noqa: F401 (fixture)
 
 REPO = Path(__file__).resolve().parent.parent
@@ -76,7 +76,7 @@ def scan_start(data: bytes) -> int:
 def annotation(frame_id: str, boxes=((5, 6, 30, 40),), labels=("spaghetti",), size=(64, 48)) -> dict:
     dets = Detections.create(list(boxes) or np.zeros((0, 4)), [0.7] * len(boxes), list(range(len(boxes))),
                              list(labels))  # fmt: skip
-    payload = asset_json_with_scores(f"{frame_id}.jpg", size[0], size[1], dets)
+    payload = annotation_json(f"{frame_id}.jpg", size[0], size[1], dets)
     payload["frame_id"] = frame_id
     payload["model"] = "fuzz.tflite"
     return payload

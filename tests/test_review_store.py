@@ -25,7 +25,7 @@ from agent.review.store import (
     FRAME_WRITTEN,
     ReviewStore,
 )
-from agent.vott import asset_id, asset_json_with_scores, load_project
+from agent.vott import annotation_json, asset_id, load_project
 from tests.conftest import SHARED
 
 VALIDATOR = SHARED / "vott" / "validate_vott.py"
@@ -43,7 +43,7 @@ def annotation(frame_id: str, boxes: list[list[float]], labels: list[str], size=
     """An annotation as the agent publishes it, validated like the receiver does."""
     dets = Detections.create(boxes or np.zeros((0, 4)), [0.5 + i / 100 for i in range(len(boxes))],
                              list(range(len(boxes))), labels)  # fmt: skip
-    payload = asset_json_with_scores(f"{frame_id}.jpg", size[0], size[1], dets)
+    payload = annotation_json(f"{frame_id}.jpg", size[0], size[1], dets)
     payload["frame_id"] = frame_id
     payload["model"] = "test.tflite"
     return parse_annotation(
