@@ -1,8 +1,9 @@
 """The bundled guidance model, the synthetic printer-camera generator and the training script.
 
-- the bundled model keeps its measured mAP@0.5 (0.75) on a small held-out set of generated
-  frames that ships with the tests (``tests/fixtures/heldout``, rendered with a seed training
-  never saw); the issue's bar of 0.8 is an expected failure until a better model ships;
+- the bundled model keeps its measured mAP@0.5 on a small held-out set of generated frames that
+  ships with the tests (``tests/fixtures/heldout``, 120 frames rendered with a seed training never
+  saw); the issue's bar of 0.8 must hold there and on the training script's own held-out set (its
+  figure is recorded in the model card);
 - the bundled model is Edge TPU friendly (uint8 I/O, only mapped ops) and under 4 MB, and on
   the bundled timelapse it flags the failing part, not the healthy one;
 - the generator's boxes are exact: every pixel an object draws lies inside its box;
@@ -24,6 +25,7 @@ from typing import Any
 import cv2
 import numpy as np
 import pytest
+import yaml
 
 from agent.detect.detector import Detector
 from agent.detect.settings import BUNDLED_MODEL, DetectorSettings
@@ -76,22 +78,29 @@ def heldout_map50(fixtures_dir: Path) -> Any:
         dets = detector.detect(cv2.imread(str(path)))
         predictions.append(ImageBoxes.create(t.name, dets.xyxy, dets.label_names(), dets.score))
         truths.append(t)
-    assert len(truths) >= 40
+    assert len(truths) >= 100  # with fewer, one adhesion box moves mAP by several points
     return evaluate(predictions, truths, iou_threshold=0.5, classes=LABELS)
 
 
+def card_map50() -> float:
+    """The held-out mAP@0.5 the training script printed and recorded in the model card."""
+    card = yaml.safe_load((DATA / "print3d_guidance.yaml").read_text(encoding="utf-8"))
+    return float(card["metrics"]["map50"])
+
+
 def test_bundled_model_keeps_its_measured_map50_on_heldout_frames(fixtures_dir: Path) -> None:
-    """A regression guard at the shipped model's level (0.751 on these 48 frames, 0.764 on the
-    training script's 400 held-out frames); the issue's bar is the test below."""
+    """A regression guard at the shipped model's level on these 120 frames (0.828); the issue's
+    bar is the test below."""
     report = heldout_map50(fixtures_dir)
-    assert report.map50 >= 0.74, report.format_table()
+    assert report.map50 >= 0.81, report.format_table()
     assert (report.per_class_ap50["nozzle"] or 0.0) >= 0.95, report.format_table()
 
 
 @pytest.mark.xfail(
-    reason="issue #7's bar: the shipped model reaches mAP@0.5 0.75, not 0.8 (more training needed)"
+    reason="issue #7's bar: the shipped model's own held-out mAP@0.5 is 0.764, not 0.8 (more training needed)"
 )
 def test_bundled_model_reaches_map50_0_8_on_heldout_frames(fixtures_dir: Path) -> None:
+    assert card_map50() >= 0.8, f"the training script's held-out mAP@0.5 is {card_map50()}"
     report = heldout_map50(fixtures_dir)
     assert report.map50 >= 0.8, report.format_table()
 
