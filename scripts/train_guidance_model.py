@@ -25,7 +25,8 @@ Examples::
     python scripts/make_sample_data.py train /tmp/synth-val --count 400 --seed 2
     python scripts/train_guidance_model.py --data /tmp/synth --val /tmp/synth-val \\
         --out agent/data/print3d_guidance.tflite
-    python scripts/train_guidance_model.py --data ~/vott-target --out my_model.tflite   # reviewed labels
+    python scripts/train_guidance_model.py --data ~/vott-target --source-folder ~/frames \\
+        --out my_model.tflite   # labels reviewed in VoTT
 """
 
 from __future__ import annotations
@@ -117,8 +118,10 @@ def _truth_samples(path: Path, labels: list[str]) -> list[Sample]:
     return samples
 
 
-def _dataset_of(source: Path) -> Any:
-    """A ``LabeledDataset`` from a VoTT project or a COCO / YOLO / VOC export."""
+def _dataset_of(source: Path, source_folder: Path | None = None) -> Any:
+    """A ``LabeledDataset`` from a VoTT project (its images under ``source_folder`` when given:
+    needed once VoTT has saved the project, as it encrypts its folder paths) or a COCO / YOLO /
+    VOC export."""
     from export.coco import read_coco
     from export.dataset import from_vott
     from export.voc import read_voc
@@ -129,7 +132,7 @@ def _dataset_of(source: Path) -> Any:
     if any(source.glob("*.vott")):
         from agent.vott import load_project
 
-        return from_vott(load_project(source))
+        return from_vott(load_project(source, source_folder))
     if (source / "data.yaml").is_file() or any(source.glob("*.yaml")):
         return read_yolo(source)
     if (source / "Annotations").is_dir():
@@ -137,18 +140,19 @@ def _dataset_of(source: Path) -> Any:
     return read_coco(source)
 
 
-def source_labels(source: Path) -> list[str]:
+def source_labels(source: Path, source_folder: Path | None = None) -> list[str]:
     """The class names a data source declares, in its order."""
     truth = source if source.is_file() and source.suffix == ".json" else source / "ground_truth.json"
     if truth.is_file():
         doc = json.loads(truth.read_text(encoding="utf-8"))
         if isinstance(doc, dict) and "frames" in doc:
             return [str(x) for x in doc.get("labels", DEFAULT_LABELS)]
-    return list(_dataset_of(source).classes)
+    return list(_dataset_of(source, source_folder).classes)
 
 
-def load_samples(source: Path, labels: list[str]) -> list[Sample]:
-    """Labelled images of one data source (see the module docstring for the formats)."""
+def load_samples(source: Path, labels: list[str], source_folder: Path | None = None) -> list[Sample]:
+    """Labelled images of one data source (see the module docstring for the formats); a VoTT
+    project's images under ``source_folder`` when given."""
     if not source.exists():
         raise ConfigError(f"training data {source} does not exist; pass a VoTT target folder or an export")
     truth = source if source.is_file() and source.suffix == ".json" else source / "ground_truth.json"
@@ -156,7 +160,7 @@ def load_samples(source: Path, labels: list[str]) -> list[Sample]:
         doc = json.loads(truth.read_text(encoding="utf-8"))
         if isinstance(doc, dict) and "frames" in doc:
             return _truth_samples(truth, labels)
-    dataset = _dataset_of(source)
+    dataset = _dataset_of(source, source_folder)
     samples = []
     for image in dataset.images:
         unknown = set(image.labels) - set(labels)
@@ -702,6 +706,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="training data: VoTT target folder, COCO/YOLO/VOC export, or ground_truth.json (repeatable)",
     )
     p.add_argument(
+        "--source-folder",
+        type=Path,
+        help="where a VoTT project's frames are (VoTT's source connection folder); needed once VoTT "
+        "has saved the project, as it encrypts the paths in it",
+    )
+    p.add_argument(
         "--val",
         type=Path,
         action="append",
@@ -776,10 +786,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 def run(args: argparse.Namespace) -> int:
     """The training run behind ``main``."""
     started = time.monotonic()
-    labels = args.labels.split(",") if args.labels else source_labels(args.data[0])
-    samples = [s for src in args.data for s in load_samples(src, labels)]
+    labels = args.labels.split(",") if args.labels else source_labels(args.data[0], args.source_folder)
+    samples = [s for src in args.data for s in load_samples(src, labels, args.source_folder)]
     if args.val:
-        heldout = [s for src in args.val for s in load_samples(src, labels)]
+        heldout = [s for src in args.val for s in load_samples(src, labels, args.source_folder)]
         train_samples = samples
     else:
         order = np.random.default_rng(args.seed).permutation(len(samples))

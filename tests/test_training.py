@@ -29,6 +29,7 @@ import yaml
 
 from agent.detect.detector import Detector
 from agent.detect.settings import BUNDLED_MODEL, DetectorSettings
+from agent.errors import UserError
 from export.metrics import ImageBoxes, evaluate
 
 REPO = Path(__file__).resolve().parent.parent
@@ -39,19 +40,19 @@ EDGETPU_OPS = {"CONV_2D", "DEPTHWISE_CONV_2D", "ADD", "CONCATENATION", "RESHAPE"
                "MAX_POOL_2D", "AVERAGE_POOL_2D"}  # fmt: skip
 
 
-def load_generator() -> ModuleType:
-    """``scripts/make_sample_data.py`` as a module (scripts/ is not a package)."""
-    spec = importlib.util.spec_from_file_location("make_sample_data", SCRIPTS / "make_sample_data.py")
+def load_script(name: str) -> ModuleType:
+    """``scripts/<name>.py`` as a module (scripts/ is not a package)."""
+    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
     assert spec and spec.loader
     module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("make_sample_data", module)
+    sys.modules.setdefault(name, module)
     spec.loader.exec_module(module)
     return module
 
 
 @pytest.fixture(scope="module")
 def generator() -> ModuleType:
-    return load_generator()
+    return load_script("make_sample_data")
 
 
 def truth_boxes(truth: dict, root: Path) -> list[tuple[Path, ImageBoxes]]:
@@ -230,6 +231,19 @@ def training_python() -> str | None:
 
 
 @pytest.mark.slow
+def test_training_reads_a_project_vott_saved_from_its_source_folder(shared_dir: Path) -> None:
+    """VoTT encrypts the folder paths when it saves a project: the frames are found by name in
+    ``--source-folder``, and without it the error says to pass it."""
+    trainer = load_script("train_guidance_model")
+    fixtures = shared_dir / "vott" / "fixtures"
+    with pytest.raises(UserError, match="--source-folder"):
+        trainer.load_samples(fixtures / "encrypted", ["person", "car"])
+    labels = trainer.source_labels(fixtures / "encrypted", fixtures / "frames")
+    samples = trainer.load_samples(fixtures / "encrypted", labels, fixtures / "frames")
+    assert samples and all(s.path.parent == fixtures / "frames" and s.path.is_file() for s in samples)
+    assert all(len(s.xyxy) == len(s.classes) and (s.xyxy[:, 2:] > s.xyxy[:, :2]).all() for s in samples)
+
+
 def test_quick_training_gives_a_quantized_model_the_agent_runs(generator: ModuleType, tmp_path: Path) -> None:
     python = training_python()
     if python is None:
