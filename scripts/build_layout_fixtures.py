@@ -133,6 +133,7 @@ SSD_MAX_DETECTIONS = 10
 SSD_SCORE_THRESHOLD = 0.3
 SSD_IOU_THRESHOLD = 0.5
 YOLO_SCORE_THRESHOLD = 0.25
+END2END_K = 20  # rows of the end-to-end fixture's output (Ultralytics: max_det, 300)
 LETTERBOX_PAD = 114
 EDGETPU_OP = "edgetpu-custom-op"
 SSD_OP = "TFLite_Detection_PostProcess"
@@ -181,7 +182,7 @@ class Fixture:
     """One detector fixture: how it is built, what it expects, what it should find."""
 
     name: str
-    family: str  # ssd_tf2 | ssd_tf1 | yolov5 | yolov8
+    family: str  # ssd_tf2 | ssd_tf1 | yolov5 | yolov8 | yolo_end2end
     io: str  # float32 | uint8 | int8 (input, and output for YOLO)
     image: TestImage
     resize: str  # stretch | letterbox
@@ -322,6 +323,16 @@ FIXTURES: tuple[Fixture, ...] = (
         card=False,
         metadata="ultralytics_legacy",
     ),
+    Fixture(
+        "yolo_end2end_f32",
+        "yolo_end2end",
+        "float32",
+        _yolo_cells(96, 192, [(1, 255, 3, 3), (0, 230, 9, 8), (2, 200, 1, 6)]),
+        "letterbox",
+        YOLO_NORM,
+        0.0,
+        255.0,
+    ),
 )
 
 CLASSIFIER = "classifier_not_detector"
@@ -335,6 +346,8 @@ LAYOUT_TEXT = {
     "yolov5": "YOLOv5 [1, N, 5 + nc]: cx, cy, w, h (0..1), objectness, nc class scores; "
     "score = objectness x class score",
     "yolov8": "YOLOv8 [1, 4 + nc, N]: rows cx, cy, w, h (0..1), then nc class scores; no objectness",
+    "yolo_end2end": f"NMS-free YOLO (YOLOv10 / YOLO26 end-to-end) [1, {END2END_K}, 6]: the top {END2END_K} "
+    "candidates by best class score, rows x1, y1, x2, y2 (0..1), score, class id (float); no NMS",
 }
 
 
@@ -596,8 +609,10 @@ def _yolo_box_table() -> np.ndarray:
 
 
 def build_yolo(tf: Any, family: str, io_type: str, calibration: str = "unit") -> bytes:
-    """A YOLOv5 ([1, N, 5+nc]) or YOLOv8 ([1, 4+nc, N]) layout model; input ``images`` [1,96,96,3]."""
+    """A YOLOv5 ([1, N, 5+nc]), YOLOv8 ([1, 4+nc, N]) or end-to-end ([1, K, 6]) layout model;
+    input ``images`` [1,96,96,3]."""
     boxes = _yolo_box_table()
+    corners = np.concatenate([boxes[:, :2] - boxes[:, 2:] / 2, boxes[:, :2] + boxes[:, 2:] / 2], axis=1)
     ones = tf.constant(np.ones((1, 1, 3, 1), dtype=np.float32))
 
     def body(x: Any) -> Any:
@@ -612,6 +627,11 @@ def build_yolo(tf: Any, family: str, io_type: str, calibration: str = "unit") ->
                 parts.insert(0, tf.sigmoid(obj_logit))
             rows.append(tf.reshape(tf.concat(parts, axis=-1), [1, g * g, -1]))
         scores = tf.concat(rows, axis=1)
+        if family == "yolo_end2end":  # Ultralytics' end2end postprocess: top K by best class score
+            best, index = tf.math.top_k(tf.reduce_max(scores[0], axis=-1), k=END2END_K)
+            cls = tf.cast(tf.argmax(tf.gather(scores[0], index), axis=-1), tf.float32)
+            top = [tf.gather(tf.constant(corners), index), best[:, None], cls[:, None]]
+            return tf.concat(top, axis=-1)[None]
         out = tf.concat([tf.constant(boxes[None]), scores], axis=-1)
         return tf.transpose(out, [0, 2, 1]) if family == "yolov8" else out
 
@@ -869,6 +889,8 @@ def expected_json(fixture: Fixture, io_info: dict[str, Any]) -> dict[str, Any]:
             f"in-graph (score threshold {SSD_SCORE_THRESHOLD}, fast NMS IoU {SSD_IOU_THRESHOLD}); "
             "detections = the first `count` rows"
             if fixture.family.startswith("ssd")
+            else f"keep rows with score > {YOLO_SCORE_THRESHOLD}, in row order; no NMS"
+            if fixture.family == "yolo_end2end"
             else f"dequantise with each tensor's own quant; keep max class score > {YOLO_SCORE_THRESHOLD}; "
             "class-aware NMS (no overlapping boxes here, so NMS removes nothing)"
         ),
@@ -1022,6 +1044,10 @@ def _reference_decode(doc: dict[str, Any], fixture: Fixture, outs: list[np.ndarr
         xyxy01 = yxyx[:, [1, 0, 3, 2]]
         cls = np.rint(classes[0, :n]).astype(int)
         sc = scores[0, :n]
+    elif fixture.family == "yolo_end2end":
+        raw = outs[0][0]
+        keep = np.flatnonzero(raw[:, 4] > YOLO_SCORE_THRESHOLD)
+        xyxy01, sc, cls = raw[keep, :4], raw[keep, 4], np.rint(raw[keep, 5]).astype(int)
     else:
         raw = outs[0][0]
         if fixture.family == "yolov8":

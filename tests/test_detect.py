@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from agent.detect.labels import labels_from_embedded, parse_label_lines
+from agent.detect.layouts import OutputTensor, detect_layout
 from agent.detect.preprocess import letterbox_geometry
 from agent.detect.runtime import installed_runtimes
 from tests.helpers import match_detections, run_cli
@@ -246,3 +247,23 @@ def test_preprocess_quantises_with_the_tensors_own_parameters() -> None:
     tensor, _ = pre(image)
     assert tensor.dtype == np.int8
     assert int(tensor.max()) == 127 - 64 + 1  # 1.0 / (2/255) = 127.5 -> 128 - 64 = 64
+
+
+@pytest.mark.parametrize(
+    ("rows", "labels", "kind"),
+    [
+        (300, 80, "yolo_end2end"),  # YOLO26n / YOLOv10n exported by Ultralytics: top 300, no NMS
+        (300, 1, "yolo_end2end"),  # one class: 300 rows is not a YOLOv5 grid of a 640 input
+        (300, None, "yolo_end2end"),
+        (25200, 1, "yolov5"),  # one-class YOLOv5 at 640: 3 anchors x (80^2 + 40^2 + 20^2)
+        (25200, 2, "yolov5"),  # [1, 25200, 7]: two classes (the column count differs)
+    ],
+)
+def test_an_nms_free_head_is_told_from_a_one_class_yolov5_head(
+    rows: int, labels: int | None, kind: str
+) -> None:
+    """Both are one [1, K, 6] tensor when YOLOv5 has one class: the row count decides."""
+    cols = 6 if kind == "yolo_end2end" or labels == 1 else 5 + (labels or 0)
+    output = OutputTensor(0, "out", (1, rows, cols), np.dtype(np.float32), 0.0, 0)
+    layout = detect_layout([output], has_postprocess_op=False, num_labels=labels, input_hw=(640, 640))
+    assert layout.kind == kind

@@ -17,7 +17,15 @@ import numpy as np
 from numpy.typing import NDArray
 
 from agent.boxes import denormalize_xyxy
-from agent.detect.layouts import Candidates, Layout, OutputTensor, decode_ssd, decode_yolo, detect_layout
+from agent.detect.layouts import (
+    Candidates,
+    Layout,
+    OutputTensor,
+    decode_end2end,
+    decode_ssd,
+    decode_yolo,
+    detect_layout,
+)
 from agent.detect.model import ModelSpec, resolve_model
 from agent.detect.nms import nms
 from agent.detect.preprocess import InputTransform, Preprocessor
@@ -82,6 +90,7 @@ class Detector:
             automl_order=self.spec.ssd_output_order,
             postprocess_classes=int(pp["num_classes"]) if "num_classes" in pp else None,
             model_name=str(self.spec.path),
+            input_hw=(int(self._input["shape"][1]), int(self._input["shape"][2])),
         )
         self.model_labels = self._check_labels(labels)
         self.labels = tuple(settings.label_map.get(name, name) for name in self.model_labels)
@@ -227,6 +236,9 @@ class Detector:
         if self.layout.family == "ssd":
             cand = decode_ssd(raw, self.outputs, self.layout, low)
             keep = np.arange(len(cand.score))[: p.max_detections]  # NMS already ran in the graph
+        elif self.layout.kind == "yolo_end2end":
+            cand = decode_end2end(raw[0], self.outputs[0], low)
+            keep = np.arange(len(cand.score))[: p.max_detections]  # an NMS-free head: one box per object
         else:
             cand = decode_yolo(raw[0], self.outputs[0], self.layout, low)
             keep = None

@@ -11,6 +11,9 @@ read ``[]``), never guessed by index alone; a model card's ``layout`` overrides.
   score = objectness x class score.
 - ``yolov8`` (and YOLO11): one ``[1, 4+nc, N]`` tensor (or ``[1, N, 4+nc]``): cx, cy, w, h,
   class scores, no objectness.
+- ``yolo_end2end`` (YOLOv10, YOLO26 and other NMS-free heads): one ``[1, K, 6]`` tensor of the
+  top K candidates: x1, y1, x2, y2, score, class id; no NMS (the head already gives one box
+  per object).
 Boxes of YOLO exports are normalised to the input size in Ultralytics' TFLite exports and
 in input pixels in some others; the decoder tells them apart per frame by their range.
 Every tensor is dequantised with its own scale and zero point.
@@ -72,7 +75,7 @@ class OutputTensor:
 class Layout:
     """The layout of a model's outputs and where each part lives."""
 
-    kind: str  # ssd_tf1 | ssd_tf2 | yolov5 | yolov8
+    kind: str  # ssd_tf1 | ssd_tf2 | yolov5 | yolov8 | yolo_end2end
     num_classes: int | None
     ssd_roles: dict[str, int] | None = None  # role -> position in the output list
     channels_first: bool = True  # yolov8: [1, 4+nc, N] (True) or [1, N, 4+nc]
@@ -88,7 +91,8 @@ def _not_a_detector(outputs: list[OutputTensor], model_name: str) -> UserError:
     return UserError(
         f"{model_name} does not look like an object detector: its outputs are {shapes}. "
         "edge-agent reads SSD models with TFLite_Detection_PostProcess (4 outputs), YOLOv5 [1,N,5+nc] "
-        "and YOLOv8/11 [1,4+nc,N]. If this is one of those with unusual shapes, set `layout:` in the "
+        "YOLOv8/11 [1,4+nc,N] and NMS-free YOLOv10/YOLO26 [1,K,6]. If this is one of those with unusual "
+        "shapes, set `layout:` in the "
         "model card (model.yaml beside the model)"
     )
 
@@ -127,8 +131,11 @@ def detect_layout(
     automl_order: list[str] | None = None,
     postprocess_classes: int | None = None,
     model_name: str = "the model",
+    input_hw: tuple[int, int] | None = None,
 ) -> Layout:
-    """Work out the layout from the output tensors; ``forced`` (from the card) wins."""
+    """Work out the layout from the output tensors; ``forced`` (from the card) wins.
+    ``input_hw`` (the model's input height and width, pixels) tells a single-class YOLOv5 head
+    (one row per anchor of its grids) from an NMS-free ``[1, K, 6]`` one."""
     if forced.startswith("ssd") or (forced == "auto" and has_postprocess_op and len(outputs) == 4):
         if len(outputs) != 4:
             raise _not_a_detector(outputs, model_name)
@@ -137,6 +144,10 @@ def detect_layout(
     if len(outputs) != 1 or len(outputs[0].shape) != 3 or outputs[0].shape[0] != 1:
         raise _not_a_detector(outputs, model_name)
     _, a, b = outputs[0].shape
+    if forced == "yolo_end2end" or (forced == "auto" and _looks_end2end(a, b, num_labels, input_hw)):
+        if b != 6:
+            raise _not_a_detector(outputs, model_name)
+        return Layout("yolo_end2end", num_labels)
     if forced == "yolov5" or (
         forced == "auto" and a > b and not (num_labels is not None and num_labels == b - 4)
     ):
@@ -150,6 +161,21 @@ def detect_layout(
             raise _not_a_detector(outputs, model_name)
         return Layout("yolov8", rows - 4, channels_first=channels_first)
     raise _not_a_detector(outputs, model_name)
+
+
+def _yolov5_rows(input_hw: tuple[int, int]) -> int:
+    """Rows of a YOLOv5 head: 3 anchors per cell of the stride 8, 16 and 32 grids."""
+    h, w = input_hw
+    return sum(3 * -(-h // s) * -(-w // s) for s in (8, 16, 32))
+
+
+def _looks_end2end(rows: int, cols: int, num_labels: int | None, input_hw: tuple[int, int] | None) -> bool:
+    # [1, K, 6] is also a one-class YOLOv5 head; only the row count tells them apart then
+    if cols != 6 or rows <= cols:
+        return False
+    if num_labels is not None and num_labels != 1:
+        return True
+    return input_hw is not None and rows != _yolov5_rows(input_hw)
 
 
 @dataclass(slots=True)
@@ -220,6 +246,20 @@ def decode_yolo(raw: NDArray[Any], output: OutputTensor, layout: Layout, thresho
     normalized = _looks_normalized(boxes_all, output)
     boxes = output.dequantize(boxes_all[:, idx]).T
     return Candidates(cxcywh_to_xyxy(boxes), scores.astype(np.float32), best_class, normalized)
+
+
+def decode_end2end(raw: NDArray[Any], output: OutputTensor, threshold: float) -> Candidates:
+    """Decode an NMS-free ``[1, K, 6]`` head (x1, y1, x2, y2, score, class id): the rows above
+    ``threshold`` by descending score."""
+    table = output.dequantize(raw[0])
+    scores = table[:, 4]
+    idx = np.flatnonzero(scores > threshold)
+    idx = idx[np.argsort(-scores[idx], kind="stable")]
+    boxes = table[idx, :4]
+    # Ultralytics' TFLite exports give 0..1 boxes, others input pixels; judged on the whole table
+    normalized = float(np.nan_to_num(table[:, :4]).max(initial=0.0)) <= 2.0
+    classes = np.rint(table[idx, 5]).astype(np.int32)
+    return Candidates(boxes.astype(np.float32), scores[idx].astype(np.float32), classes, normalized)
 
 
 def _raw_bound(threshold: float, output: OutputTensor) -> float:

@@ -20,7 +20,7 @@ from agent.detect.labels import find_sidecar_labels, labels_from_embedded, read_
 from agent.detect.tflite_file import TfliteFileInfo, read_tflite_file
 from agent.errors import ConfigError
 
-Layout = Literal["auto", "ssd_tf1", "ssd_tf2", "yolov5", "yolov8"]
+Layout = Literal["auto", "ssd_tf1", "ssd_tf2", "yolov5", "yolov8", "yolo_end2end"]
 ResizeMode = Literal["auto", "stretch", "letterbox"]
 
 
