@@ -12,6 +12,7 @@ set -euo pipefail
 APP_DIR=/opt/edge-agent
 VENV=$APP_DIR/venv
 SRC_DIR=$APP_DIR/src
+COMMAND_LINK=/usr/local/bin/edge-agent
 CONF_DIR=/etc/edge-agent
 STATE_DIR=/var/lib/edge-agent
 UNIT_DIR=/etc/systemd/system
@@ -35,8 +36,8 @@ usage() {
 Usage: install-pi.sh [OPTIONS]
 
 Installs edge-agent on Raspberry Pi OS Bookworm (64-bit): apt packages, a venv at
-/opt/edge-agent/venv (with system site packages, so picamera2 is importable), the agent,
-the Coral udev rule, the edge-agent user (groups video, plugdev), /etc/edge-agent/NAME.yaml,
+/opt/edge-agent/venv (with system site packages, so picamera2 is importable), the agent
+(linked as /usr/local/bin/edge-agent), the Coral udev rule, the edge-agent user (groups video, plugdev), /etc/edge-agent/NAME.yaml,
 the systemd units; then enables and starts edge-agent@NAME.
 
 Options:
@@ -275,6 +276,19 @@ install_agent() {
     in_target "$VENV/bin/edge-agent" --version
 }
 
+# /usr/local/bin/edge-agent -> the venv's, so `edge-agent` is on PATH (sudo's secure_path too).
+link_command() {
+    if [ -e "$ROOT$COMMAND_LINK" ] && [ ! -L "$ROOT$COMMAND_LINK" ]; then
+        warn "$COMMAND_LINK exists and is not a link: left alone; the agent is $VENV/bin/edge-agent"
+        return
+    fi
+    say "command $COMMAND_LINK -> $VENV/bin/edge-agent"
+    if [ ! -d "$ROOT$(dirname "$COMMAND_LINK")" ]; then
+        run install -d -m 0755 "$ROOT$(dirname "$COMMAND_LINK")"
+    fi
+    run ln -sfn "$VENV/bin/edge-agent" "$ROOT$COMMAND_LINK"
+}
+
 install_udev_rule() {
     say "udev rule for the Coral (USB 1a6e:089a and 18d1:9302, PCIe apex) -> group plugdev"
     run install -D -m 0644 "$SOURCE/systemd/$UDEV_RULE" "$ROOT/etc/udev/rules.d/$UDEV_RULE"
@@ -333,6 +347,7 @@ main() {
     create_user
     create_directories
     install_agent
+    link_command
     install_udev_rule
     install_config "$CONFIG_SOURCE" "$CONFIG_NAME"
     install_units

@@ -119,6 +119,8 @@ def test_dry_run_prints_the_exact_steps_and_changes_nothing(tmp_path: Path, conf
         f"{c} python3 -m venv --system-site-packages /opt/edge-agent/venv",
         f"{c} /opt/edge-agent/venv/bin/pip install --upgrade '/opt/edge-agent/src[tflite-runtime]'",
         f"{c} /opt/edge-agent/venv/bin/edge-agent --version",
+        f"install -d -m 0755 {r}/usr/local/bin",
+        f"ln -sfn /opt/edge-agent/venv/bin/edge-agent {r}/usr/local/bin/edge-agent",
         f"install -D -m 0644 {src}/systemd/65-edge-agent-coral.rules {r}/etc/udev/rules.d/65-edge-agent-coral.rules",
         f"install -m 0640 {config_file} {r}/etc/edge-agent/cam1.yaml",
         f"{c} chown root:edge-agent /etc/edge-agent/cam1.yaml",
@@ -206,6 +208,9 @@ def _install_and_check(root: Path, config_file: Path, started: float) -> None:
     )
     assert version.returncode == 0, version.stderr
     assert version.stdout.strip() == f"edge-agent {__version__}"
+    command = root / "usr/local/bin/edge-agent"  # on PATH, for `sudo -u edge-agent edge-agent ...`
+    assert command.is_symlink()
+    assert os.readlink(command) == "/opt/edge-agent/venv/bin/edge-agent"
     assert "include-system-site-packages = true" in (root / "opt/edge-agent/venv/pyvenv.cfg").read_text()
 
     groups = subprocess.run(
@@ -243,6 +248,7 @@ def _install_and_check(root: Path, config_file: Path, started: float) -> None:
     assert config.read_text() == "# edited by the user\n"
     assert not any(step.startswith(f"chroot {root} useradd") for step in steps(again.stdout))
     assert link.is_symlink()
+    assert command.is_symlink()
     print(
         f"debootstrap {bootstrapped - started:.0f} s, install {installed - bootstrapped:.0f} s, "
         f"second install {time.monotonic() - installed:.0f} s"
