@@ -122,7 +122,8 @@ class AlertSettings(StrictModel):
     history_samples: int = Field(60, ge=1, le=2000)
     """How many recent samples (score, smoothed) an alert carries (60 = 10 min at 10 s). Ours."""
     state_file: Path | None = None
-    """Where the monitor's state is saved, to survive restarts. None: not saved."""
+    """Where the monitor's state is saved, to survive restarts; unset: ``alert-state.json`` in
+    ``output.dir`` (``replay`` neither reads nor saves it)."""
     state_save_interval_s: float = Field(30.0, ge=0, le=3600)
     """Save new samples to ``state_file`` at most this often (events and print changes are saved
     at once, and the last samples on a clean exit); 0 saves every sample. Ours."""

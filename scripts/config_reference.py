@@ -11,6 +11,7 @@ The README holds the output between ``<!-- config-reference:start -->`` and
 from __future__ import annotations
 
 import argparse
+import inspect
 import sys
 import types
 import typing
@@ -39,8 +40,27 @@ def _type_name(annotation: Any) -> str:
     return getattr(annotation, "__name__", str(annotation))
 
 
+def _factory_description(factory: Any) -> str | None:
+    """What a documented factory function returns, from its docstring's first sentence.
+
+    Such a factory computes a default that depends on the machine (e.g. the host name), so the
+    reference describes it rather than printing what it returned where the reference was made.
+    Undocumented factories (``list``, ``dict``, lambdas, ``_default_policies``) are called.
+    """
+    if not inspect.isfunction(factory):
+        return None
+    doc = inspect.getdoc(factory)
+    if not doc:
+        return None
+    sentence = " ".join(doc.split("\n\n")[0].split()).split(". ")[0].rstrip(".")
+    return sentence[:1].lower() + sentence[1:]
+
+
 def _default(field: FieldInfo) -> str:
     if field.default_factory is not None:
+        described = _factory_description(field.default_factory)
+        if described is not None:
+            return described
         value = field.default_factory()  # type: ignore[call-arg]
         if isinstance(value, BaseModel):
             return "(section)"

@@ -30,8 +30,8 @@ class DetectorSettings(StrictModel):
     edgetpu: str | None = Field(default=None, description="usb, usb:N, pci or pci:N")
     interpreters: int | None = Field(default=None, ge=1, le=16)
     """Interpreters working on successive frames in parallel (output order is kept); default 2
-    on a CPU with 2+ cores (two 1-thread interpreters out-run one 2-thread one by 10-20 %), 1 on
-    an Edge TPU (one device) or when num_threads is set."""
+    on a CPU with 2+ cores (two 1-thread interpreters ran 1.06-1.22x the rate of the best single
+    one on 2 cores, docs/performance.md), 1 on an Edge TPU (one device) or when num_threads is set."""
     fallback_model: str | None = Field(
         default=None,
         description="CPU model to run when the Edge TPU is missing or fails (reported in stats); unset: stop",

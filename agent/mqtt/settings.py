@@ -21,14 +21,17 @@ from agent.frames import safe_name
 
 
 def default_device_id() -> str:
-    """This machine's host name, reduced to characters safe in a topic level."""
+    """The host name, made safe for a topic level.
+
+    The configuration reference prints this docstring's first sentence as the default.
+    """
     return safe_name(socket.gethostname() or "edge-agent", max_len=64)
 
 
 class OutboxSettings(StrictModel):
     """Where unacknowledged messages wait on disk, and how much of them to keep."""
 
-    path: str = Field("mqtt-outbox.sqlite3", description="SQLite file (relative to the working directory)")
+    path: str = Field("mqtt-outbox.sqlite3", description="SQLite file; a relative path is in output.dir")
     max_mb: float = Field(256.0, gt=0, description="payload bytes kept before dropping, frames first")
     max_age_h: float = Field(168.0, gt=0, description="messages older than this are dropped (all classes)")
     inflight_max: int = Field(
@@ -147,7 +150,7 @@ class MqttSettings(BrokerConnection):
     """Publish over MQTT (messages wait in the outbox while no broker answers)."""
     client_id: str = Field("", description="empty: 'edge-agent-<device_id>'")
     device_id: str = Field(default_factory=default_device_id)
-    """This agent's id in topics; default the host name (with an ACL, equal to the MQTT user)."""
+    """This agent's id in topics (with an ACL, equal to the MQTT user)."""
     topic_prefix: str = "edge-agent"
     """First topic level."""
     close_timeout_s: float = Field(5.0, ge=0, le=300, description="wait for in-flight acks on exit")
