@@ -563,7 +563,7 @@ def train(data: Prepared, nc: int, cfg: TrainConfig, anchors: np.ndarray) -> tup
         for s in range(steps_per_epoch):
             # The cosine follows whichever runs out first, the steps or --max-minutes, so a run cut
             # by time still ends on a small learning rate (and is then not bit-for-bit reproducible).
-            by_time = (time.monotonic() - start - warmup_s) / max(1.0, budget_s - warmup_s)
+            by_time = (time.monotonic() - start - warmup_s) / max(1e-6, budget_s - warmup_s)
             progress = max((done - warmup) / max(1, total - warmup), by_time if done >= warmup else 0.0)
             if progress >= 1.0 or stop.requested:
                 break
