@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from agent.detect.labels import labels_from_embedded, parse_label_lines
-from agent.detect.layouts import OutputTensor, detect_layout
+from agent.detect.layouts import OutputTensor, decode_end2end, detect_layout
 from agent.detect.preprocess import letterbox_geometry
 from agent.detect.runtime import installed_runtimes
 from tests.helpers import match_detections, run_cli
@@ -257,13 +257,31 @@ def test_preprocess_quantises_with_the_tensors_own_parameters() -> None:
         (300, None, "yolo_end2end"),
         (25200, 1, "yolov5"),  # one-class YOLOv5 at 640: 3 anchors x (80^2 + 40^2 + 20^2)
         (25200, 2, "yolov5"),  # [1, 25200, 7]: two classes (the column count differs)
+        (25500, 1, "yolov5"),  # one-class YOLOv5 P6 (a stride-64 grid too)
+        (8400, 2, "yolov8"),  # two-class YOLOv8, channels last: [1, 8400, 6]
+        (8400, None, "yolov8"),  # no labels: [1, 8400, 6] is a grid of one row per cell
     ],
 )
 def test_an_nms_free_head_is_told_from_a_one_class_yolov5_head(
     rows: int, labels: int | None, kind: str
 ) -> None:
     """Both are one [1, K, 6] tensor when YOLOv5 has one class: the row count decides."""
-    cols = 6 if kind == "yolo_end2end" or labels == 1 else 5 + (labels or 0)
+    cols = 6 if kind != "yolov5" or labels == 1 else 5 + (labels or 0)
     output = OutputTensor(0, "out", (1, rows, cols), np.dtype(np.float32), 0.0, 0)
     layout = detect_layout([output], has_postprocess_op=False, num_labels=labels, input_hw=(640, 640))
     assert layout.kind == kind
+
+
+def test_an_nms_free_head_skips_rows_that_are_not_numbers() -> None:
+    """NaN or infinite rows (seen in some exports past the real candidates) are never detections
+    and do not decide whether the boxes are normalised."""
+    table = np.array(
+        [[0.1, 0.1, 0.3, 0.4, 0.9, 2.0], [np.nan, 0.1, 0.2, 0.2, 0.8, np.nan], [np.inf, 0, 1, 1, 0.7, 1.0],
+         [0.5, 0.5, 0.6, 0.7, 0.6, 0.0], [0.0, 0.0, 0.0, 0.0, 0.01, 0.0]],
+        dtype=np.float32,
+    )  # fmt: skip
+    output = OutputTensor(0, "out", (1, 5, 6), np.dtype(np.float32), 0.0, 0)
+    cand = decode_end2end(table[None], output, 0.25)
+    assert cand.normalized
+    assert cand.class_id.tolist() == [2, 0] and cand.score.tolist() == pytest.approx([0.9, 0.6])
+    np.testing.assert_allclose(cand.xyxy, [[0.1, 0.1, 0.3, 0.4], [0.5, 0.5, 0.6, 0.7]], rtol=1e-6)

@@ -134,8 +134,9 @@ def detect_layout(
     input_hw: tuple[int, int] | None = None,
 ) -> Layout:
     """Work out the layout from the output tensors; ``forced`` (from the card) wins.
-    ``input_hw`` (the model's input height and width, pixels) tells a single-class YOLOv5 head
-    (one row per anchor of its grids) from an NMS-free ``[1, K, 6]`` one."""
+    ``input_hw`` (the model's input height and width, pixels) tells a one-class YOLOv5 or a
+    two-class YOLOv8 head (rows = cells of its grids) from an NMS-free ``[1, K, 6]`` one; K must
+    be above 6 and not a grid's row count, else set ``layout: yolo_end2end`` in the card."""
     if forced.startswith("ssd") or (forced == "auto" and has_postprocess_op and len(outputs) == 4):
         if len(outputs) != 4:
             raise _not_a_detector(outputs, model_name)
@@ -148,8 +149,13 @@ def detect_layout(
         if b != 6:
             raise _not_a_detector(outputs, model_name)
         return Layout("yolo_end2end", num_labels)
+    # without labels, [1, N, 5+nc] (YOLOv5) and channels-last [1, N, 4+nc] (YOLOv8) differ only in N
+    anchor_free_rows = num_labels is None and input_hw is not None and a in _grid_rows(input_hw, 1)
     if forced == "yolov5" or (
-        forced == "auto" and a > b and not (num_labels is not None and num_labels == b - 4)
+        forced == "auto"
+        and a > b
+        and not (num_labels is not None and num_labels == b - 4)
+        and not anchor_free_rows
     ):
         if b < 6:
             raise _not_a_detector(outputs, model_name)
@@ -163,19 +169,22 @@ def detect_layout(
     raise _not_a_detector(outputs, model_name)
 
 
-def _yolov5_rows(input_hw: tuple[int, int]) -> int:
-    """Rows of a YOLOv5 head: 3 anchors per cell of the stride 8, 16 and 32 grids."""
+def _grid_rows(input_hw: tuple[int, int], per_cell: int) -> set[int]:
+    """Row counts of YOLO heads on an ``input_hw`` input with ``per_cell`` rows per cell (1:
+    YOLOv8/11, 3: YOLOv5's anchors) of the stride 8, 16, 32 grids, and of P6 models' extra
+    stride-64 grid."""
     h, w = input_hw
-    return sum(3 * -(-h // s) * -(-w // s) for s in (8, 16, 32))
+    cells = [-(-h // s) * -(-w // s) for s in (8, 16, 32, 64)]
+    return {sum(cells[:3]) * per_cell, sum(cells) * per_cell}
 
 
 def _looks_end2end(rows: int, cols: int, num_labels: int | None, input_hw: tuple[int, int] | None) -> bool:
-    # [1, K, 6] is also a one-class YOLOv5 head; only the row count tells them apart then
+    # [1, K, 6] is also a one-class YOLOv5 head or a two-class channels-last YOLOv8 one
     if cols != 6 or rows <= cols:
         return False
-    if num_labels is not None and num_labels != 1:
+    if num_labels is not None and num_labels not in (1, 2):
         return True
-    return input_hw is not None and rows != _yolov5_rows(input_hw)
+    return input_hw is not None and rows not in _grid_rows(input_hw, 1) | _grid_rows(input_hw, 3)
 
 
 @dataclass(slots=True)
@@ -252,12 +261,13 @@ def decode_end2end(raw: NDArray[Any], output: OutputTensor, threshold: float) ->
     """Decode an NMS-free ``[1, K, 6]`` head (x1, y1, x2, y2, score, class id): the rows above
     ``threshold`` by descending score."""
     table = output.dequantize(raw[0])
+    finite = np.isfinite(table).all(axis=1)
     scores = table[:, 4]
-    idx = np.flatnonzero(scores > threshold)
+    idx = np.flatnonzero(finite & (scores > threshold))
     idx = idx[np.argsort(-scores[idx], kind="stable")]
     boxes = table[idx, :4]
     # Ultralytics' TFLite exports give 0..1 boxes, others input pixels; judged on the whole table
-    normalized = float(np.nan_to_num(table[:, :4]).max(initial=0.0)) <= 2.0
+    normalized = float(table[finite, :4].max(initial=0.0)) <= 2.0
     classes = np.rint(table[idx, 5]).astype(np.int32)
     return Candidates(boxes.astype(np.float32), scores[idx].astype(np.float32), classes, normalized)
 
