@@ -681,7 +681,7 @@ class VottProject:
                 with contextlib.suppress(FileNotFoundError):
                     scores_path.unlink()
             self._wrote()
-            self._data["assets"][aid] = meta["asset"]
+            self._data["assets"][aid] = dict(meta["asset"])  # the caller may keep the annotation
             self._data.setdefault("lastVisitedAssetId", aid)
             self._changed()
         return str(aid)

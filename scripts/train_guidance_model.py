@@ -530,7 +530,6 @@ def train(data: Prepared, nc: int, cfg: TrainConfig, anchors: np.ndarray) -> tup
     steps_per_epoch = max(1, len(data.images) // cfg.batch)
     total = steps_per_epoch * cfg.epochs
     warmup = max(1, min(steps_per_epoch * 2, total // 5))
-    warmup_s = 0.0  # wall time the warm-up took, set when it ends
     optimizer = keras.optimizers.AdamW(
         learning_rate=cfg.lr,
         weight_decay=5e-4,
@@ -553,61 +552,96 @@ def train(data: Prepared, nc: int, cfg: TrainConfig, anchors: np.ndarray) -> tup
 
     rng = np.random.default_rng(cfg.seed)
     start = time.monotonic()
-    budget_s = cfg.max_minutes * 60.0
+    schedule = Schedule(cfg.lr, warmup, total, cfg.max_minutes * 60.0)
     done = 0
     parts_avg = np.zeros(3)
     lr = 0.0
+    stopped = "epochs"
     stop = _StopRequest()
-    for epoch in range(cfg.epochs):
-        order = rng.permutation(len(data.images))
-        for s in range(steps_per_epoch):
-            # The cosine follows whichever runs out first, the steps or --max-minutes, so a run cut
-            # by time still ends on a small learning rate (and is then not bit-for-bit reproducible).
-            by_time = (time.monotonic() - start - warmup_s) / max(1e-6, budget_s - warmup_s)
-            progress = max((done - warmup) / max(1, total - warmup), by_time if done >= warmup else 0.0)
-            if progress >= 1.0 or stop.requested:
-                break
-            idx = np.sort(order[s * cfg.batch : (s + 1) * cfg.batch])
-            images, boxes = augment(data, idx, rng, cfg.size)
-            targets = build_targets(boxes, [data.classes[i] for i in idx], anchors, cfg.size, nc)
-            if done < warmup:
-                lr = cfg.lr * (done + 1) / warmup
-            else:
-                lr = cfg.lr * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * progress)))
-            parts = step(images, *targets, np.float32(lr)).numpy()
-            parts_avg = 0.95 * parts_avg + 0.05 * parts if done else parts
-            done += 1
-            if done == warmup:
-                warmup_s = time.monotonic() - start
-            if done % 50 == 0:
-                rate = done * cfg.batch / (time.monotonic() - start)
+    try:
+        for epoch in range(cfg.epochs):
+            order = rng.permutation(len(data.images))
+            for s in range(steps_per_epoch):
+                lr, by_time = schedule.at(done, time.monotonic() - start)
+                if lr is None or stop.requested:
+                    break
+                idx = np.sort(order[s * cfg.batch : (s + 1) * cfg.batch])
+                images, boxes = augment(data, idx, rng, cfg.size)
+                targets = build_targets(boxes, [data.classes[i] for i in idx], anchors, cfg.size, nc)
+                parts = step(images, *targets, np.float32(lr)).numpy()
+                parts_avg = 0.95 * parts_avg + 0.05 * parts if done else parts
+                done += 1
+                if done == warmup:
+                    schedule.warmup_ended(time.monotonic() - start)
+                if by_time:
+                    stopped = "time budget"  # the time budget, not the steps, set this learning rate
+                if done % 50 == 0:
+                    rate = done * cfg.batch / (time.monotonic() - start)
+                    log.info(
+                        "step %d/%d: %.1f images/s, eta %.1f min",
+                        done,
+                        total,
+                        rate,
+                        (total - done) * cfg.batch / rate / 60,
+                    )
+            if done > epoch * steps_per_epoch:  # an epoch that ran at least one step
+                elapsed = (time.monotonic() - start) / 60.0
                 log.info(
-                    "step %d/%d: %.1f images/s, eta %.1f min",
-                    done,
-                    total,
-                    rate,
-                    (total - done) * cfg.batch / rate / 60,
+                    "epoch %d/%d: loss box %.3f obj %.4f cls %.3f, lr %.5f, %.1f min",
+                    epoch + 1, cfg.epochs, *parts_avg, lr or 0.0, elapsed,
+                )  # fmt: skip
+            if stop.requested:
+                stopped = "interrupted"
+                log.warning("stopped after %d steps: interrupted; writing the model as it is", done)
+                break
+            if done < (epoch + 1) * steps_per_epoch:
+                stopped = "time budget"
+                log.warning(
+                    "stopped after %d of %d steps: --max-minutes %g reached", done, total, cfg.max_minutes
                 )
-        elapsed = (time.monotonic() - start) / 60.0
-        log.info(
-            "epoch %d/%d: loss box %.3f obj %.4f cls %.3f, lr %.5f, %.1f min",
-            epoch + 1, cfg.epochs, *parts_avg, lr, elapsed,
-        )  # fmt: skip
-        if stop.requested:
-            log.warning("stopping after %d epochs: interrupted; writing the model as it is", epoch + 1)
-            break
-        if done < (epoch + 1) * steps_per_epoch:
-            log.warning("stopping in epoch %d: --max-minutes %g reached", epoch + 1, cfg.max_minutes)
-            break
-    stop.restore()
+                break
+    finally:
+        stop.restore()
     if cfg.ema:
         optimizer.finalize_variable_values(model.trainable_variables)
     summary = {
         "steps": done,
-        "epochs_done": epoch + 1,
+        "epochs_done": round(done / steps_per_epoch, 2),
         "train_minutes": round((time.monotonic() - start) / 60.0, 1),
+        "stopped_by": stopped,  # epochs | time budget | interrupted
     }
     return model, summary
+
+
+class Schedule:
+    """The learning rate per step: a linear warm-up over ``warmup`` steps to ``base_lr``, then a
+    cosine down to 2 % of it, over the remaining steps or the time budget (``budget_s`` seconds of
+    training), whichever runs out first. Training ends when the cosine does."""
+
+    def __init__(self, base_lr: float, warmup: int, total: int, budget_s: float) -> None:
+        self.base_lr = base_lr
+        self.warmup = warmup
+        self.total = total
+        self.budget_s = budget_s
+        self.warmup_s = 0.0
+
+    def warmup_ended(self, elapsed_s: float) -> None:
+        """The warm-up's last step finished ``elapsed_s`` seconds after the start."""
+        self.warmup_s = elapsed_s
+
+    def at(self, step: int, elapsed_s: float) -> tuple[float | None, bool]:
+        """The learning rate of ``step`` (0-based) started ``elapsed_s`` seconds after the start,
+        or None when training is over; and whether time rather than steps set it."""
+        if step < self.warmup:
+            return self.base_lr * (step + 1) / self.warmup, False
+        by_steps = (step - self.warmup) / max(1, self.total - self.warmup)
+        left_s = self.budget_s - self.warmup_s
+        # a budget the warm-up used up ends training right after it
+        by_time = (elapsed_s - self.warmup_s) / left_s if left_s > 0 else math.inf
+        progress = max(by_steps, by_time)
+        if progress >= 1.0:
+            return None, by_time > by_steps
+        return self.base_lr * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * progress))), by_time > by_steps
 
 
 class _StopRequest:
@@ -708,8 +742,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--source-folder",
         type=Path,
-        help="where a VoTT project's frames are (VoTT's source connection folder); needed once VoTT "
-        "has saved the project, as it encrypts the paths in it",
+        help="where the VoTT projects' frames are (VoTT's source connection folder), for every VoTT "
+        "project among --data and --val; needed once VoTT has saved a project, as it encrypts its paths",
     )
     p.add_argument(
         "--val",
@@ -859,7 +893,8 @@ def run(args: argparse.Namespace) -> int:
     total_min = (time.monotonic() - started) / 60.0
     print(f"model: {out} ({out.stat().st_size / 1e6:.2f} MB, ops {', '.join(ops)})")
     print(
-        f"training: {summary['steps']} steps in {summary['train_minutes']} min; whole run {total_min:.1f} min"
+        f"training: {summary['steps']} steps ({summary['epochs_done']} epochs) in {summary['train_minutes']} "
+        f"min, ended by {summary['stopped_by']}; whole run {total_min:.1f} min"
     )
     print(
         f"held-out ({len(heldout)} images): mAP@0.5 = {report.map50:.3f}, mAP@0.5:0.95 = {report.map50_95:.3f}"
@@ -869,7 +904,7 @@ def run(args: argparse.Namespace) -> int:
     if report.map50 < args.min_map50:
         print(f"mAP@0.5 {report.map50:.3f} is below --min-map50 {args.min_map50}", file=sys.stderr)
         return 1
-    return 0
+    return 130 if summary["stopped_by"] == "interrupted" else 0  # the shell's code for Ctrl-C
 
 
 if __name__ == "__main__":

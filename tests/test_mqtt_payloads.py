@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import cv2
@@ -12,6 +13,7 @@ from pydantic import ValidationError
 from agent.detections import Detections
 from agent.errors import ConfigError
 from agent.frames import Frame, FrameResult, safe_name
+from agent.labeler import VottStage
 from agent.mqtt.client import build_tls_context
 from agent.mqtt.homeassistant import discovery_messages
 from agent.mqtt.outbox import MessageClass
@@ -25,6 +27,8 @@ from agent.mqtt.topics import (
     frame_message,
     scale_vott_asset,
 )
+from agent.stages import annotation_for
+from agent.vott import VottProject
 
 
 def make_result(width: int = 200, height: int = 100, encoded: bytes | None = None, fmt: str = "jpg"):
@@ -219,3 +223,19 @@ def test_a_frame_decoded_reduced_is_published_sharp_and_agrees_with_its_annotati
     scaled = scale_vott_asset(asset, encoded.scale)
     assert scaled["asset"]["size"] == {"width": 1000, "height": 563}
     assert encode_frame(frame, max_width_px=0, quality=90).jpeg == data  # fits: the original bytes
+
+
+def test_published_annotation_is_the_asset_file_the_vott_stage_wrote(tmp_path):
+    """The VoTT stage builds a kept frame's annotation once; the MQTT stage publishes that same
+    asset JSON plus scores, frame id and model, and the asset file holds none of those extras."""
+    project = VottProject(tmp_path / "vott", tmp_path / "frames", name="p", fsync=False)
+    result = make_result()
+    VottStage(project).handle(result)
+    payload = annotation_for(result, project.reviewer_path)
+    written = json.loads(project.asset_file(result.asset_id).read_text())
+    assert {k: v for k, v in payload.items() if k not in ("scores", "frame_id", "model")} == written
+    assert payload["frame_id"] == result.frame.frame_id and payload["model"] == "ssd"
+    assert [s["label"] for s in payload["scores"]] == ["person", "dog"]
+    assert payload["scores"][0]["region_id"] == written["regions"][0]["id"]
+    # the same payload a stage-less publisher builds from scratch for that image
+    assert payload == annotation_for(dataclasses.replace(result, annotation=None), project.reviewer_path)

@@ -230,7 +230,23 @@ def training_python() -> str | None:
     return sys.executable if importlib.util.find_spec("tensorflow") is not None else None
 
 
-@pytest.mark.slow
+def test_learning_rate_warms_up_then_anneals_over_steps_or_time_budget() -> None:
+    schedule = load_script("train_guidance_model").Schedule(0.01, warmup=10, total=110, budget_s=600.0)
+    assert schedule.at(0, 0.0) == (pytest.approx(0.001), False)
+    assert schedule.at(9, 5.0) == (pytest.approx(0.01), False)
+    schedule.warmup_ended(10.0)
+    lr, by_time = schedule.at(60, 20.0)  # half the steps, little time: the steps set it
+    assert lr == pytest.approx(0.01 * (0.02 + 0.98 * 0.5)) and not by_time
+    lr, by_time = schedule.at(20, 305.0)  # half the time budget after the warm-up, few steps
+    assert lr == pytest.approx(0.01 * (0.02 + 0.98 * 0.5)) and by_time
+    assert schedule.at(30, 599.0)[0] == pytest.approx(0.01 * 0.02, rel=0.01)  # annealed by the deadline
+    assert schedule.at(30, 600.0) == (None, True)  # the budget is spent: training ends
+    assert schedule.at(110, 20.0) == (None, False)  # the steps are done
+    short = load_script("train_guidance_model").Schedule(0.01, warmup=10, total=110, budget_s=1.0)
+    short.warmup_ended(30.0)  # the warm-up used the whole budget: training ends right after it
+    assert short.at(10, 30.0) == (None, True)
+
+
 def test_training_reads_a_project_vott_saved_from_its_source_folder(shared_dir: Path) -> None:
     """VoTT encrypts the folder paths when it saves a project: the frames are found by name in
     ``--source-folder``, and without it the error says to pass it."""
@@ -244,6 +260,7 @@ def test_training_reads_a_project_vott_saved_from_its_source_folder(shared_dir: 
     assert all(len(s.xyxy) == len(s.classes) and (s.xyxy[:, 2:] > s.xyxy[:, :2]).all() for s in samples)
 
 
+@pytest.mark.slow
 def test_quick_training_gives_a_quantized_model_the_agent_runs(generator: ModuleType, tmp_path: Path) -> None:
     python = training_python()
     if python is None:
@@ -273,7 +290,7 @@ def test_quick_training_gives_a_quantized_model_the_agent_runs(generator: Module
     assert np.all((dets.score >= 0.01) & (dets.score <= 1.0))
 
     # a later run goes on from this one's weights and anchors; a time budget shorter than the
-    # epochs ends training early (on an annealed learning rate) and still writes the model
+    # warm-up ends training right after it and still writes the model, and the card says so
     assert (out.parent / "quick.weights.h5").is_file() and (out.parent / "quick_anchors.npy").is_file()
     again = subprocess.run(
         [python, str(SCRIPTS / "train_guidance_model.py"), "--data", str(data / "vott-target"),
@@ -285,4 +302,6 @@ def test_quick_training_gives_a_quantized_model_the_agent_runs(generator: Module
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     assert "starting from the weights" in again.stderr
     assert "--max-minutes 0.001 reached" in again.stderr
+    card = yaml.safe_load((tmp_path / "model2" / "quick.yaml").read_text(encoding="utf-8"))
+    assert card["metrics"]["stopped_by"] == "time budget" and card["metrics"]["epochs_done"] < 6
     assert Detector(DetectorSettings(model=str(tmp_path / "model2" / "quick.tflite"))).labels == tuple(LABELS)
