@@ -12,7 +12,7 @@ import pytest
 
 from agent.detect.labels import labels_from_embedded, parse_label_lines
 from agent.detect.layouts import OutputTensor, decode_end2end, detect_layout
-from agent.detect.preprocess import letterbox_geometry
+from agent.detect.preprocess import Preprocessor, letterbox_geometry
 from agent.detect.runtime import installed_runtimes
 from tests.helpers import match_detections, run_cli
 
@@ -285,3 +285,10 @@ def test_an_nms_free_head_skips_rows_that_are_not_numbers() -> None:
     assert cand.normalized
     assert cand.class_id.tolist() == [2, 0] and cand.score.tolist() == pytest.approx([0.9, 0.6])
     np.testing.assert_allclose(cand.xyxy, [[0.1, 0.1, 0.3, 0.4], [0.5, 0.5, 0.6, 0.7]], rtol=1e-6)
+
+
+def test_a_channels_first_input_is_refused_with_how_to_fix_it() -> None:
+    with pytest.raises(ValueError, match=r"\[1, 3, 640, 640\].*channels-first.*NHWC"):
+        Preprocessor(
+            (1, 3, 640, 640), np.dtype(np.float32), (0.0, 0), letterbox=True, rgb=True, mean=None, std=None
+        )

@@ -88,7 +88,16 @@ class Preprocessor:
     ) -> None:
         _, self.in_h, self.in_w, channels = input_shape
         if channels != 3:
-            raise ValueError(f"model input has {channels} channels; only 3-channel colour input is supported")
+            hint = (
+                " (it looks channels-first, [1, 3, H, W]: export the model with channels last, NHWC, "
+                "as TFLite models normally are)"
+                if input_shape[1] == 3
+                else ""
+            )
+            raise ValueError(
+                f"model input {list(input_shape)} has {channels} channels; only 3-channel colour input "
+                f"[1, H, W, 3] is supported{hint}"
+            )
         self.dtype = np.dtype(input_dtype)
         self.letterbox = letterbox
         self.rgb = rgb
