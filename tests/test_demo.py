@@ -35,6 +35,11 @@ def test_run_without_arguments_alerts_on_the_failure_only_and_fills_the_outbox(t
     topics = outbox_topics(out / "mqtt-outbox.sqlite3")
     assert sum(t.endswith("/detections") for t in topics) == FRAMES
     assert sum(t.endswith("/alerts") for t in topics) == len(alerts)
+    # each kept frame waits in the outbox as a hard link to the frame the VoTT project holds
+    frame_files = {p.stat().st_ino for p in (out / "frames").iterdir()}
+    links = list((out / "mqtt-outbox.sqlite3.files").iterdir())
+    assert len(links) == sum("/frames/" in t for t in topics) > 0
+    assert {p.stat().st_ino for p in links} <= frame_files
 
 
 def test_the_demo_project_passes_the_vott_validator(shared_dir: Path, tmp_path: Path) -> None:

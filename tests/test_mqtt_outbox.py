@@ -7,13 +7,17 @@ The publisher-level tests point at a loopback port where nothing listens (no bro
 from __future__ import annotations
 
 import os
+import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from agent.detections import Detections
 from agent.frames import Frame, FrameResult
@@ -229,3 +233,123 @@ def test_publisher_size_bound_drops_frames_before_detections_and_alerts(tmp_path
         "frame": 40 - dropped["frame"],
     }
     assert stats["outbox"]["bytes"] <= 0.2 * 1024 * 1024
+
+
+def _frame_file(folder: Path, n: int, size: int = 5000) -> tuple[Path, Message]:
+    """A frame JPEG on disk and the frame message naming it as its payload file."""
+    data = np.random.default_rng(n).integers(0, 255, size, np.uint8).tobytes()
+    path = folder / f"frame{n}.jpg"
+    path.write_bytes(data)
+    message = Message(topic=f"t/frame/{n}", payload=data, klass=MessageClass.FRAME, payload_file=path)
+    return path, message
+
+
+def test_a_frame_already_on_disk_is_kept_as_a_hard_link_not_copied_into_the_database(tmp_path):
+    path, message = _frame_file(tmp_path, 0, size=200_000)
+    box = Outbox(tmp_path / "o.sqlite3", max_bytes=10**9, max_age_s=3600)
+    seq = box.put(message)
+    assert path.stat().st_nlink == 2, "the outbox holds a link to the VoTT frame file"
+    box.close()
+    assert (tmp_path / "o.sqlite3").stat().st_size < 100_000, "the 200 kB payload is not in SQLite"
+
+    path.unlink()  # e.g. the harvest quota removed the frame from the project: the link still holds it
+    box = Outbox(tmp_path / "o.sqlite3", max_bytes=10**9, max_age_s=3600)
+    (item,) = box.take(10)
+    assert item.seq == seq and item.message.payload == message.payload
+    assert box.stats()["bytes"] == message.size
+    box.ack([seq])
+    assert list(box.files_dir.iterdir()) == [], "the link goes with the acknowledgement"
+    box.close()
+
+
+def test_linked_frames_leave_with_every_kind_of_drop(tmp_path):
+    clock = Clock()
+    box = Outbox(tmp_path / "o.sqlite3", max_bytes=12_000, max_age_s=3600, clock=clock)
+    paths = []
+    for i in range(3):  # 15 kB of frames against a 12 kB bound: the oldest goes
+        path, message = _frame_file(tmp_path, i)
+        box.put(message)
+        paths.append(path)
+    assert [p.stat().st_nlink for p in paths] == [1, 2, 2]
+    assert box.stats()["dropped"]["size"]["frame"] == 1
+
+    (taken, _) = box.take(2)
+    assert box.refuse(taken.seq) is not None
+    assert [p.stat().st_nlink for p in paths] == [1, 1, 2]
+    box.release()
+    clock.now += 3601
+    box.enforce_bounds()
+    assert box.stats()["dropped"]["age"]["frame"] == 1
+    assert [p.stat().st_nlink for p in paths] == [1, 1, 1]
+    assert list(box.files_dir.iterdir()) == [] and len(box) == 0
+    box.close()
+
+
+def test_a_linked_frame_whose_file_was_removed_by_hand_is_dropped_and_counted(tmp_path):
+    box = Outbox(tmp_path / "o.sqlite3", max_bytes=10**9, max_age_s=3600)
+    _, gone = _frame_file(tmp_path, 0)
+    _, kept = _frame_file(tmp_path, 1)
+    box.put(gone)
+    box.put(kept)
+    inode = (tmp_path / "frame0.jpg").stat().st_ino
+    (link,) = [p for p in box.files_dir.iterdir() if p.stat().st_ino == inode]
+    link.unlink()
+    items = box.take(10)
+    assert [i.message.topic for i in items] == ["t/frame/1"], "the other frame is still sent"
+    stats = box.stats()
+    assert stats["dropped"]["missing"]["frame"] == 1 and stats["messages"] == 1
+    assert stats["bytes"] == kept.size
+    box.close()
+
+
+def test_links_left_by_a_crash_before_the_row_was_committed_are_removed_at_start(tmp_path):
+    box = Outbox(tmp_path / "o.sqlite3", max_bytes=10**9, max_age_s=3600)
+    path, message = _frame_file(tmp_path, 0)
+    box.put(message)
+    box.close()
+    orphan = box.files_dir / "0123456789abcdef"
+    os.link(path, orphan)
+    box = Outbox(tmp_path / "o.sqlite3", max_bytes=10**9, max_age_s=3600)
+    assert not orphan.exists() and len(list(box.files_dir.iterdir())) == 1
+    assert box.take(1)[0].message.payload == message.payload
+    box.close()
+
+
+def test_a_frame_on_another_file_system_is_copied_into_the_database(tmp_path):
+    shm = Path("/dev/shm")
+    if not shm.is_dir() or shm.stat().st_dev == tmp_path.stat().st_dev:
+        pytest.skip("needs /dev/shm on a file system other than the test's temporary folder")
+    folder = Path(tempfile.mkdtemp(dir=shm))
+    try:
+        path, message = _frame_file(folder, 0)
+        box = Outbox(tmp_path / "o.sqlite3", max_bytes=10**9, max_age_s=3600)
+        box.put(message)
+        path.unlink()
+        assert list(box.files_dir.iterdir()) == []
+        assert box.take(1)[0].message.payload == message.payload, "the bytes were stored instead"
+        box.close()
+    finally:
+        shutil.rmtree(folder)
+
+
+def test_an_outbox_written_before_frames_were_linked_is_upgraded_with_its_messages(tmp_path):
+    path = tmp_path / "o.sqlite3"
+    db = sqlite3.connect(path)
+    db.executescript(
+        """
+        CREATE TABLE messages (seq INTEGER PRIMARY KEY, topic TEXT NOT NULL, payload BLOB NOT NULL,
+            qos INTEGER NOT NULL, retain INTEGER NOT NULL, klass INTEGER NOT NULL, content_type TEXT,
+            user_properties TEXT, expiry_s INTEGER, frame_id TEXT, created REAL NOT NULL, expires REAL,
+            size INTEGER NOT NULL);
+        INSERT INTO messages VALUES (7, 't/d', x'7b7d', 1, 0, 1, NULL, NULL, NULL, 'f7', 1.0, NULL, 5);
+        PRAGMA user_version = 1;
+        """
+    )
+    db.close()
+    box = Outbox(path, max_bytes=10**9, max_age_s=10**12)
+    (item,) = box.take(10)
+    assert (item.seq, item.message.payload, item.message.frame_id) == (7, b"{}", "f7")
+    _, frame = _frame_file(tmp_path, 1)
+    box.put(frame)
+    assert len(list(box.files_dir.iterdir())) == 1, "the upgraded outbox links frames too"
+    box.close()

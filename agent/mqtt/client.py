@@ -340,7 +340,10 @@ class MqttPublisher:
         on, the frame with its boxes drawn also becomes the retained ``image``."""
         s = self.settings
         encoded = encode_frame(result.frame, s.frame_max_width_px, s.frame_jpeg_quality)
-        self._store(frame_message(self.topics, result.frame, encoded, s.frame_expiry_s))
+        # The VoTT stage stores a frame's own source bytes when it has them, so a frame published
+        # as those same bytes is already on disk at image_path and the outbox can link to it.
+        on_disk = result.image_path if encoded.jpeg is result.frame.encoded else None
+        self._store(frame_message(self.topics, result.frame, encoded, s.frame_expiry_s, on_disk))
         if annotation is not None:
             self._store(annotation_message(self.topics, result.frame.frame_id, annotation, encoded.scale))
         if s.home_assistant.enabled:

@@ -31,17 +31,32 @@ Bounds (every drop is counted by reason and class, see ``Outbox.stats``):
 - ``refused``: the broker answered the PUBACK with an error reason code (e.g. 0x87 not
   authorised): sending it again cannot succeed.
 
+- ``missing``: a frame kept as a file (below) whose file is gone: it cannot be sent.
+
 Messages in flight are never dropped by the bounds (their PUBACK may be on its way).
 Times for age and expiry are wall-clock seconds (they must survive restarts).
+
+Frames as files: a message whose payload is already a file on the same file system (a kept
+frame's JPEG in the VoTT project) is stored as a hard link to that file in the folder beside the
+database (``<outbox>.files``) instead of a copy of its bytes in SQLite. Copying 50-200 kB into
+the WAL, again into the database at each checkpoint, and freeing the pages on acknowledgement
+was the largest cost of the output thread per kept frame; a link costs one ``link()`` and one
+``unlink()``. The link is made before the row is committed and removed after the row is
+deleted; links no row names (a crash between the two) are removed at start-up. Where links are
+impossible (another file system, no permission) the bytes go into SQLite as before.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import errno
 import json
 import logging
+import os
 import sqlite3
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from enum import IntEnum
@@ -50,7 +65,7 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-_SCHEMA_VERSION = 1
+_SCHEMA_VERSION = 2  # 2: payload_file
 _SWEEP_INTERVAL_S = 5.0
 _DROP_LOG_INTERVAL_S = 60.0
 
@@ -71,13 +86,15 @@ class MessageClass(IntEnum):
 
 # Order in which the size bound evicts: frames give way first, alerts last.
 EVICTION_ORDER = (MessageClass.FRAME, MessageClass.ANNOTATION, MessageClass.DETECTION, MessageClass.ALERT)
-DROP_REASONS = ("expired", "age", "size", "refused")
+DROP_REASONS = ("expired", "age", "size", "refused", "missing")
 
 
 @dataclass(frozen=True, slots=True)
 class Message:
     """One message to publish. ``expiry_s`` is the MQTT 5 message expiry (None: none);
-    ``frame_id`` ties it to a frame (reported when the broker acknowledges a frame)."""
+    ``frame_id`` ties it to a frame (reported when the broker acknowledges a frame);
+    ``payload_file`` names a file holding exactly ``payload``, which the outbox may keep as a
+    hard link instead of copying the bytes."""
 
     topic: str
     payload: bytes
@@ -88,6 +105,7 @@ class Message:
     user_properties: tuple[tuple[str, str], ...] = ()
     expiry_s: int | None = None
     frame_id: str | None = None
+    payload_file: str | Path | None = None
 
     @property
     def size(self) -> int:
@@ -97,12 +115,20 @@ class Message:
 
 @dataclass(frozen=True, slots=True)
 class StoredMessage:
-    """A message as stored: ``seq`` (sending order), wall-clock ``created`` and ``expires`` (s)."""
+    """A message as stored: ``seq`` (sending order), wall-clock ``created`` and ``expires`` (s);
+    ``size`` the bytes it counts against the bound; ``link`` the name of its payload's hard link in
+    the outbox's files folder (None: the payload is in SQLite)."""
 
     seq: int
     message: Message
     created: float
     expires: float | None
+    size: int
+    link: str | None = None
+
+    def with_payload(self, payload: bytes) -> StoredMessage:
+        """This message carrying ``payload`` (read from its link)."""
+        return dataclasses.replace(self, message=dataclasses.replace(self.message, payload=payload))
 
     def remaining_expiry_s(self, now: float) -> int | None:
         """Whole seconds left before expiry (at least 1), or None without expiry."""
@@ -123,6 +149,7 @@ class Outbox:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.path = Path(path)
+        self.files_dir = self.path.with_name(f"{self.path.name}.files")
         self.max_bytes = int(max_bytes)
         self.max_age_s = float(max_age_s)
         self._clock = clock
@@ -137,8 +164,11 @@ class Outbox:
         self._dirty = False
         self._last_sweep = 0.0
         self._last_drop_log: dict[str, float] = {}
+        self._linking = True  # False once a hard link failed for a lasting reason
         self._db = self._open()
         self._load_totals()
+        self.files_dir.mkdir(exist_ok=True)
+        self._remove_orphan_links()
 
     # ---- lifecycle -------------------------------------------------------------------------------------
 
@@ -169,7 +199,7 @@ class Outbox:
             db.execute("PRAGMA synchronous = NORMAL")
             db.execute("PRAGMA journal_size_limit = 16777216")
             version = db.execute("PRAGMA user_version").fetchone()[0]
-            if version not in (0, _SCHEMA_VERSION):
+            if version not in (0, 1, _SCHEMA_VERSION):
                 raise sqlite3.DatabaseError(f"schema version {version}, expected {_SCHEMA_VERSION}")
             db.executescript(
                 """
@@ -186,13 +216,16 @@ class Outbox:
                     frame_id TEXT,
                     created REAL NOT NULL,
                     expires REAL,
-                    size INTEGER NOT NULL
+                    size INTEGER NOT NULL,
+                    payload_file TEXT
                 );
                 CREATE INDEX IF NOT EXISTS messages_klass_seq ON messages (klass, seq);
                 CREATE INDEX IF NOT EXISTS messages_created ON messages (created);
                 CREATE INDEX IF NOT EXISTS messages_expires ON messages (expires) WHERE expires IS NOT NULL;
                 """
             )
+            if version == 1:
+                db.execute("ALTER TABLE messages ADD COLUMN payload_file TEXT")
             db.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
         except BaseException:
             db.close()
@@ -205,6 +238,16 @@ class Outbox:
             if klass in MessageClass._value2member_map_:
                 self._count[MessageClass(klass)] = int(count)
                 self._bytes[MessageClass(klass)] = int(size)
+
+    def _remove_orphan_links(self) -> None:
+        rows = self._db.execute("SELECT payload_file FROM messages WHERE payload_file IS NOT NULL")
+        named = {name for (name,) in rows}
+        orphans = [entry.name for entry in os.scandir(self.files_dir) if entry.name not in named]
+        if orphans:
+            log.info(
+                "MQTT outbox: removing %d file(s) no message names (a crash while storing)", len(orphans)
+            )
+            self._unlink(orphans)
 
     def close(self) -> None:
         """Checkpoint and close the file; messages not yet acknowledged stay for the next start."""
@@ -225,25 +268,13 @@ class Outbox:
         """
         now = self._clock()
         expires = now + message.expiry_s if message.expiry_s else None
+        link = self._link(message) if message.payload_file is not None else None
         with self._lock:
-            cur = self._db.execute(
-                "INSERT INTO messages (topic, payload, qos, retain, klass, content_type, user_properties,"
-                " expiry_s, frame_id, created, expires, size) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    message.topic,
-                    message.payload,
-                    message.qos,
-                    int(message.retain),
-                    int(message.klass),
-                    message.content_type,
-                    json.dumps(message.user_properties) if message.user_properties else None,
-                    message.expiry_s,
-                    message.frame_id,
-                    now,
-                    expires,
-                    message.size,
-                ),
-            )
+            try:
+                cur = self._insert(message, link, now, expires)
+            except BaseException:
+                self._unlink([link] if link else [])
+                raise
             seq = int(cur.lastrowid or 0)
             self._count[message.klass] += 1
             self._bytes[message.klass] += message.size
@@ -252,6 +283,63 @@ class Outbox:
             if self.total_bytes > self.max_bytes:
                 self._evict_for_size()
         return seq
+
+    def _insert(
+        self, message: Message, link: str | None, now: float, expires: float | None
+    ) -> sqlite3.Cursor:
+        return self._db.execute(
+            "INSERT INTO messages (topic, payload, qos, retain, klass, content_type, user_properties,"
+            " expiry_s, frame_id, created, expires, size, payload_file)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                message.topic,
+                b"" if link else message.payload,
+                message.qos,
+                int(message.retain),
+                int(message.klass),
+                message.content_type,
+                json.dumps(message.user_properties) if message.user_properties else None,
+                message.expiry_s,
+                message.frame_id,
+                now,
+                expires,
+                message.size,
+                link,
+            ),
+        )
+
+    def _link(self, message: Message) -> str | None:
+        """A hard link to the message's payload file in the files folder, by name; None: the bytes
+        go into SQLite (links impossible here, or the file no longer holds the payload)."""
+        if not self._linking or message.payload_file is None:
+            return None
+        name = uuid.uuid4().hex
+        target = self.files_dir / name
+        try:
+            os.link(message.payload_file, target)
+        except OSError as exc:
+            if exc.errno in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EACCES):
+                self._linking = False
+                log.info(
+                    "MQTT outbox: frames are copied into %s (no hard link from %s possible: %s)",
+                    self.path,
+                    message.payload_file,
+                    exc.strerror,
+                )
+            return None
+        if target.stat().st_size != len(message.payload):  # the file was replaced since it was read
+            self._unlink([name])
+            return None
+        return name
+
+    def _unlink(self, names: Iterable[str]) -> None:
+        for name in names:
+            try:
+                os.unlink(self.files_dir / name)
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                log.warning("MQTT outbox: cannot remove %s: %s", self.files_dir / name, exc)
 
     # ---- sending ---------------------------------------------------------------------------------------
 
@@ -269,6 +357,7 @@ class Outbox:
             not_inflight = f"AND seq NOT IN ({marks})" if exclude else ""
             fresh = "AND (expires IS NULL OR expires > ?)"
             picked: list[StoredMessage] = []
+            missing: list[StoredMessage] = []
             for where in ("klass = 0", "klass > 0"):
                 room = limit - len(picked)
                 if room <= 0:
@@ -278,31 +367,48 @@ class Outbox:
                     f" WHERE {where} {not_inflight} {fresh} ORDER BY seq LIMIT ?",
                     (*exclude, now, room),
                 ).fetchall()
-                picked.extend(_row_to_stored(row) for row in rows)
+                for row in rows:
+                    item = _row_to_stored(row)
+                    if item.link:
+                        try:
+                            item = item.with_payload((self.files_dir / item.link).read_bytes())
+                        except OSError:
+                            missing.append(item)
+                            continue
+                    picked.append(item)
+            if missing:
+                self._drop_missing(missing)
             for item in picked:
                 self._inflight[item.seq] = item
             return picked
 
+    def _drop_missing(self, items: list[StoredMessage]) -> None:
+        for item in self._delete(items):
+            self._count_drop("missing", item.message.klass, 1)
+
     def ack(self, seqs: Iterable[int]) -> list[StoredMessage]:
         """The broker acknowledged these: delete them (one transaction). Returns the in-flight records
         that were deleted (unknown sequence numbers are ignored)."""
-        done: list[StoredMessage] = []
         with self._lock:
             items = [self._inflight.pop(s) for s in seqs if s in self._inflight]
-            if not items:
-                return done
-            self._db.execute("BEGIN")
-            try:
-                for item in items:
-                    cur = self._db.execute("DELETE FROM messages WHERE seq = ?", (item.seq,))
-                    if cur.rowcount:
-                        self._forget(item.message.klass, item.message.size)
-                        done.append(item)
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._dirty = True
+            return self._delete(items) if items else []
+
+    def _delete(self, items: list[StoredMessage]) -> list[StoredMessage]:
+        """Delete these rows (one transaction) and then their payload links; returns those deleted."""
+        done: list[StoredMessage] = []
+        self._db.execute("BEGIN")
+        try:
+            for item in items:
+                cur = self._db.execute("DELETE FROM messages WHERE seq = ?", (item.seq,))
+                if cur.rowcount:
+                    self._forget(item.message.klass, item.size)
+                    done.append(item)
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._unlink(item.link for item in done if item.link)
+        self._dirty = True
         return done
 
     def refuse(self, seq: int) -> StoredMessage | None:
@@ -311,11 +417,8 @@ class Outbox:
             item = self._inflight.pop(seq, None)
             if item is None:
                 return None
-            cur = self._db.execute("DELETE FROM messages WHERE seq = ?", (seq,))
-            if cur.rowcount:
-                self._forget(item.message.klass, item.message.size)
+            if self._delete([item]):
                 self._count_drop("refused", item.message.klass, 1)
-            self._dirty = True
         return item
 
     def release(self, seqs: Iterable[int] | None = None) -> None:
@@ -351,7 +454,12 @@ class Outbox:
         ).fetchall()
         if not rows:
             return
+        links = self._db.execute(
+            f"SELECT payload_file FROM messages WHERE {where}{not_inflight} AND payload_file IS NOT NULL",
+            (*params, *exclude),
+        ).fetchall()
         self._db.execute(f"DELETE FROM messages WHERE {where}{not_inflight}", (*params, *exclude))
+        self._unlink(name for (name,) in links)
         for klass, count, size in rows:
             self._count[MessageClass(klass)] -= int(count)
             self._bytes[MessageClass(klass)] -= int(size)
@@ -363,14 +471,18 @@ class Outbox:
         for klass in EVICTION_ORDER:
             while self.total_bytes > self.max_bytes and self._count[klass] > 0:
                 rows = self._db.execute(
-                    "SELECT seq, size FROM messages WHERE klass = ? ORDER BY seq LIMIT 256", (int(klass),)
+                    "SELECT seq, size, payload_file FROM messages WHERE klass = ? ORDER BY seq LIMIT 256",
+                    (int(klass),),
                 ).fetchall()
                 victims: list[int] = []
+                links: list[str] = []
                 freed = 0
-                for seq, size in rows:
+                for seq, size, link in rows:
                     if seq in exclude:
                         continue
                     victims.append(seq)
+                    if link:
+                        links.append(link)
                     freed += size
                     if self.total_bytes - freed <= self.max_bytes:
                         break
@@ -383,6 +495,7 @@ class Outbox:
                 except BaseException:
                     self._db.execute("ROLLBACK")
                     raise
+                self._unlink(links)
                 self._count[klass] -= len(victims)
                 self._bytes[klass] -= freed
                 self._count_drop("size", klass, len(victims))
@@ -461,17 +574,19 @@ class Outbox:
 
 _COLUMNS = (
     "seq, topic, payload, qos, retain, klass, content_type, user_properties, "
-    "expiry_s, frame_id, created, expires"
+    "expiry_s, frame_id, created, expires, size, payload_file"
 )
 
 _REASON_TEXT = {
     "expired": "past their message expiry",
     "age": "older than outbox.max_age_h",
     "size": "outbox over outbox.max_mb (frames go first, then annotations, detections, alerts)",
+    "missing": "their frame file in the outbox's .files folder is gone (removed by hand?)",
 }
 
 
 def _row_to_stored(row: tuple[Any, ...]) -> StoredMessage:
+    """The stored message of a row (an empty payload when it is in a linked file)."""
     (
         seq,
         topic,
@@ -485,6 +600,8 @@ def _row_to_stored(row: tuple[Any, ...]) -> StoredMessage:
         frame_id,
         created,
         expires,
+        size,
+        link,
     ) = row
     props = tuple((str(k), str(v)) for k, v in json.loads(user_props)) if user_props else ()
     message = Message(
@@ -498,4 +615,6 @@ def _row_to_stored(row: tuple[Any, ...]) -> StoredMessage:
         expiry_s=expiry_s,
         frame_id=frame_id,
     )
-    return StoredMessage(seq=int(seq), message=message, created=float(created), expires=expires)
+    return StoredMessage(
+        seq=int(seq), message=message, created=float(created), expires=expires, size=int(size), link=link
+    )

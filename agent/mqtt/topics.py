@@ -184,8 +184,11 @@ def _fit_width(frame: Frame, max_width_px: int) -> tuple[NDArray[Any], float]:
     return image, scale
 
 
-def frame_message(topics: Topics, frame: Frame, encoded: EncodedFrame, expiry_s: int) -> Message:
-    """The outbox message carrying one frame's JPEG; metadata in MQTT 5 user properties."""
+def frame_message(
+    topics: Topics, frame: Frame, encoded: EncodedFrame, expiry_s: int, payload_file: str | None = None
+) -> Message:
+    """The outbox message carrying one frame's JPEG; metadata in MQTT 5 user properties.
+    ``payload_file``: a file holding exactly ``encoded.jpeg`` (the outbox may link to it)."""
     frame_id = frame.frame_id
     return Message(
         topic=topics.frame(frame_id),
@@ -205,6 +208,7 @@ def frame_message(topics: Topics, frame: Frame, encoded: EncodedFrame, expiry_s:
         ),
         expiry_s=expiry_s or None,
         frame_id=frame_id,
+        payload_file=payload_file,
     )
 
 
