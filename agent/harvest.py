@@ -89,6 +89,7 @@ EvictCallback = Callable[[str, list[Path]], None]
 _MB = 1024 * 1024
 _HOUR_S = 3600.0
 _FSYNC_EVERY_S = 2.0
+_DISK_CHECK_INTERVAL_S = 1.0  # free space is read at most this often while it is above the floor
 
 
 # --------------------------------------------------------------------------- settings
@@ -642,6 +643,7 @@ class Harvester:
         self._labels: dict[str, dict[str, int]] = defaultdict(_label_stats)
         self._evicted_by: Counter[str] = Counter()
         self._low_disk = False
+        self._disk_checked = -_DISK_CHECK_INTERVAL_S
         self._restore_hash_windows()
 
     # ----------------------------------------------------------------- deciding
@@ -795,6 +797,10 @@ class Harvester:
         floor = self.settings.min_free_mb
         if floor <= 0:
             return False
+        now = time.monotonic()
+        if now - self._disk_checked < _DISK_CHECK_INTERVAL_S and not self._low_disk:
+            return False
+        self._disk_checked = now
         try:
             free = shutil.disk_usage(self.frames_dir).free
         except OSError as exc:  # the folder vanished or the disk went away: keep the last answer

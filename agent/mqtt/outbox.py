@@ -50,13 +50,13 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import itertools
 import json
 import logging
 import os
 import sqlite3
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from enum import IntEnum
@@ -165,6 +165,9 @@ class Outbox:
         self._last_sweep = 0.0
         self._last_drop_log: dict[str, float] = {}
         self._linking = True  # False once a hard link failed for a lasting reason
+        # unique link names without a getrandom() per frame (uuid4 cost ~0.5 ms a frame on the bench)
+        self._link_prefix = f"{time.time_ns():x}"
+        self._link_count = itertools.count()
         self._db = self._open()
         self._load_totals()
         self.files_dir.mkdir(exist_ok=True)
@@ -313,7 +316,7 @@ class Outbox:
         go into SQLite (links impossible here, or the file no longer holds the payload)."""
         if not self._linking or message.payload_file is None:
             return None
-        name = uuid.uuid4().hex
+        name = f"{self._link_prefix}-{next(self._link_count)}"
         target = self.files_dir / name
         try:
             os.link(message.payload_file, target)
