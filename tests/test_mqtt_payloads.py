@@ -8,6 +8,8 @@ import json
 import cv2
 import numpy as np
 import pytest
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 from pydantic import ValidationError
 
 from agent.detections import Detections
@@ -17,6 +19,7 @@ from agent.labeler import VottStage
 from agent.mqtt.client import build_tls_context
 from agent.mqtt.homeassistant import discovery_messages
 from agent.mqtt.outbox import MessageClass
+from agent.mqtt.publish_properties import PackedPublishProperties
 from agent.mqtt.settings import MqttSettings, default_device_id
 from agent.mqtt.topics import (
     Topics,
@@ -239,3 +242,38 @@ def test_published_annotation_is_the_asset_file_the_vott_stage_wrote(tmp_path):
     assert payload["scores"][0]["region_id"] == written["regions"][0]["id"]
     # the same payload a stage-less publisher builds from scratch for that image
     assert payload == annotation_for(dataclasses.replace(result, annotation=None), project.reviewer_path)
+
+
+@pytest.mark.parametrize(
+    ("content_type", "utf8", "user_properties", "expiry_s"),
+    [
+        ("application/json", True, (), None),
+        ("image/jpeg", False, (("frame_id", "cam-000042"), ("name", "Ünïcødé ✓"), ("k", "")), 86_400),
+        (None, False, (), 0),
+        (None, False, tuple((f"k{i}", "v" * 200) for i in range(40)), 2**32 - 1),  # length over 127
+    ],
+)
+def test_our_packed_publish_properties_are_byte_for_byte_what_paho_packs(
+    content_type, utf8, user_properties, expiry_s
+):
+    """paho's own Properties is the reference encoder for the MQTT 5 wire format."""
+    reference = Properties(PacketTypes.PUBLISH)
+    if utf8:
+        reference.PayloadFormatIndicator = 1
+    if expiry_s is not None:
+        reference.MessageExpiryInterval = expiry_s
+    if content_type:
+        reference.ContentType = content_type
+    for pair in user_properties:
+        reference.UserProperty = pair
+    ours = PackedPublishProperties(
+        content_type=content_type, utf8_payload=utf8, user_properties=user_properties, expiry_s=expiry_s
+    )
+    assert ours.pack() == reference.pack()
+
+
+def test_packed_publish_properties_refuse_what_mqtt_cannot_carry():
+    with pytest.raises(ValueError, match="65535"):
+        PackedPublishProperties(user_properties=(("k", "x" * 70_000),))
+    with pytest.raises(ValueError, match="expiry"):
+        PackedPublishProperties(expiry_s=2**32)
