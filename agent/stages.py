@@ -181,9 +181,8 @@ class MqttStage:
     def handle(self, result: FrameResult) -> None:
         """Queue the messages in the outbox (sending happens on the publisher's thread)."""
         t0 = time.perf_counter()
-        self.publisher.publish_detections(result)
-        if result.keep:
-            self.publisher.publish_frame(result, annotation_for(result, self.reviewer_path))
+        annotation = annotation_for(result, self.reviewer_path) if result.keep else None
+        self.publisher.publish_result(result, annotation)
         result.timings_ms["publish"] = (time.perf_counter() - t0) * 1000.0
 
     def summary_line(self) -> str:

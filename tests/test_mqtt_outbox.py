@@ -353,3 +353,16 @@ def test_an_outbox_written_before_frames_were_linked_is_upgraded_with_its_messag
     box.put(frame)
     assert len(list(box.files_dir.iterdir())) == 1, "the upgraded outbox links frames too"
     box.close()
+
+
+def test_a_frames_messages_are_stored_together_or_not_at_all(tmp_path):
+    box = Outbox(tmp_path / "o.sqlite3", max_bytes=10**9, max_age_s=3600)
+    path, frame = _frame_file(tmp_path, 0)
+    broken = Message(topic="t/a", payload=b"{}", klass=MessageClass.ANNOTATION, qos=None)  # type: ignore[arg-type]
+    with pytest.raises(sqlite3.IntegrityError):
+        box.put_many([msg(MessageClass.DETECTION, 0), frame, broken])
+    assert len(box) == 0 and box.take(10) == []
+    assert path.stat().st_nlink == 1 and list(box.files_dir.iterdir()) == [], "no link is left behind"
+    seqs = box.put_many([msg(MessageClass.DETECTION, 1), frame])
+    assert [m.seq for m in box.take(10)] == seqs
+    box.close()

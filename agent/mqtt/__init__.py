@@ -1,5 +1,6 @@
 """MQTT output: settings, topics and payloads, the on-disk outbox, the connection, Home Assistant.
 
 The pipeline uses ``agent.mqtt.client.create_publisher(settings.mqtt)`` (None when disabled) and
-calls ``publish_detections``, ``publish_frame``, ``publish_alert``, ``publish_stats``, ``close``.
+calls ``publish_result`` (detections, and a kept frame with its annotation), ``publish_alert``,
+``publish_stats``, ``close``.
 """

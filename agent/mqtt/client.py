@@ -343,17 +343,28 @@ class MqttPublisher:
         """Queue a kept frame's JPEG (resized to ``frame_max_width_px`` when wider) and, when given, its
         annotation (VoTT asset JSON plus scores, geometry scaled with the JPEG). With Home Assistant
         on, the frame with its boxes drawn also becomes the retained ``image``."""
+        self._store(*self._frame_messages(result, annotation))
+
+    def publish_result(self, result: FrameResult, annotation: Mapping[str, Any] | None = None) -> None:
+        """``publish_detections`` and, for a kept frame, ``publish_frame``, stored in one transaction."""
+        messages = [detections_message(self.topics, result)]
+        if result.keep:
+            messages += self._frame_messages(result, annotation)
+        self._store(*messages)
+
+    def _frame_messages(self, result: FrameResult, annotation: Mapping[str, Any] | None) -> list[Message]:
         s = self.settings
         encoded = encode_frame(result.frame, s.frame_max_width_px, s.frame_jpeg_quality)
         # The VoTT stage stores a frame's own source bytes when it has them, so a frame published
         # as those same bytes is already on disk at image_path and the outbox can link to it.
         on_disk = result.image_path if encoded.jpeg is result.frame.encoded else None
-        self._store(frame_message(self.topics, result.frame, encoded, s.frame_expiry_s, on_disk))
+        messages = [frame_message(self.topics, result.frame, encoded, s.frame_expiry_s, on_disk)]
         if annotation is not None:
-            self._store(annotation_message(self.topics, result.frame.frame_id, annotation, encoded.scale))
+            messages.append(annotation_message(self.topics, result.frame.frame_id, annotation, encoded.scale))
         if s.home_assistant.enabled:
             image = annotated_jpeg(result, s.frame_max_width_px, s.frame_jpeg_quality)
             self._set_latest(self.topics.image, image)
+        return messages
 
     def publish_alert(self, payload: Mapping[str, Any]) -> None:
         """Queue an alert (JSON; ``device_id`` and ``timestamp`` added when absent). Alerts are sent
@@ -404,11 +415,11 @@ class MqttPublisher:
 
     # ---- storing ---------------------------------------------------------------------------------------
 
-    def _store(self, message: Message) -> None:
+    def _store(self, *messages: Message) -> None:
         if self._closed:
             raise RuntimeError("MQTT publisher is closed")
         try:
-            self._outbox.put(message)
+            self._outbox.put_many(messages)
         except Exception as exc:  # a full or failing disk must not stop the pipeline
             with self._lock:
                 self._counters["store_failed"] += 1

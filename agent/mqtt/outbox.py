@@ -57,7 +57,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
 from pathlib import Path
@@ -269,23 +269,39 @@ class Outbox:
 
         May drop older messages (or this one) to respect the size bound.
         """
+        return self.put_many([message])[0]
+
+    def put_many(self, messages: Sequence[Message]) -> list[int]:
+        """``put`` for several messages in one transaction (one commit for a frame's messages);
+        returns their sequence numbers in order."""
         now = self._clock()
-        expires = now + message.expiry_s if message.expiry_s else None
-        link = self._link(message) if message.payload_file is not None else None
+        links = [self._link(m) if m.payload_file is not None else None for m in messages]
         with self._lock:
             try:
-                cur = self._insert(message, link, now, expires)
+                self._db.execute("BEGIN")
+                try:
+                    seqs = [
+                        int(
+                            self._insert(m, link, now, now + m.expiry_s if m.expiry_s else None).lastrowid
+                            or 0
+                        )
+                        for m, link in zip(messages, links, strict=True)
+                    ]
+                    self._db.execute("COMMIT")
+                except BaseException:
+                    self._db.execute("ROLLBACK")
+                    raise
             except BaseException:
-                self._unlink([link] if link else [])
+                self._unlink(link for link in links if link)
                 raise
-            seq = int(cur.lastrowid or 0)
-            self._count[message.klass] += 1
-            self._bytes[message.klass] += message.size
-            self._stored_total += 1
+            for message in messages:
+                self._count[message.klass] += 1
+                self._bytes[message.klass] += message.size
+            self._stored_total += len(messages)
             self._dirty = True
             if self.total_bytes > self.max_bytes:
                 self._evict_for_size()
-        return seq
+        return seqs
 
     def _insert(
         self, message: Message, link: str | None, now: float, expires: float | None
