@@ -285,19 +285,20 @@ def test_linked_frames_leave_with_every_kind_of_drop(tmp_path):
     box.close()
 
 
-def test_a_linked_frame_whose_file_was_removed_by_hand_is_dropped_and_counted(tmp_path):
+def test_a_linked_frame_whose_file_is_gone_or_short_is_dropped_and_counted(tmp_path):
     box = Outbox(tmp_path / "o.sqlite3", max_bytes=10**9, max_age_s=3600)
     _, gone = _frame_file(tmp_path, 0)
-    _, kept = _frame_file(tmp_path, 1)
-    box.put(gone)
-    box.put(kept)
+    short_path, short = _frame_file(tmp_path, 1)
+    _, kept = _frame_file(tmp_path, 2)
+    box.put_many([gone, short, kept])
     inode = (tmp_path / "frame0.jpg").stat().st_ino
     (link,) = [p for p in box.files_dir.iterdir() if p.stat().st_ino == inode]
-    link.unlink()
+    link.unlink()  # removed by hand
+    short_path.write_bytes(b"")  # what a power cut before the data reached the disk can leave
     items = box.take(10)
-    assert [i.message.topic for i in items] == ["t/frame/1"], "the other frame is still sent"
+    assert [i.message.topic for i in items] == ["t/frame/2"], "the intact frame is still sent"
     stats = box.stats()
-    assert stats["dropped"]["missing"]["frame"] == 1 and stats["messages"] == 1
+    assert stats["dropped"]["missing"]["frame"] == 2 and stats["messages"] == 1
     assert stats["bytes"] == kept.size
     box.close()
 

@@ -31,7 +31,8 @@ Bounds (every drop is counted by reason and class, see ``Outbox.stats``):
 - ``refused``: the broker answered the PUBACK with an error reason code (e.g. 0x87 not
   authorised): sending it again cannot succeed.
 
-- ``missing``: a frame kept as a file (below) whose file is gone: it cannot be sent.
+- ``missing``: a frame kept as a file (below) whose file is gone or short (a power cut before
+  it reached the disk): it cannot be sent.
 
 Messages in flight are never dropped by the bounds (their PUBACK may be on its way).
 Times for age and expiry are wall-clock seconds (they must survive restarts).
@@ -390,10 +391,14 @@ class Outbox:
                     item = _row_to_stored(row)
                     if item.link:
                         try:
-                            item = item.with_payload((self.files_dir / item.link).read_bytes())
+                            data = (self.files_dir / item.link).read_bytes()
                         except OSError:
+                            data = None
+                        # a power cut before the frame reached the disk can leave it empty or short
+                        if data is None or len(data) + len(item.message.topic) != item.size:
                             missing.append(item)
                             continue
+                        item = item.with_payload(data)
                     picked.append(item)
             if missing:
                 self._drop_missing(missing)
