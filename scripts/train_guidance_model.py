@@ -705,6 +705,15 @@ def evaluate_model(model_path: Path, samples: Sequence[Sample], labels: list[str
     return evaluate(predictions, truths, iou_threshold=0.5, classes=labels)
 
 
+def _card_input_size(card_path: Path) -> int | None:
+    """The input size an earlier run recorded in its model card (None when unknown)."""
+    try:
+        card = yaml.safe_load(card_path.read_text(encoding="utf-8"))
+        return int(card["metrics"]["input_size"])
+    except (OSError, KeyError, TypeError, ValueError, yaml.YAMLError):
+        return None
+
+
 def write_card(path: Path, labels: list[str], description: str, metrics: dict[str, Any]) -> None:
     """The model card beside the model (format: the README's "Model card")."""
     from agent.fsutil import atomic_write_text
@@ -756,7 +765,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--out", type=Path, required=True, help="the .tflite to write (card and labels beside it)")
     p.add_argument("--labels", help="comma-separated class names in id order (default: the data's own)")
-    p.add_argument("--input-size", type=int, default=256, help="model input in pixels, a multiple of 32")
+    p.add_argument(
+        "--input-size", type=int, help="model input in pixels, a multiple of 32 (default 256; --quick: 128)"
+    )
     p.add_argument("--epochs", type=int, default=40)
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--lr", type=float, default=3e-3)
@@ -777,8 +788,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--init",
         type=Path,
-        help="start from the .weights.h5 an earlier run wrote beside its model (same --input-size and "
-        "--width; its anchors are read from the _anchors.npy beside it)",
+        help="start from the .weights.h5 an earlier run wrote beside its model (same --width; its anchors "
+        "are read from the _anchors.npy beside it and scaled when --input-size differs from the card's)",
     )
     p.add_argument(
         "--quick",
@@ -788,10 +799,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--description", default="", help="model card description")
     p.add_argument("--min-map50", type=float, default=0.0, help="exit 1 when held-out mAP@0.5 is below this")
     args = p.parse_args(argv)  # fmt: skip
+    if args.quick:
+        args.epochs, args.width, args.batch = 6, 0.5, 8
+    if args.input_size is None:
+        args.input_size = 128 if args.quick else 256
     if args.input_size % 32:
         p.error("--input-size must be a multiple of 32")
-    if args.quick:
-        args.input_size, args.epochs, args.width, args.batch = 128, 6, 0.5, 8
     return args
 
 
@@ -839,6 +852,13 @@ def run(args: argparse.Namespace) -> int:
         if not args.init.is_file() or not anchors_file.is_file():
             raise UserError(f"--init needs {args.init} and {anchors_file} (written by an earlier run)")
         anchors = np.load(anchors_file)
+        init_size = _card_input_size(args.init.with_name(args.init.name.replace(".weights.h5", ".yaml")))
+        if init_size and init_size != args.input_size:
+            # anchors are in input pixels: the same objects are bigger at a larger input
+            anchors = (anchors * (args.input_size / init_size)).astype(np.float32)
+            log.info(
+                "anchors scaled from the %d px input of %s to %d px", init_size, args.init, args.input_size
+            )
     else:
         anchors = kmeans_anchors(data.boxes, len(STRIDES) * ANCHORS_PER_CELL, args.seed, args.input_size)
     cfg = TrainConfig(
@@ -887,6 +907,7 @@ def run(args: argparse.Namespace) -> int:
         "train_images": len(train_samples),
         "input_size": args.input_size,
         "seed": args.seed,
+        "started_from": args.init.name if args.init else None,
         **summary,
     }
     write_card(card_path, labels, description, metrics)

@@ -296,13 +296,16 @@ def test_quick_training_gives_a_quantized_model_the_agent_runs(generator: Module
     again = subprocess.run(
         [python, str(SCRIPTS / "train_guidance_model.py"), "--data", str(data / "vott-target"),
          "--out", str(tmp_path / "model2" / "quick.tflite"), "--quick", "--seed", "5",
-         "--init", str(out.parent / "quick.weights.h5"), "--max-minutes", "0.001"],
+         "--init", str(out.parent / "quick.weights.h5"), "--max-minutes", "0.001", "--input-size", "160"],
         capture_output=True, text=True, timeout=540, cwd=tmp_path,
         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
     )  # fmt: skip
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     assert "starting from the weights" in again.stderr
+    assert "anchors scaled from the 128 px input" in again.stderr, "the weights go on at a larger input"
     assert "--max-minutes 0.001 reached" in again.stderr
     card = yaml.safe_load((tmp_path / "model2" / "quick.yaml").read_text(encoding="utf-8"))
     assert card["metrics"]["stopped_by"] == "time budget" and card["metrics"]["epochs_done"] < 6
-    assert Detector(DetectorSettings(model=str(tmp_path / "model2" / "quick.tflite"))).labels == tuple(LABELS)
+    assert card["metrics"]["started_from"] == "quick.weights.h5" and card["metrics"]["input_size"] == 160
+    bigger = Detector(DetectorSettings(model=str(tmp_path / "model2" / "quick.tflite")))
+    assert bigger.labels == tuple(LABELS) and (bigger.input_width, bigger.input_height) == (160, 160)
