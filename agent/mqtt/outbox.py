@@ -30,7 +30,6 @@ Bounds (every drop is counted by reason and class, see ``Outbox.stats``):
   lowest class goes: frames first, then annotations, then detections, and alerts last.
 - ``refused``: the broker answered the PUBACK with an error reason code (e.g. 0x87 not
   authorised): sending it again cannot succeed.
-
 - ``missing``: a frame kept as a file (below) whose file is gone or short (a power cut before
   it reached the disk): it cannot be sent.
 
