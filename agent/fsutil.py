@@ -13,6 +13,17 @@ from pathlib import Path
 from typing import Any
 
 
+def _file_mode() -> int:
+    """What ``open()`` would give a new file: 0o666 less the process's umask (mkstemp gives 0o600,
+    which hides kept frames and exports from a reviewer's sync or share running as another user)."""
+    mask = os.umask(0o022)  # reading the umask means setting it; put it straight back
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+_FILE_MODE = _file_mode()
+
+
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, *, fsync: bool = True) -> None:
     """Write ``data`` to ``path`` via a temp file in the same folder and ``os.replace``.
 
@@ -22,6 +33,7 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, *, fsync: bool
     target = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     try:
+        os.fchmod(fd, _FILE_MODE)
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()

@@ -351,3 +351,20 @@ def test_assets_emptied_by_a_power_cut_are_dropped_on_reopen(shared_dir: Path, t
     assert not (target / f"{ids[1]}-asset.json").exists()
     (frames / "f1.jpg").unlink()  # what the harvest store's eviction would do
     validate(shared_dir, target, frames, "--warnings-as-errors")
+
+
+def test_written_files_get_an_ordinary_files_permissions(tmp_path: Path) -> None:
+    """A reviewer's sync or share running as another user must be able to read the project: the
+    atomic writes honour the umask like ``open()`` does (mkstemp alone would leave them 0600)."""
+    ordinary = tmp_path / "ordinary.txt"
+    ordinary.write_text("x")
+    expected = ordinary.stat().st_mode & 0o777
+    frames, target = tmp_path / "frames", tmp_path / "vott"
+    frames.mkdir()
+    with VottProject(target, frames) as project:
+        project.write_frame(frames / "kept.jpg", b"\xff\xd8 not a real jpeg \xff\xd9")
+        (aid,) = add_frames(project, frames, 1)
+    written = [frames / "kept.jpg", target / f"{aid}-asset.json", target / "vott.vott"]
+    assert {p.name: p.stat().st_mode & 0o777 for p in written} == dict.fromkeys(
+        (p.name for p in written), expected
+    )
