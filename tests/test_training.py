@@ -90,18 +90,16 @@ def card_map50() -> float:
 
 
 def test_bundled_model_keeps_its_measured_map50_on_heldout_frames(fixtures_dir: Path) -> None:
-    """A regression guard at the shipped model's level on these 120 frames (0.828); the issue's
+    """A regression guard at the shipped model's level on these 120 frames (0.887); the issue's
     bar is the test below."""
     report = heldout_map50(fixtures_dir)
-    assert report.map50 >= 0.81, report.format_table()
+    assert report.map50 >= 0.87, report.format_table()
     assert (report.per_class_ap50["nozzle"] or 0.0) >= 0.95, report.format_table()
 
 
-@pytest.mark.xfail(
-    reason="issue #7's bar: the shipped model's own held-out mAP@0.5 is 0.764, not 0.8 (45 epochs instead of 28 gave "
-    "the same: it needs capacity or data)"
-)
 def test_bundled_model_reaches_map50_0_8_on_heldout_frames(fixtures_dir: Path) -> None:
+    """Issue #7's bar, on the training script's own held-out figure (400 frames, in the card) and
+    on the 120 frames shipped with the tests."""
     assert card_map50() >= 0.8, f"the training script's held-out mAP@0.5 is {card_map50()}"
     report = heldout_map50(fixtures_dir)
     assert report.map50 >= 0.8, report.format_table()
@@ -121,7 +119,7 @@ def test_bundled_model_is_small_uint8_and_edgetpu_friendly() -> None:
     (inp,) = interpreter.get_input_details()
     (out,) = interpreter.get_output_details()
     assert inp["dtype"] == np.uint8 and out["dtype"] == np.uint8
-    assert list(inp["shape"]) == [1, 256, 256, 3]
+    assert list(inp["shape"]) == [1, 320, 320, 3]
     assert out["shape"][0] == 1 and out["shape"][2] == 5 + len(LABELS)
     card = (DATA / "print3d_guidance.yaml").read_text(encoding="utf-8")
     assert "layout: yolov5" in card and "map50:" in card
