@@ -562,7 +562,7 @@ def train(data: Prepared, nc: int, cfg: TrainConfig, anchors: np.ndarray) -> tup
         for epoch in range(cfg.epochs):
             order = rng.permutation(len(data.images))
             for s in range(steps_per_epoch):
-                lr, by_time = schedule.at(done, time.monotonic() - start)
+                lr, _ = schedule.at(done, time.monotonic() - start)
                 if lr is None or stop.requested:
                     break
                 idx = np.sort(order[s * cfg.batch : (s + 1) * cfg.batch])
@@ -573,8 +573,6 @@ def train(data: Prepared, nc: int, cfg: TrainConfig, anchors: np.ndarray) -> tup
                 done += 1
                 if done == warmup:
                     schedule.warmup_ended(time.monotonic() - start)
-                if by_time:
-                    stopped = "time budget"  # the time budget, not the steps, set this learning rate
                 if done % 50 == 0:
                     rate = done * cfg.batch / (time.monotonic() - start)
                     log.info(

@@ -279,6 +279,8 @@ def test_quick_training_gives_a_quantized_model_the_agent_runs(generator: Module
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "mAP@0.5" in result.stdout
     assert (out.parent / "quick_labels.txt").read_text(encoding="utf-8").split() == LABELS
+    first_card = yaml.safe_load((out.parent / "quick.yaml").read_text(encoding="utf-8"))
+    assert first_card["metrics"]["stopped_by"] == "epochs" and first_card["metrics"]["epochs_done"] == 6
     detector = Detector(DetectorSettings(model=str(out), score_threshold=0.01))
     assert detector.layout.kind == "yolov5" and detector.labels == tuple(LABELS)
     assert detector.interpreter.get_input_details()[0]["dtype"] == np.uint8
