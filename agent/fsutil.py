@@ -5,23 +5,26 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import functools
+import itertools
 import json
 import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-
-def _file_mode() -> int:
-    """What ``open()`` would give a new file: 0o666 less the process's umask (mkstemp gives 0o600,
-    which hides kept frames and exports from a reviewer's sync or share running as another user)."""
-    mask = os.umask(0o022)  # reading the umask means setting it; put it straight back
-    os.umask(mask)
-    return 0o666 & ~mask
+_temp_names = itertools.count()  # next() on it is atomic under the GIL: safe from any thread
 
 
-_FILE_MODE = _file_mode()
+def _create_temp(target: Path) -> tuple[int, str]:
+    """A new ``.<name>.<pid>-<n>.tmp`` beside ``target``, open for writing, with an ordinary file's
+    permissions (0666 less the umask, as ``open()`` gives; ``mkstemp`` would give 0600, which hides
+    kept frames and exports from a reviewer's sync or share running as another user)."""
+    while True:
+        tmp = f"{target.parent}/.{target.name}.{os.getpid()}-{next(_temp_names)}.tmp"
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666), tmp
+        except FileExistsError:  # left by an earlier process with the same pid
+            continue
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, *, fsync: bool = True) -> None:
@@ -31,14 +34,16 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, *, fsync: bool
     turn it off only for files that are cheap to regenerate.
     """
     target = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    fd, tmp = _create_temp(target)
     try:
-        os.fchmod(fd, _FILE_MODE)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
             if fsync:
-                os.fsync(handle.fileno())
+                os.fsync(fd)
+        finally:
+            os.close(fd)
         os.replace(tmp, target)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
