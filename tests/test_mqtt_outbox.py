@@ -135,11 +135,15 @@ def test_refused_messages_are_dropped_and_counted(tmp_path):
 def test_an_unreadable_outbox_file_is_set_aside_and_a_new_one_started(tmp_path, caplog):
     path = tmp_path / "o.sqlite3"
     path.write_bytes(b"this is not a database" * 100)
+    (tmp_path / "o.sqlite3.files").mkdir()
+    (tmp_path / "o.sqlite3.files" / "a-frame").write_bytes(b"jpeg")  # a frame its rows linked to
     box = Outbox(path, max_bytes=10**9, max_age_s=3600)
     box.put(msg(MessageClass.DETECTION, 0))
     assert len(box) == 1
     box.close()
-    assert list(tmp_path.glob("o.sqlite3.corrupt-*"))
+    (aside,) = tmp_path.glob("o.sqlite3.corrupt-*[0-9]")
+    assert (Path(f"{aside}.files") / "a-frame").read_bytes() == b"jpeg", "its frames are kept with it"
+    assert list(box.files_dir.iterdir()) == []
     assert "unreadable" in caplog.text
 
 
@@ -285,20 +289,25 @@ def test_linked_frames_leave_with_every_kind_of_drop(tmp_path):
     box.close()
 
 
-def test_a_linked_frame_whose_file_is_gone_or_short_is_dropped_and_counted(tmp_path):
+def test_a_linked_frame_whose_file_is_gone_or_damaged_is_dropped_and_counted(tmp_path):
     box = Outbox(tmp_path / "o.sqlite3", max_bytes=10**9, max_age_s=3600)
     _, gone = _frame_file(tmp_path, 0)
     short_path, short = _frame_file(tmp_path, 1)
-    _, kept = _frame_file(tmp_path, 2)
-    box.put_many([gone, short, kept])
+    zeros_path, zeros = _frame_file(tmp_path, 2)
+    _, kept = _frame_file(tmp_path, 3)
+    box.put_many([gone, short, zeros, kept])
     inode = (tmp_path / "frame0.jpg").stat().st_ino
     (link,) = [p for p in box.files_dir.iterdir() if p.stat().st_ino == inode]
     link.unlink()  # removed by hand
-    short_path.write_bytes(b"")  # what a power cut before the data reached the disk can leave
+    # what a power cut before the data reached the disk can leave: an empty file, or one of the
+    # right length full of zeros (file systems that log the size before the data)
+    short_path.write_bytes(b"")
+    with open(zeros_path, "r+b") as handle:
+        handle.write(bytes(len(zeros.payload)))
     items = box.take(10)
-    assert [i.message.topic for i in items] == ["t/frame/2"], "the intact frame is still sent"
+    assert [i.message.topic for i in items] == ["t/frame/3"], "the intact frame is still sent"
     stats = box.stats()
-    assert stats["dropped"]["missing"]["frame"] == 2 and stats["messages"] == 1
+    assert stats["dropped"]["missing"]["frame"] == 3 and stats["messages"] == 1
     assert stats["bytes"] == kept.size
     box.close()
 
@@ -333,7 +342,8 @@ def test_a_frame_on_another_file_system_is_copied_into_the_database(tmp_path):
         shutil.rmtree(folder)
 
 
-def test_an_outbox_written_before_frames_were_linked_is_upgraded_with_its_messages(tmp_path):
+@pytest.mark.parametrize("half_done", [False, True], ids=["schema-1", "upgrade-cut-short"])
+def test_an_outbox_written_before_frames_were_linked_is_upgraded_with_its_messages(tmp_path, half_done):
     path = tmp_path / "o.sqlite3"
     db = sqlite3.connect(path)
     db.executescript(
@@ -346,6 +356,9 @@ def test_an_outbox_written_before_frames_were_linked_is_upgraded_with_its_messag
         PRAGMA user_version = 1;
         """
     )
+    if half_done:  # a version without the frame checksums, or a crash between the two columns
+        db.execute("ALTER TABLE messages ADD COLUMN payload_file TEXT")
+    db.commit()
     db.close()
     box = Outbox(path, max_bytes=10**9, max_age_s=10**12)
     (item,) = box.take(10)

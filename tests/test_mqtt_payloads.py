@@ -270,6 +270,7 @@ def test_our_packed_publish_properties_are_byte_for_byte_what_paho_packs(
         content_type=content_type, utf8_payload=utf8, user_properties=user_properties, expiry_s=expiry_s
     )
     assert ours.pack() == reference.pack()
+    assert ours.isEmpty() == reference.isEmpty()
 
 
 def test_packed_publish_properties_refuse_what_mqtt_cannot_carry():

@@ -348,9 +348,11 @@ class MqttPublisher:
     def publish_result(self, result: FrameResult, annotation: Mapping[str, Any] | None = None) -> None:
         """``publish_detections`` and, for a kept frame, ``publish_frame``, stored in one transaction."""
         messages = [detections_message(self.topics, result)]
-        if result.keep:
-            messages += self._frame_messages(result, annotation)
-        self._store(*messages)
+        try:
+            if result.keep:
+                messages += self._frame_messages(result, annotation)
+        finally:  # a frame that cannot be encoded still has its detections published
+            self._store(*messages)
 
     def _frame_messages(self, result: FrameResult, annotation: Mapping[str, Any] | None) -> list[Message]:
         s = self.settings
@@ -422,8 +424,8 @@ class MqttPublisher:
             self._outbox.put_many(messages)
         except Exception as exc:  # a full or failing disk must not stop the pipeline
             with self._lock:
-                self._counters["store_failed"] += 1
-                first = self._counters["store_failed"] == 1
+                first = self._counters["store_failed"] == 0
+                self._counters["store_failed"] += len(messages)
             if first:
                 log.error("MQTT outbox %s cannot store messages (%s); they are lost", self._outbox.path, exc)
             return
@@ -731,8 +733,11 @@ class _PahoErrors(logging.Handler):
         self.on_error = on_error
 
     def emit(self, record: logging.LogRecord) -> None:
-        """Pass the formatted line on."""
-        self.on_error(record.getMessage())
+        """Pass the formatted line on (paho's network loop must never see our exception)."""
+        try:
+            self.on_error(record.getMessage())
+        except Exception:
+            self.handleError(record)
 
 
 _SSL_DETAIL = re.compile(r"\[SSL: [A-Z0-9_]+\] ([^(]+?)\s*(\(_ssl\.c:\d+\))?$")

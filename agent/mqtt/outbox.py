@@ -42,8 +42,10 @@ database (``<outbox>.files``) instead of a copy of its bytes in SQLite. Copying 
 the WAL, again into the database at each checkpoint, and freeing the pages on acknowledgement
 was the largest cost of the output thread per kept frame; a link costs one ``link()`` and one
 ``unlink()``. The link is made before the row is committed and removed after the row is
-deleted; links no row names (a crash between the two) are removed at start-up. Where links are
-impossible (another file system, no permission) the bytes go into SQLite as before.
+deleted; links no row names (a crash between the two) are removed at start-up. The row keeps the
+payload's CRC-32 (SQLite checksums its own pages, not the linked file), checked before sending;
+``checkpoint()`` syncs the folder with the WAL. Where links are impossible (another file system,
+no permission) the bytes go into SQLite as before.
 """
 
 from __future__ import annotations
@@ -57,15 +59,18 @@ import os
 import sqlite3
 import threading
 import time
+import zlib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
 from pathlib import Path
 from typing import Any
 
+from agent.fsutil import fsync_dir
+
 log = logging.getLogger(__name__)
 
-_SCHEMA_VERSION = 2  # 2: payload_file
+_SCHEMA_VERSION = 2  # 2: payload_file, payload_crc
 _SWEEP_INTERVAL_S = 5.0
 _DROP_LOG_INTERVAL_S = 60.0
 
@@ -117,7 +122,7 @@ class Message:
 class StoredMessage:
     """A message as stored: ``seq`` (sending order), wall-clock ``created`` and ``expires`` (s);
     ``size`` the bytes it counts against the bound; ``link`` the name of its payload's hard link in
-    the outbox's files folder (None: the payload is in SQLite)."""
+    the outbox's files folder (None: the payload is in SQLite) and ``crc`` that payload's CRC-32."""
 
     seq: int
     message: Message
@@ -125,6 +130,7 @@ class StoredMessage:
     expires: float | None
     size: int
     link: str | None = None
+    crc: int | None = None
 
     def with_payload(self, payload: bytes) -> StoredMessage:
         """This message carrying ``payload`` (read from its link)."""
@@ -165,6 +171,7 @@ class Outbox:
         self._last_sweep = 0.0
         self._last_drop_log: dict[str, float] = {}
         self._linking = True  # False once a hard link failed for a lasting reason
+        self._links_unsynced = False  # links made since the files folder was last synced
         # unique link names without a getrandom() per frame (uuid4 cost ~0.5 ms a frame on the bench)
         self._link_prefix = f"{time.time_ns():x}"
         self._link_count = itertools.count()
@@ -186,7 +193,7 @@ class Outbox:
             log.error(
                 "MQTT outbox %s is unreadable (%s); moved it to %s and started empty", self.path, exc, aside
             )
-            for suffix in ("", "-wal", "-shm"):
+            for suffix in ("", "-wal", "-shm", ".files"):  # .files: the frames its rows link to
                 src = Path(f"{self.path}{suffix}")
                 if src.exists():
                     src.replace(Path(f"{aside}{suffix}"))
@@ -220,16 +227,27 @@ class Outbox:
                     created REAL NOT NULL,
                     expires REAL,
                     size INTEGER NOT NULL,
-                    payload_file TEXT
+                    payload_file TEXT,
+                    payload_crc INTEGER
                 );
                 CREATE INDEX IF NOT EXISTS messages_klass_seq ON messages (klass, seq);
                 CREATE INDEX IF NOT EXISTS messages_created ON messages (created);
                 CREATE INDEX IF NOT EXISTS messages_expires ON messages (expires) WHERE expires IS NOT NULL;
                 """
             )
-            if version == 1:
-                db.execute("ALTER TABLE messages ADD COLUMN payload_file TEXT")
-            db.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
+            columns = {row[1] for row in db.execute("PRAGMA table_info(messages)")}
+            # A table of schema 1 (or one whose version was never stamped) gains the new columns; by
+            # what the table has, in one transaction with the version, so a crash half-way is harmless.
+            db.execute("BEGIN")
+            try:
+                for name, kind in (("payload_file", "TEXT"), ("payload_crc", "INTEGER")):
+                    if name not in columns:
+                        db.execute(f"ALTER TABLE messages ADD COLUMN {name} {kind}")
+                db.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
         except BaseException:
             db.close()
             raise
@@ -275,9 +293,10 @@ class Outbox:
         """``put`` for several messages in one transaction (one commit for a frame's messages);
         returns their sequence numbers in order."""
         now = self._clock()
-        links = [self._link(m) if m.payload_file is not None else None for m in messages]
+        links: list[str | None] = []
         with self._lock:
             try:
+                links.extend(self._link(m) if m.payload_file is not None else None for m in messages)
                 self._db.execute("BEGIN")
                 try:
                     seqs = [
@@ -299,6 +318,7 @@ class Outbox:
                 self._bytes[message.klass] += message.size
             self._stored_total += len(messages)
             self._dirty = True
+            self._links_unsynced |= any(links)
             if self.total_bytes > self.max_bytes:
                 self._evict_for_size()
         return seqs
@@ -308,8 +328,8 @@ class Outbox:
     ) -> sqlite3.Cursor:
         return self._db.execute(
             "INSERT INTO messages (topic, payload, qos, retain, klass, content_type, user_properties,"
-            " expiry_s, frame_id, created, expires, size, payload_file)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " expiry_s, frame_id, created, expires, size, payload_file, payload_crc)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 message.topic,
                 b"" if link else message.payload,
@@ -324,6 +344,7 @@ class Outbox:
                 expires,
                 message.size,
                 link,
+                zlib.crc32(message.payload) if link else None,  # SQLite checksums its own pages, not ours
             ),
         )
 
@@ -336,6 +357,7 @@ class Outbox:
         target = self.files_dir / name
         try:
             os.link(message.payload_file, target)
+            size = target.stat().st_size
         except OSError as exc:
             if exc.errno in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EACCES):
                 self._linking = False
@@ -345,8 +367,9 @@ class Outbox:
                     message.payload_file,
                     exc.strerror,
                 )
+            self._unlink([name])
             return None
-        if target.stat().st_size != len(message.payload):  # the file was replaced since it was read
+        if size != len(message.payload):  # the file was replaced since it was read
             self._unlink([name])
             return None
         return name
@@ -393,8 +416,9 @@ class Outbox:
                             data = (self.files_dir / item.link).read_bytes()
                         except OSError:
                             data = None
-                        # a power cut before the frame reached the disk can leave it empty or short
-                        if data is None or len(data) + len(item.message.topic) != item.size:
+                        # a power cut before the frame reached the disk can leave it empty, short or
+                        # full of zeros (file systems that log the size before the data)
+                        if data is None or not _intact(data, item):
                             missing.append(item)
                             continue
                         item = item.with_payload(data)
@@ -424,12 +448,13 @@ class Outbox:
             for item in items:
                 cur = self._db.execute("DELETE FROM messages WHERE seq = ?", (item.seq,))
                 if cur.rowcount:
-                    self._forget(item.message.klass, item.size)
                     done.append(item)
             self._db.execute("COMMIT")
         except BaseException:
             self._db.execute("ROLLBACK")
             raise
+        for item in done:
+            self._forget(item.message.klass, item.size)
         self._unlink(item.link for item in done if item.link)
         self._dirty = True
         return done
@@ -555,11 +580,14 @@ class Outbox:
                 return
             self._dirty = False
             try:
+                if self._links_unsynced:  # the rows' links reach the disk with the WAL they are in
+                    self._links_unsynced = False
+                    fsync_dir(self.files_dir)
                 self._db.execute("PRAGMA wal_checkpoint(PASSIVE)")
                 free = self._db.execute("PRAGMA freelist_count").fetchone()[0]
                 if free > 2048:
                     self._db.execute(f"PRAGMA incremental_vacuum({int(free)})")
-            except sqlite3.Error as exc:
+            except (sqlite3.Error, OSError) as exc:
                 log.debug("MQTT outbox checkpoint failed: %s", exc)
 
     @property
@@ -597,7 +625,7 @@ class Outbox:
 
 _COLUMNS = (
     "seq, topic, payload, qos, retain, klass, content_type, user_properties, "
-    "expiry_s, frame_id, created, expires, size, payload_file"
+    "expiry_s, frame_id, created, expires, size, payload_file, payload_crc"
 )
 
 _REASON_TEXT = {
@@ -606,6 +634,13 @@ _REASON_TEXT = {
     "size": "outbox over outbox.max_mb (frames go first, then annotations, detections, alerts)",
     "missing": "their frame file in the outbox's .files folder is gone (removed by hand?)",
 }
+
+
+def _intact(data: bytes, item: StoredMessage) -> bool:
+    """Whether ``data`` read from a link is the payload that was stored."""
+    if item.crc is not None:
+        return zlib.crc32(data) == item.crc
+    return len(data) + len(item.message.topic) == item.size
 
 
 def _row_to_stored(row: tuple[Any, ...]) -> StoredMessage:
@@ -625,6 +660,7 @@ def _row_to_stored(row: tuple[Any, ...]) -> StoredMessage:
         expires,
         size,
         link,
+        crc,
     ) = row
     props = tuple((str(k), str(v)) for k, v in json.loads(user_props)) if user_props else ()
     message = Message(
@@ -639,5 +675,11 @@ def _row_to_stored(row: tuple[Any, ...]) -> StoredMessage:
         frame_id=frame_id,
     )
     return StoredMessage(
-        seq=int(seq), message=message, created=float(created), expires=expires, size=int(size), link=link
+        seq=int(seq),
+        message=message,
+        created=float(created),
+        expires=expires,
+        size=int(size),
+        link=link,
+        crc=crc,
     )

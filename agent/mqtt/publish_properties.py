@@ -41,6 +41,14 @@ class PackedPublishProperties(Properties):
         packed: bytes = object.__getattribute__(self, "_packed")
         return packed
 
+    def isEmpty(self) -> bool:  # paho's name
+        """Whether no property is set (only the zero length byte)."""
+        return len(self.pack()) == 1
+
+    def json(self) -> dict[str, object]:
+        """Not kept as attributes here: the packed bytes are all there is."""
+        raise NotImplementedError("PackedPublishProperties holds packed bytes only")
+
     def __str__(self) -> str:
         return f"[{len(self.pack())} bytes of packed properties]"
 
