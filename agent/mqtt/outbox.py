@@ -30,7 +30,7 @@ Bounds (every drop is counted by reason and class, see ``Outbox.stats``):
   lowest class goes: frames first, then annotations, then detections, and alerts last.
 - ``refused``: the broker answered the PUBACK with an error reason code (e.g. 0x87 not
   authorised): sending it again cannot succeed.
-- ``missing``: a frame kept as a file (below) whose file is gone or short (a power cut before
+- ``missing``: a frame kept as a file (below) whose file is gone or fails its CRC-32 (a power cut before
   it reached the disk): it cannot be sent.
 
 Messages in flight are never dropped by the bounds (their PUBACK may be on its way).
@@ -60,6 +60,7 @@ import sqlite3
 import threading
 import time
 import zlib
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
@@ -418,7 +419,7 @@ class Outbox:
                             data = None
                         # a power cut before the frame reached the disk can leave it empty, short or
                         # full of zeros (file systems that log the size before the data)
-                        if data is None or not _intact(data, item):
+                        if data is None or zlib.crc32(data) != item.crc:
                             missing.append(item)
                             continue
                         item = item.with_payload(data)
@@ -441,23 +442,31 @@ class Outbox:
             return self._delete(items) if items else []
 
     def _delete(self, items: list[StoredMessage]) -> list[StoredMessage]:
-        """Delete these rows (one transaction) and then their payload links; returns those deleted."""
-        done: list[StoredMessage] = []
+        """Delete these stored messages (``_delete_rows``) and forget their bytes; returns those
+        deleted."""
+        deleted = self._delete_rows([(item.seq, item.message.klass, item.size, item.link) for item in items])
+        return [item for item in items if item.seq in deleted]
+
+    def _delete_rows(self, rows: Sequence[tuple[int, int, int, str | None]]) -> set[int]:
+        """Every deletion goes through here: rows ``(seq, klass, size, link)`` in one transaction, then
+        their payload links, then the counters. Returns the sequence numbers deleted."""
+        deleted: set[int] = set()
         self._db.execute("BEGIN")
         try:
-            for item in items:
-                cur = self._db.execute("DELETE FROM messages WHERE seq = ?", (item.seq,))
-                if cur.rowcount:
-                    done.append(item)
+            for seq, *_ in rows:
+                if self._db.execute("DELETE FROM messages WHERE seq = ?", (seq,)).rowcount:
+                    deleted.add(seq)
             self._db.execute("COMMIT")
         except BaseException:
             self._db.execute("ROLLBACK")
             raise
-        for item in done:
-            self._forget(item.message.klass, item.size)
-        self._unlink(item.link for item in done if item.link)
+        self._unlink(link for seq, _, _, link in rows if link and seq in deleted)
+        for seq, klass, size, _ in rows:
+            if seq in deleted:
+                self._count[MessageClass(klass)] -= 1
+                self._bytes[MessageClass(klass)] -= size
         self._dirty = True
-        return done
+        return deleted
 
     def refuse(self, seq: int) -> StoredMessage | None:
         """The broker refused this message (PUBACK error code): drop it, counted as ``refused``."""
@@ -496,64 +505,41 @@ class Outbox:
         exclude = list(self._inflight)
         not_inflight = f" AND seq NOT IN ({','.join('?' * len(exclude))})" if exclude else ""
         rows = self._db.execute(
-            f"SELECT klass, COUNT(*), COALESCE(SUM(size), 0) FROM messages WHERE {where}{not_inflight}"
-            f" GROUP BY klass",
+            f"SELECT seq, klass, size, payload_file FROM messages WHERE {where}{not_inflight}",
             (*params, *exclude),
         ).fetchall()
         if not rows:
             return
-        links = self._db.execute(
-            f"SELECT payload_file FROM messages WHERE {where}{not_inflight} AND payload_file IS NOT NULL",
-            (*params, *exclude),
-        ).fetchall()
-        self._db.execute(f"DELETE FROM messages WHERE {where}{not_inflight}", (*params, *exclude))
-        self._unlink(name for (name,) in links)
-        for klass, count, size in rows:
-            self._count[MessageClass(klass)] -= int(count)
-            self._bytes[MessageClass(klass)] -= int(size)
-            self._count_drop(reason, MessageClass(klass), int(count))
-        self._dirty = True
+        deleted = self._delete_rows(rows)
+        for klass, count in Counter(
+            MessageClass(klass) for seq, klass, _, _ in rows if seq in deleted
+        ).items():
+            self._count_drop(reason, klass, count)
 
     def _evict_for_size(self) -> None:
         exclude = set(self._inflight)
         for klass in EVICTION_ORDER:
             while self.total_bytes > self.max_bytes and self._count[klass] > 0:
                 rows = self._db.execute(
-                    "SELECT seq, size, payload_file FROM messages WHERE klass = ? ORDER BY seq LIMIT 256",
+                    "SELECT seq, klass, size, payload_file FROM messages WHERE klass = ? ORDER BY seq"
+                    " LIMIT 256",
                     (int(klass),),
                 ).fetchall()
-                victims: list[int] = []
-                links: list[str] = []
+                victims = []
                 freed = 0
-                for seq, size, link in rows:
-                    if seq in exclude:
+                for row in rows:
+                    if row[0] in exclude:
                         continue
-                    victims.append(seq)
-                    if link:
-                        links.append(link)
-                    freed += size
+                    victims.append(row)
+                    freed += row[2]
                     if self.total_bytes - freed <= self.max_bytes:
                         break
-                if not victims:
+                deleted = self._delete_rows(victims) if victims else set()
+                if not deleted:
                     break
-                self._db.execute("BEGIN")
-                try:
-                    self._db.executemany("DELETE FROM messages WHERE seq = ?", [(s,) for s in victims])
-                    self._db.execute("COMMIT")
-                except BaseException:
-                    self._db.execute("ROLLBACK")
-                    raise
-                self._unlink(links)
-                self._count[klass] -= len(victims)
-                self._bytes[klass] -= freed
-                self._count_drop("size", klass, len(victims))
-                self._dirty = True
+                self._count_drop("size", klass, len(deleted))
             if self.total_bytes <= self.max_bytes:
                 return
-
-    def _forget(self, klass: MessageClass, size: int) -> None:
-        self._count[klass] -= 1
-        self._bytes[klass] -= size
 
     def _count_drop(self, reason: str, klass: MessageClass, count: int) -> None:
         self._dropped[reason][klass.label] += count
@@ -634,13 +620,6 @@ _REASON_TEXT = {
     "size": "outbox over outbox.max_mb (frames go first, then annotations, detections, alerts)",
     "missing": "their frame file in the outbox's .files folder is gone (removed by hand?)",
 }
-
-
-def _intact(data: bytes, item: StoredMessage) -> bool:
-    """Whether ``data`` read from a link is the payload that was stored."""
-    if item.crc is not None:
-        return zlib.crc32(data) == item.crc
-    return len(data) + len(item.message.topic) == item.size
 
 
 def _row_to_stored(row: tuple[Any, ...]) -> StoredMessage:
