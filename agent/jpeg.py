@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 # SOF0-SOF15 carry the frame size; C4 (DHT), C8 (JPG) and CC (DAC) share the range but do not.
 _SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
@@ -20,11 +21,17 @@ class JpegError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class JpegInfo:
-    """What a JPEG's headers declare: size in pixels and where the first scan's data starts."""
+    """What a JPEG's headers declare: size in pixels, where the first scan's data starts, the
+    number of colour components (1 grey, 3 colour, 4 CMYK), the sample precision in bits and the
+    EXIF orientation (1 upright or no EXIF, 2-8 turned or mirrored, None when an EXIF block is
+    present but unreadable)."""
 
     width: int
     height: int
     scan_offset: int
+    components: int = 3
+    precision: int = 8
+    orientation: int | None = 1
 
 
 def jpeg_info(data: bytes) -> JpegInfo:
@@ -34,6 +41,8 @@ def jpeg_info(data: bytes) -> JpegInfo:
     if data[:3] != b"\xff\xd8\xff":
         raise JpegError("not_jpeg", "payload does not start with a JPEG start-of-image marker")
     size: tuple[int, int] | None = None
+    components, precision = 3, 8
+    orientation: int | None = 1
     i, n = 2, len(data)
     while True:
         if i >= n:
@@ -60,11 +69,38 @@ def jpeg_info(data: bytes) -> JpegInfo:
         if marker in _SOF_MARKERS:
             if length < 8:
                 raise JpegError("jpeg_malformed", "start-of-frame segment is too short")
+            precision = data[i + 2]
             height = int.from_bytes(data[i + 3 : i + 5], "big")
             width = int.from_bytes(data[i + 5 : i + 7], "big")
+            components = data[i + 7]
             size = (width, height)
+        if marker == 0xE1 and data[i + 2 : i + 8] == b"Exif\x00\x00":
+            orientation = _exif_orientation(data[i + 8 : i + length])
         if marker == 0xDA:  # start of scan: the headers are over
             if size is None:
                 raise JpegError("jpeg_malformed", "no start-of-frame marker before the image data")
-            return JpegInfo(size[0], size[1], i + length)
+            return JpegInfo(size[0], size[1], i + length, components, precision, orientation)
         i += length
+
+
+_ORIENTATION_TAG = 0x0112
+_TIFF_BYTE_ORDERS: dict[bytes, Literal["little", "big"]] = {b"II": "little", b"MM": "big"}
+
+
+def _exif_orientation(tiff: bytes) -> int | None:
+    """The Orientation tag of an EXIF block's first IFD (1 when it has none); None when the
+    block cannot be read."""
+    order = _TIFF_BYTE_ORDERS.get(tiff[:2])
+    if order is None or len(tiff) < 8:
+        return None
+    ifd = int.from_bytes(tiff[4:8], order)
+    if ifd + 2 > len(tiff):
+        return None
+    for k in range(int.from_bytes(tiff[ifd : ifd + 2], order)):
+        entry = ifd + 2 + 12 * k
+        if entry + 12 > len(tiff):
+            return None
+        if int.from_bytes(tiff[entry : entry + 2], order) == _ORIENTATION_TAG:
+            value = int.from_bytes(tiff[entry + 8 : entry + 10], order)
+            return value if 1 <= value <= 8 else None
+    return 1

@@ -184,6 +184,7 @@ def machine_info() -> dict[str, Any]:
         "ai_edge_litert": _version("ai-edge-litert"),
         "tflite_runtime": _version("tflite-runtime"),
         "paho_mqtt": _version("paho-mqtt"),
+        "simplejpeg": _version("simplejpeg"),
         "git_commit": _git_commit(),
         "load_avg_1m_start": round(os.getloadavg()[0], 2),
     }
@@ -802,6 +803,8 @@ def child_main(spec_path: Path) -> int:
         "cpu_s_total": round(
             usage_end.ru_utime + usage_end.ru_stime - usage_start.ru_utime - usage_start.ru_stime, 3
         ),
+        "cpu_s_system": round(usage_end.ru_stime - usage_start.ru_stime, 3),
+        "minor_page_faults": usage_end.ru_minflt - usage_start.ru_minflt,
         "context_switches": {
             "voluntary": usage_end.ru_nvcsw - usage_start.ru_nvcsw,
             "involuntary": usage_end.ru_nivcsw - usage_start.ru_nivcsw,
@@ -896,6 +899,8 @@ def summarize_run(
         "queues": queues,
         "cpu_ms_per_frame": cpu,
         "cpu_ms_per_frame_total": round(child.get("cpu_s_total", 0.0) * 1000.0 / n, 2),
+        "cpu_ms_per_frame_system": round(child.get("cpu_s_system", 0.0) * 1000.0 / n, 2),
+        "minor_page_faults_per_frame": round(child.get("minor_page_faults", 0) / n, 1),
         "context_switches_per_frame": {
             k: round(v / n, 1) for k, v in child.get("context_switches", {}).items()
         },
@@ -932,7 +937,8 @@ def format_report(report: dict[str, Any]) -> str:
         f"machine: {m['cpu']}, {m['cores']} cores, {m['memory_mb']} MB, {m['os']}, Python {m['python']}, "
         f"load {m['load_avg_1m_start']} -> {m.get('load_avg_1m_end', '?')} (1 min avg)",
         f"runtimes: ai_edge_litert {m['ai_edge_litert']}, tflite_runtime {m['tflite_runtime']}; "
-        f"OpenCV {m['opencv']} ({m['opencv_threads']} threads)",
+        f"OpenCV {m['opencv']} ({m['opencv_threads']} threads); JPEG decoder "
+        + (f"simplejpeg {m['simplejpeg']}" if m.get("simplejpeg") else "OpenCV"),
         f"frames: {s['frames']} per size, sizes {', '.join(s['sizes'])}; broker: {s['broker'] or 'none (outbox only)'}; "
         f"agent runtime {s['agent_runtime']}, threads {s['agent_threads']}"
         + (f"; overrides {', '.join(s['overrides'])}" if s["overrides"] else ""),
