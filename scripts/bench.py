@@ -613,8 +613,31 @@ def agent_config(
     return config
 
 
+UNIT_FILE = Path(__file__).resolve().parents[1] / "systemd" / "edge-agent@.service"
+
+
+def unit_environment(unit: Path = UNIT_FILE) -> dict[str, str]:
+    """The ``Environment=`` variables of the systemd unit (``KEY=VALUE`` words), so the measured
+    agent runs as the deployed one does (glibc malloc settings change its CPU and RSS)."""
+    env: dict[str, str] = {}
+    with contextlib.suppress(OSError):
+        for line in unit.read_text().splitlines():
+            if line.startswith("Environment="):
+                for word in line.removeprefix("Environment=").split():
+                    key, _, value = word.partition("=")
+                    env[key] = value
+    return env
+
+
+def child_environment() -> dict[str, str]:
+    """The variables ``run_child`` adds or that tune glibc's allocator: the unit's, unless set here."""
+    env = {**unit_environment(), **{k: v for k, v in os.environ.items() if k.startswith("MALLOC_")}}
+    return {k: os.environ.get(k, v) for k, v in env.items()}
+
+
 def run_child(spec: dict[str, Any], work: Path, timeout_s: float = 3600.0) -> dict[str, Any]:
-    """Run one agent in a fresh Python process (``--child``); returns what it measured."""
+    """Run one agent in a fresh Python process (``--child``) with the systemd unit's environment
+    (variables already set in ours win, for experiments); returns what it measured."""
     work.mkdir(parents=True, exist_ok=True)
     spec_path = work / "child-spec.json"
     result_path = work / "child-result.json"
@@ -630,6 +653,7 @@ def run_child(spec: dict[str, Any], work: Path, timeout_s: float = 3600.0) -> di
             timeout=timeout_s,
             check=False,
             cwd=work,
+            env={**unit_environment(), **os.environ},
         )
     if proc.returncode != 0 or not result_path.exists():
         tail = log_path.read_text(errors="replace")[-3000:]
@@ -803,6 +827,7 @@ def child_main(spec_path: Path) -> int:
         "cpu_s_total": round(
             usage_end.ru_utime + usage_end.ru_stime - usage_start.ru_utime - usage_start.ru_stime, 3
         ),
+        "environment": {k: os.environ.get(k) for k in unit_environment()},
         "cpu_s_system": round(usage_end.ru_stime - usage_start.ru_stime, 3),
         "minor_page_faults": usage_end.ru_minflt - usage_start.ru_minflt,
         "context_switches": {
@@ -906,6 +931,7 @@ def summarize_run(
         },
         "stage_errors": stats.get("stage_errors", {}),
         "opencv_threads_in_agent": child.get("opencv_threads"),
+        "agent_env": child.get("environment", {}),
     }
 
 
@@ -942,6 +968,8 @@ def format_report(report: dict[str, Any]) -> str:
         f"frames: {s['frames']} per size, sizes {', '.join(s['sizes'])}; broker: {s['broker'] or 'none (outbox only)'}; "
         f"agent runtime {s['agent_runtime']}, threads {s['agent_threads']}"
         + (f"; overrides {', '.join(s['overrides'])}" if s["overrides"] else ""),
+        "agent environment (the systemd unit's unless set): "
+        + " ".join(f"{k}={v}" for k, v in s.get("agent_env", {}).items()),
         "",
     ]
     for model in report["models"]:
@@ -1295,6 +1323,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "agent_runtime": args.agent_runtime,
             "agent_threads": args.agent_threads,
             "overrides": list(args.set),
+            "agent_env": child_environment(),
             "broker": broker.version() if broker else None,
             "mqtt": broker is not None,
         }

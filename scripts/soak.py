@@ -97,6 +97,8 @@ def format_report(report: dict[str, Any]) -> str:
         f"MQTT {'on (' + s['broker'] + ')' if s['broker'] else 'off (outbox only)'}, alerts {'on' if s['alerts'] else 'off'}, "
         f"harvest quota {s['quota_mb']} MB, "
         f"RSS sampled every {s['sample_every']} frames",
+        "agent environment (the systemd unit's unless set): "
+        + " ".join(f"{k}={v}" for k, v in s.get("agent_env", {}).items()),
         f"processed {r['processed']} frames in {r['wall_s']:.0f} s ({r['fps']:.1f} fps); kept {r['kept']}; "
         f"evicted {r.get('evicted')}; MQTT acked {r.get('acked')}, left in outbox {r.get('outbox_left')}; "
         f"stage errors {r['stage_errors'] or 'none'}",
@@ -199,6 +201,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "quota_mb": args.quota_mb,
             "alerts": alerts,
             "overrides": list(args.set),
+            "agent_env": bench.child_environment(),
             "broker": broker_version,
         },
         "result": {
