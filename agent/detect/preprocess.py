@@ -154,7 +154,10 @@ class Preprocessor:
         if (new_w, new_h) == (width, height):
             target[:] = image
         else:
-            target[:] = cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
+            # straight into the canvas (a strided view is fine): no temporary frame-sized array
+            resized = cv2.resize(image, (new_w, new_h), dst=target, interpolation=cv2.INTER_LINEAR)
+            if resized is not target:  # OpenCV allocated instead (an unexpected dtype or layout)
+                target[:] = resized
         pixels = self._canvas
         if self.rgb:
             cv2.cvtColor(self._canvas, cv2.COLOR_BGR2RGB, dst=self._color)
