@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ from agent.doctor import (
     check_broker,
     check_disk,
     check_edgetpu,
+    check_python_and_packages,
     check_source,
     check_writable,
     find_edgetpu_devices,
@@ -88,6 +90,7 @@ def test_cpu_config_prints_the_table_and_passes_with_the_coral_absent_but_not_re
     assert rows["CHECK"].split()[:2] == ["STATUS", "DETAIL"]
     for name in ("config", "python", "package numpy", "package opencv", "source", "model", "fastest"):
         assert rows[name].split()[0] == "OK", (name, result.out)
+    assert rows["package simplejpeg"].split()[0] == "OK", result.out  # a dependency on x86_64 / aarch64
     for name in ("edgetpu library", "edgetpu device", "edgetpu udev rule"):
         assert rows[name].split()[0] == "SKIP", (name, result.out)
         assert "not required" in rows[name]
@@ -337,3 +340,12 @@ def test_options_and_checks_are_plain_data():
     check = Check("x", Status.WARN, "d", "f", False, {"a": 1})
     assert json.loads(json.dumps(check.to_json()))["status"] == "WARN"
     assert DoctorOptions().invokes == 20
+
+
+def test_a_missing_jpeg_decoder_only_warns_with_the_fix(tmp_path, monkeypatch):
+    # sys.modules[name] = None is how Python itself marks a module as unimportable
+    monkeypatch.setitem(sys.modules, "simplejpeg", None)
+    checks = {c.name: c for c in check_python_and_packages(config_of(tmp_path))}
+    row = checks["package simplejpeg"]
+    assert row.status == Status.WARN and not row.required
+    assert "OpenCV decodes" in row.detail and "pip install simplejpeg" in row.fix
