@@ -91,6 +91,8 @@ KNOWN_MODELS: dict[str, tuple[str, bool]] = {
     "bundled": ("agent/data/print3d_guidance.tflite", False),
 }
 DEFAULT_MODELS = "print3d,yolov8n,bundled"
+# the models the issue's end-to-end target names; the others' ratios are shown for information
+ISSUE_TARGET_MODELS = ("print3d", "yolov8n")
 YOLO_NMS_MODEL = "yolov8n"
 YOLO_NMS_IMAGE = "models/images/kite_and_cold.jpg"
 
@@ -1078,14 +1080,19 @@ def format_report(report: dict[str, Any]) -> str:
     out.append("")
     out.append("checks:")
     for check in report["checks"]:
-        out.append(
-            f"  [{'ok' if check['ok'] else 'FAIL'}] {check['name']}: {check['value']} (target {check['target']})"
+        verdict = "ok" if check["ok"] else "FAIL" if check.get("issue_target", True) else "below"
+        scope = (
+            ""
+            if check.get("issue_target", True)
+            else f"; the issue's target is for {', '.join(ISSUE_TARGET_MODELS)}"
         )
+        out.append(f"  [{verdict}] {check['name']}: {check['value']} (target {check['target']}{scope})")
     return "\n".join(out)
 
 
 def build_checks(report: dict[str, Any]) -> list[dict[str, Any]]:
-    """The issue's done-when criteria, each with its measured value."""
+    """The issue's done-when criteria, each with its measured value; ``issue_target`` is false for
+    the ratio of a model the target does not name (our own, or one given with ``--models``)."""
     checks = []
     for model in report["models"]:
         for run in [r for r in model.get("runs", []) if not r.get("detect_only")]:
@@ -1095,6 +1102,7 @@ def build_checks(report: dict[str, Any]) -> list[dict[str, Any]]:
                     "value": run["ratio"],
                     "target": f">= {TARGET_RATIO}",
                     "ok": run["meets_target"],
+                    "issue_target": model["name"] in ISSUE_TARGET_MODELS,
                 }
             )
         if model["name"] == "yolov8n" and model.get("runs"):
@@ -1105,6 +1113,7 @@ def build_checks(report: dict[str, Any]) -> list[dict[str, Any]]:
                     "value": peak,
                     "target": f"< {TARGET_PEAK_RSS_MB}",
                     "ok": peak < TARGET_PEAK_RSS_MB,
+                    "issue_target": True,
                 }
             )
     dn = report.get("decode_nms")
@@ -1115,6 +1124,7 @@ def build_checks(report: dict[str, Any]) -> list[dict[str, Any]]:
                 "value": dn["decode_nms"]["median_ms"],
                 "target": f"< {TARGET_DECODE_NMS_MS}",
                 "ok": dn["ok"],
+                "issue_target": True,
             }
         )
     return checks
