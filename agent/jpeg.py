@@ -23,8 +23,8 @@ class JpegError(ValueError):
 class JpegInfo:
     """What a JPEG's headers declare: size in pixels, where the first scan's data starts, the
     number of colour components (1 grey, 3 colour, 4 CMYK), the sample precision in bits and the
-    EXIF orientation (1 upright or no EXIF, 2-8 turned or mirrored, None when an EXIF block is
-    present but unreadable)."""
+    EXIF orientation as OpenCV reads it (1 upright or no EXIF, 2-8 turned or mirrored, None when
+    the first APP1 segment is not EXIF that can be read, e.g. XMP)."""
 
     width: int
     height: int
@@ -43,6 +43,7 @@ def jpeg_info(data: bytes) -> JpegInfo:
     size: tuple[int, int] | None = None
     components, precision = 3, 8
     orientation: int | None = 1
+    seen_app1 = False
     i, n = 2, len(data)
     while True:
         if i >= n:
@@ -74,8 +75,11 @@ def jpeg_info(data: bytes) -> JpegInfo:
             width = int.from_bytes(data[i + 5 : i + 7], "big")
             components = data[i + 7]
             size = (width, height)
-        if marker == 0xE1 and data[i + 2 : i + 8] == b"Exif\x00\x00":
-            orientation = _exif_orientation(data[i + 8 : i + length])
+        if marker == 0xE1 and not seen_app1:
+            # As OpenCV reads it: the first APP1 only, its TIFF block after 6 bytes ("Exif\0\0",
+            # not checked); an orientation OpenCV might read differently comes out as None.
+            seen_app1 = True
+            orientation = _exif_orientation(bytes(data[i + 8 : i + length]))
         if marker == 0xDA:  # start of scan: the headers are over
             if size is None:
                 raise JpegError("jpeg_malformed", "no start-of-frame marker before the image data")
@@ -88,10 +92,10 @@ _TIFF_BYTE_ORDERS: dict[bytes, Literal["little", "big"]] = {b"II": "little", b"M
 
 
 def _exif_orientation(tiff: bytes) -> int | None:
-    """The Orientation tag of an EXIF block's first IFD (1 when it has none); None when the
-    block cannot be read."""
+    """The Orientation tag of a TIFF block's first IFD (1 when it has none); None when the block
+    cannot be read (not TIFF, cut short, an orientation outside 1-8)."""
     order = _TIFF_BYTE_ORDERS.get(tiff[:2])
-    if order is None or len(tiff) < 8:
+    if order is None or len(tiff) < 8 or int.from_bytes(tiff[2:4], order) != 42:
         return None
     ifd = int.from_bytes(tiff[4:8], order)
     if ifd + 2 > len(tiff):

@@ -41,6 +41,7 @@ import logging
 import os
 import platform
 import resource
+import shlex
 import shutil
 import signal
 import socket
@@ -619,13 +620,14 @@ UNIT_FILE = Path(__file__).resolve().parents[1] / "systemd" / "edge-agent@.servi
 
 
 def unit_environment(unit: Path = UNIT_FILE) -> dict[str, str]:
-    """The ``Environment=`` variables of the systemd unit (``KEY=VALUE`` words), so the measured
-    agent runs as the deployed one does (glibc malloc settings change its CPU and RSS)."""
+    """The ``Environment=`` variables of the systemd unit (quoted words and continued lines as
+    systemd reads them), so the measured agent runs as the deployed one does (glibc malloc settings
+    change its CPU and RSS)."""
     env: dict[str, str] = {}
     with contextlib.suppress(OSError):
-        for line in unit.read_text().splitlines():
+        for line in unit.read_text().replace("\\\n", " ").splitlines():
             if line.startswith("Environment="):
-                for word in line.removeprefix("Environment=").split():
+                for word in shlex.split(line.removeprefix("Environment=")):
                     key, _, value = word.partition("=")
                     env[key] = value
     return env

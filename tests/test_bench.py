@@ -169,3 +169,15 @@ def test_soak_samples_rss_and_reports_growth(tmp_path: Path) -> None:
     assert rss["growth_mb"] == pytest.approx(last_mb - first_mb, abs=0.006)
     assert rss["min_mb"] <= rss["first_quarter_median_mb"] <= rss["max_mb"]
     assert "RSS: first quarter median" in proc.stdout
+
+
+def test_the_units_environment_is_read_as_systemd_reads_it(tmp_path: Path) -> None:
+    unit = tmp_path / "agent.service"
+    unit.write_text(
+        "[Service]\n"
+        'Environment="MALLOC_ARENA_MAX=2" "GREETING=hello world"\n'
+        "Environment=A=1 \\\n  B=2\n"
+        "ExecStart=/bin/true\n"
+    )
+    env = _load_script("bench").unit_environment(unit)
+    assert env == {"MALLOC_ARENA_MAX": "2", "GREETING": "hello world", "A": "1", "B": "2"}

@@ -4,6 +4,7 @@ handles (EXIF orientation, odd headers). Real JPEG files: the bundled sample tim
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import cv2
 import numpy as np
@@ -14,6 +15,9 @@ from agent.sources import decode
 from agent.sources.decode import DecodeHint, decode_for_detector, decode_image
 
 SAMPLE = Path(__file__).resolve().parents[1] / "agent" / "data" / "sample_timelapse" / "frame_000050.jpg"
+# Byte-flipped copies of SAMPLE (at 640x480) that OpenCV refuses but a lenient libjpeg-turbo decode
+# "decodes" into a buffer it never writes (found by a mutation fuzz).
+DAMAGED = sorted((Path(__file__).resolve().parent / "fixtures" / "jpeg").glob("damaged_*.jpg"))
 
 ENCODINGS = {
     "baseline 4:2:0": [],
@@ -36,13 +40,37 @@ def _jpeg(image: np.ndarray, params: list[int] | None = None) -> bytes:
     return data.tobytes()
 
 
+def _app1(body: bytes) -> bytes:
+    return b"\xff\xe1" + (len(body) + 2).to_bytes(2, "big") + body
+
+
+def _exif(orientation: int | None, order: str = "II", header: bytes = b"Exif\x00\x00") -> bytes:
+    """An APP1 segment: ``header``, then a TIFF block whose first IFD holds the orientation (none
+    when None)."""
+    end: Literal["little", "big"] = "little" if order == "II" else "big"
+    entries = b""
+    if orientation is not None:
+        entries = (0x0112).to_bytes(2, end) + (3).to_bytes(2, end) + (1).to_bytes(4, end)
+        entries += orientation.to_bytes(2, end) + b"\x00\x00"
+    count = (1 if orientation is not None else 0).to_bytes(2, end)
+    tiff = order.encode() + (42).to_bytes(2, end) + (8).to_bytes(4, end) + count + entries + bytes(4)
+    return _app1(header + tiff)
+
+
+def _with_segments(data: bytes, *segments: bytes) -> bytes:
+    """``data`` with ``segments`` right after the SOI marker."""
+    return data[:2] + b"".join(segments) + data[2:]
+
+
 def _with_exif_orientation(data: bytes, orientation: int) -> bytes:
-    """``data`` with an EXIF block (little-endian TIFF, one IFD entry) right after the SOI marker."""
-    entry = (0x0112).to_bytes(2, "little") + (3).to_bytes(2, "little") + (1).to_bytes(4, "little")
-    entry += orientation.to_bytes(2, "little") + b"\x00\x00"
-    tiff = b"II*\x00" + (8).to_bytes(4, "little") + (1).to_bytes(2, "little") + entry + bytes(4)
-    body = b"Exif\x00\x00" + tiff
-    return data[:2] + b"\xff\xe1" + (len(body) + 2).to_bytes(2, "big") + body + data[2:]
+    return _with_segments(data, _exif(orientation))
+
+
+def _same_as_opencv(ours: np.ndarray | None, data: bytes, flag: int = cv2.IMREAD_COLOR) -> bool:
+    theirs = cv2.imdecode(np.frombuffer(data, np.uint8), flag)
+    if theirs is None or ours is None:
+        return theirs is None and ours is None
+    return np.array_equal(ours, theirs)
 
 
 @pytest.fixture(params=["simplejpeg", "opencv only"])
@@ -106,9 +134,61 @@ def test_jpeg_info_reads_components_precision_and_orientation() -> None:
     info = jpeg_info(plain)
     assert (info.width, info.height, info.components, info.precision, info.orientation) == (64, 48, 3, 8, 1)
     assert jpeg_info(_with_exif_orientation(plain, 8)).orientation == 8
+    assert jpeg_info(_with_segments(plain, _exif(6, "MM"))).orientation == 6
+    assert jpeg_info(_with_segments(plain, _exif(None))).orientation == 1  # EXIF without the tag
     assert jpeg_info(_with_exif_orientation(plain, 9)).orientation is None  # not an orientation
-    broken = plain[:2] + b"\xff\xe1\x00\x0cExif\x00\x00XX\x00\x00" + plain[2:]  # no TIFF byte order
-    assert jpeg_info(broken).orientation is None
+    assert jpeg_info(_with_segments(plain, _app1(b"Exif\x00\x00XX\x00\x00"))).orientation is None
+    assert jpeg_info(bytearray(_with_exif_orientation(plain, 3))).orientation == 3
+
+
+@pytest.mark.parametrize(
+    "segments",
+    [
+        pytest.param((_exif(6), _exif(1)), id="two EXIF blocks: OpenCV reads the first"),
+        pytest.param((_exif(6), _exif(None)), id="a second EXIF block without the tag"),
+        pytest.param((_exif(6, header=b"Exif\x00\xff"),), id="an odd EXIF signature"),
+        pytest.param((_app1(b"http://ns.adobe.com/xap/1.0/\x00<x/>"), _exif(6)), id="XMP before EXIF"),
+    ],
+)
+def test_the_picture_turns_exactly_when_opencv_turns_it(decoder: str, segments: tuple[bytes, ...]) -> None:
+    data = _with_segments(_jpeg(_frame(160, 90)), *segments)
+    image = decode_image(data)
+    assert image is not None and _same_as_opencv(image, data)
+    decoded = decode_for_detector(data, DecodeHint(40, 40))
+    assert decoded is not None
+    expected = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_REDUCED_COLOR_2)
+    assert decoded[0].shape == expected.shape
+
+
+@pytest.mark.parametrize("path", DAMAGED, ids=lambda p: p.stem)
+def test_jpegs_opencv_refuses_are_refused_not_decoded_into_garbage(decoder: str, path: Path) -> None:
+    data = path.read_bytes()
+    assert cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR) is None
+    assert decode_image(data) is None
+    assert decode_for_detector(data, DecodeHint(320, 320)) is None
+
+
+def test_byte_flipped_jpegs_decode_exactly_as_opencv_decodes_them(decoder: str) -> None:
+    rng = np.random.default_rng(7)
+    image = _frame(640, 480)
+    bases = [_jpeg(image), _jpeg(image, ENCODINGS["progressive"]), _jpeg(image, ENCODINGS["4:4:4"])]
+    for k in range(150):
+        data = bytearray(bases[k % len(bases)])
+        for position in rng.integers(2, len(data) - 2, size=int(rng.integers(1, 8))):
+            data[int(position)] = int(rng.integers(0, 256))
+        mutant = bytes(data)
+        assert _same_as_opencv(decode_image(mutant), mutant), k
+        reduced = decode_for_detector(mutant, DecodeHint(160, 160))
+        assert _same_as_opencv(None if reduced is None else reduced[0], mutant, cv2.IMREAD_REDUCED_COLOR_2), k
+
+
+def test_a_jpeg_declaring_a_billion_pixels_is_refused_without_allocating_them() -> None:
+    data = bytearray(_jpeg(np.full((16, 16, 3), 128, np.uint8)))
+    sof = data.index(b"\xff\xc0")
+    data[sof + 5 : sof + 9] = (40000).to_bytes(2, "big") * 2  # height, width
+    assert (jpeg_info(bytes(data)).width, jpeg_info(bytes(data)).height) == (40000, 40000)
+    assert decode_image(bytes(data)) is None
+    assert decode_for_detector(bytes(data), DecodeHint(320, 320)) is None
 
 
 def test_damaged_scan_data_is_decoded_as_leniently_as_opencv(decoder: str) -> None:

@@ -11,8 +11,10 @@ back to it.
 
 JPEGs are decoded by simplejpeg (libjpeg-turbo's TurboJPEG API) when it is installed: the same
 pixels as ``cv2.imdecode``, bit for bit, in about half the CPU time at 640x480 (OpenCV's wheel
-spends the difference around the same library). Files it does not cover go to OpenCV: EXIF
-orientations other than upright (OpenCV turns the picture), CMYK, 12-bit samples.
+spends the difference around the same library). What it does not cover goes to OpenCV: EXIF
+orientations other than upright (OpenCV turns the picture), CMYK, 12-bit samples, and any file
+libjpeg warns about (damaged data: OpenCV shows what it can, or refuses it). Headers declaring more
+than ``MAX_PIXELS`` are refused before anything is allocated.
 """
 
 from __future__ import annotations
@@ -74,8 +76,15 @@ def decode_image(data: bytes) -> NDArray[np.uint8] | None:
     return _imdecode(data, cv2.IMREAD_COLOR)
 
 
+# OpenCV's own limit (CV_IO_MAX_IMAGE_PIXELS): a 600-byte JPEG can declare 40000 x 40000 pixels
+MAX_PIXELS = 1 << 30
+
+
 def _imdecode(data: bytes, flags: int) -> NDArray[np.uint8] | None:
-    image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), flags)
+    try:
+        image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), flags)
+    except (cv2.error, MemoryError):  # a header past OpenCV's limits, or no memory for the pixels
+        return None
     if image is None or image.size == 0:
         return None
     return np.asarray(image, dtype=np.uint8)
@@ -83,6 +92,8 @@ def _imdecode(data: bytes, flags: int) -> NDArray[np.uint8] | None:
 
 def _decode_jpeg(data: bytes, info: JpegInfo | None, factor: int) -> NDArray[np.uint8] | None:
     """A complete JPEG decoded at ``1 / factor`` of its size (factor 1, 2, 4 or 8)."""
+    if info is not None and info.width * info.height > MAX_PIXELS:
+        return None
     if (
         simplejpeg is not None
         and info is not None
@@ -97,11 +108,16 @@ def _decode_jpeg(data: bytes, info: JpegInfo | None, factor: int) -> NDArray[np.
                 "BGR",
                 min_width=-(-info.width // factor),
                 min_height=-(-info.height // factor),
-                strict=False,  # as lenient as OpenCV with the warnings cheap cameras cause
+                # Strict: after a warning, libjpeg-turbo reports even a fatal error as a warning
+                # and the lenient mode returns a buffer it never wrote. Damaged frames that decode
+                # with warnings (cheap USB cameras) go to OpenCV below, which shows them as before.
+                strict=True,
             )
             return np.asarray(image, dtype=np.uint8)
         except ValueError:
-            pass  # a fatal libjpeg error: OpenCV decides (and normally refuses too)
+            pass  # libjpeg warned or failed: OpenCV decides, as it did before simplejpeg
+        except MemoryError:
+            return None
     return _imdecode(data, cv2.IMREAD_COLOR if factor == 1 else _REDUCED_FLAGS[factor])
 
 
