@@ -68,12 +68,15 @@ def decode_image(data: bytes) -> NDArray[np.uint8] | None:
     if fmt is None or not is_complete(data, fmt):
         return None
     if fmt == "jpg":
-        try:
-            info = jpeg_info(data)
-        except JpegError:
-            info = None  # let OpenCV have its say on odd headers
-        return _decode_jpeg(data, info, 1)
+        return _decode_jpeg(data, _header(data), 1)
     return _imdecode(data, cv2.IMREAD_COLOR)
+
+
+def _header(data: bytes) -> JpegInfo | None:
+    try:
+        return jpeg_info(data)
+    except JpegError:
+        return None  # let OpenCV have its say on odd headers
 
 
 # OpenCV's own limit (CV_IO_MAX_IMAGE_PIXELS): a 600-byte JPEG can declare 40000 x 40000 pixels
@@ -161,10 +164,7 @@ def decode_for_detector(
         return None if whole is None else (whole, None)
     if not is_complete(data, "jpg"):
         return None
-    try:
-        info: JpegInfo | None = jpeg_info(data)
-    except JpegError:
-        info = None  # let OpenCV have its say on odd headers
+    info = _header(data)
     factor = 1
     if info is not None and info.width and info.height:  # either way round: EXIF may turn the picture
         factor = min(hint.reduction(info.width, info.height), hint.reduction(info.height, info.width))
