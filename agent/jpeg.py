@@ -29,9 +29,9 @@ class JpegInfo:
     width: int
     height: int
     scan_offset: int
-    components: int = 3
-    precision: int = 8
-    orientation: int | None = 1
+    components: int
+    precision: int
+    orientation: int | None
 
 
 def jpeg_info(data: bytes) -> JpegInfo:
