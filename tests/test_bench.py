@@ -54,6 +54,7 @@ def test_bench_reports_limit_end_to_end_stages_and_checks_as_json(tmp_path: Path
             *("--models", str(MODEL), "--frames", "8", "--sizes", "160x120,320x240"),
             *("--runtimes", "ai_edge_litert,tflite_runtime", "--threads", "1", "--limit-seconds", "0.2"),
             "--detect-only",
+            *("--rounds", "2"),
             *("--shared", str(empty_shared), "--work-dir", str(tmp_path / "work"), "--json", str(out)),
         ],
         cwd=tmp_path,
@@ -75,7 +76,8 @@ def test_bench_reports_limit_end_to_end_stages_and_checks_as_json(tmp_path: Path
         assert run["threads"] == 1 and run["invokes"] >= 5
         assert run["rate_fps"] > 0 and run["median_ms"] > 0 and run["cpu_ms_per_invoke"] >= 0
     assert limit["limit_fps"] >= limit["best"]["rate_fps"] > 0
-    assert len(limit["rechecks"]) == len(model["runs"]) and limit["recheck"] == limit["rechecks"][-1]
+    # a re-measured limit after every run: 4 variants x 2 rounds
+    assert len(limit["rechecks"]) == 2 * len(model["runs"]) and limit["recheck"] == limit["rechecks"][-1]
     assert "limit re-measured after each run" in proc.stdout
     parallel = limit["parallel_interpreters"]  # the agent's default on 2+ cores, shown beside the limit
     if (os.cpu_count() or 1) >= 2:
@@ -100,6 +102,8 @@ def test_bench_reports_limit_end_to_end_stages_and_checks_as_json(tmp_path: Path
         # each run against the limit measured right before and right after it, the higher one
         assert len(run["limit_around_fps"]) == 2 and run["e2e_fps"] > 0
         assert run["limit_fps"] == round(max(run["limit_around_fps"]), 2) <= limit["limit_fps"]
+        # two rounds; the lower one stands for the size (the median of two, rounded down)
+        assert len(run["rounds"]) == 2 and run["ratio"] == min(r["ratio"] for r in run["rounds"])
         # rounded down to 3 decimals (the fps figures in the JSON are rounded to 0.01)
         assert -0.0005 < run["e2e_fps"] / run["limit_fps"] - run["ratio"] < 0.0015
         assert run["meets_target"] == (run["ratio"] >= 0.85)
@@ -183,3 +187,16 @@ def test_the_units_environment_is_read_as_systemd_reads_it(tmp_path: Path) -> No
     )
     env = _load_script("bench").unit_environment(unit)
     assert env == {"MALLOC_ARENA_MAX": "2", "GREETING": "hello world", "A": "1", "B": "2"}
+
+
+def test_a_size_reports_its_median_round_and_the_highest_peak_rss() -> None:
+    bench = _load_script("bench")
+    rounds = [
+        {"ratio": 0.9, "e2e_fps": 90.0, "limit_fps": 100.0, "peak_rss_mb": 150.0, "size": "a"},
+        {"ratio": 0.8, "e2e_fps": 80.0, "limit_fps": 100.0, "peak_rss_mb": 170.0, "size": "b"},
+        {"ratio": 0.85, "e2e_fps": 84.0, "limit_fps": 98.8, "peak_rss_mb": 160.0, "size": "c"},
+    ]
+    chosen = bench.median_run(rounds)
+    assert chosen["size"] == "c" and chosen["ratio"] == 0.85 and chosen["peak_rss_mb"] == 170.0
+    assert [r["ratio"] for r in chosen["rounds"]] == [0.9, 0.8, 0.85]  # in the order they ran
+    assert bench.median_run(rounds[:2])["ratio"] == 0.8  # even count: the lower middle
