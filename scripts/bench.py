@@ -7,12 +7,15 @@ In one run, on the same frames and models, it measures:
   (ai_edge_litert, tflite_runtime) and thread count (1..cpu_count), and the best of them;
 - the end-to-end rate of the agent (``build_agent`` in a child process, so its RSS is its own)
   from a folder of JPEGs through detection, the VoTT writer and the MQTT outbox to a local
-  Mosquitto that the bench starts (outbox only when Mosquitto is missing);
-- per-stage medians and p95: decode (``cv2.imdecode`` on the same files, as the folder source
-  does it), preprocess, invoke, postprocess (decode + NMS), write (VoTT), publish (outbox);
+  Mosquitto that the bench starts (outbox only when Mosquitto is missing), in ``--rounds`` (3)
+  interleaved rounds per frame size, each run followed by the best limit once more;
+- per-stage medians and p95: decode (the same files decoded as the folder source decodes them),
+  preprocess, invoke, postprocess (decode + NMS), write (VoTT), publish (outbox);
 - decode + NMS of a real YOLOv8n ``[1,84,8400]`` output alone;
 - the child's peak RSS (``VmHWM`` from /proc);
-- the ratio end-to-end / limit per model and frame size (target >= 0.85).
+- the ratio end-to-end / limit per model and frame size (target >= 0.85): each run against the
+  higher of the limits measured just before and after it (the shared machine's speed drifts), each
+  size reported by its median round.
 
 With ``--detect-only`` each size is also run with no output stages (capture and detection only),
 which shows what the VoTT writer, harvest, alerts and MQTT cost end to end. The tables also give
