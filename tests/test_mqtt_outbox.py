@@ -289,13 +289,14 @@ def test_linked_frames_leave_with_every_kind_of_drop(tmp_path):
     box.close()
 
 
-def test_a_linked_frame_whose_file_is_gone_or_damaged_is_dropped_and_counted(tmp_path):
+def test_a_linked_frame_whose_file_is_gone_or_damaged_after_a_restart_is_dropped_and_counted(tmp_path):
     box = Outbox(tmp_path / "o.sqlite3", max_bytes=10**9, max_age_s=3600)
     _, gone = _frame_file(tmp_path, 0)
     short_path, short = _frame_file(tmp_path, 1)
     zeros_path, zeros = _frame_file(tmp_path, 2)
     _, kept = _frame_file(tmp_path, 3)
     box.put_many([gone, short, zeros, kept])
+    box.close()
     inode = (tmp_path / "frame0.jpg").stat().st_ino
     (link,) = [p for p in box.files_dir.iterdir() if p.stat().st_ino == inode]
     link.unlink()  # removed by hand
@@ -304,11 +305,31 @@ def test_a_linked_frame_whose_file_is_gone_or_damaged_is_dropped_and_counted(tmp
     short_path.write_bytes(b"")
     with open(zeros_path, "r+b") as handle:
         handle.write(bytes(len(zeros.payload)))
+    box = Outbox(tmp_path / "o.sqlite3", max_bytes=10**9, max_age_s=3600)
     items = box.take(10)
     assert [i.message.topic for i in items] == ["t/frame/3"], "the intact frame is still sent"
     stats = box.stats()
     assert stats["dropped"]["missing"]["frame"] == 3 and stats["messages"] == 1
     assert stats["bytes"] == kept.size
+    box.close()
+
+
+def test_frames_linked_by_this_process_are_sent_from_memory_up_to_a_bound(tmp_path):
+    """The frames stored most recently are sent without reading their links back; beyond the
+    bound the oldest are read from disk (and checked) as after a restart."""
+    box = Outbox(tmp_path / "o.sqlite3", max_bytes=10**9, max_age_s=3600)
+    frames = [_frame_file(tmp_path, i, size=250_000) for i in range(30)]  # 7.5 MB in all
+    for _, message in frames:
+        box.put(message)
+    for link in box.files_dir.iterdir():  # damage every link in place: only memory has the bytes now
+        with open(link, "r+b") as handle:
+            handle.write(bytes(250_000))
+    items = box.take(100)
+    sent = [int(i.message.topic.rsplit("/", 1)[1]) for i in items]
+    assert sent == list(range(30 - len(sent), 30)), "the newest frames come from memory, in order"
+    assert 10 <= len(sent) < 30, "a bounded number of megabytes is held"
+    assert all(i.message.payload == frames[int(i.message.topic.rsplit("/", 1)[1])][1].payload for i in items)
+    assert box.stats()["dropped"]["missing"]["frame"] == 30 - len(sent), "the older ones were read and failed"
     box.close()
 
 

@@ -45,7 +45,10 @@ was the largest cost of the output thread per kept frame; a link costs one ``lin
 deleted; links no row names (a crash between the two) are removed at start-up. The row keeps the
 payload's CRC-32 (SQLite checksums its own pages, not the linked file), checked before sending;
 ``checkpoint()`` syncs the folder with the WAL. Where links are impossible (another file system,
-no permission) the bytes go into SQLite as before.
+no permission) the bytes go into SQLite as before. The payloads of links made by this process stay
+in memory until taken (up to ``_FRESH_MAX_BYTES``), so the usual path, a frame sent milliseconds
+after it was stored, neither reads the file back nor checksums it again: the CRC guards against a
+power cut, which a process cannot live through.
 """
 
 from __future__ import annotations
@@ -74,6 +77,8 @@ log = logging.getLogger(__name__)
 _SCHEMA_VERSION = 2  # 2: payload_file, payload_crc
 _SWEEP_INTERVAL_S = 5.0
 _DROP_LOG_INTERVAL_S = 60.0
+# payloads of links made by this process kept in memory until sent (the oldest give way first)
+_FRESH_MAX_BYTES = 4 * 1024 * 1024
 
 
 class MessageClass(IntEnum):
@@ -176,6 +181,8 @@ class Outbox:
         # unique link names without a getrandom() per frame (uuid4 cost ~0.5 ms a frame on the bench)
         self._link_prefix = f"{time.time_ns():x}"
         self._link_count = itertools.count()
+        self._fresh: dict[int, bytes] = {}  # seq -> payload of a link made by this process, not yet taken
+        self._fresh_bytes = 0
         self._db = self._open()
         self._load_totals()
         self.files_dir.mkdir(exist_ok=True)
@@ -275,6 +282,8 @@ class Outbox:
         """Checkpoint and close the file; messages not yet acknowledged stay for the next start."""
         with self._lock:
             self._inflight.clear()
+            self._fresh.clear()
+            self._fresh_bytes = 0
             try:
                 self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             except sqlite3.Error as exc:
@@ -314,9 +323,11 @@ class Outbox:
             except BaseException:
                 self._unlink(link for link in links if link)
                 raise
-            for message in messages:
+            for message, link, seq in zip(messages, links, seqs, strict=True):
                 self._count[message.klass] += 1
                 self._bytes[message.klass] += message.size
+                if link:
+                    self._remember(seq, message.payload)
             self._stored_total += len(messages)
             self._dirty = True
             self._links_unsynced |= any(links)
@@ -375,6 +386,32 @@ class Outbox:
             return None
         return name
 
+    def _remember(self, seq: int, payload: bytes) -> None:
+        self._fresh[seq] = payload
+        self._fresh_bytes += len(payload)
+        while self._fresh_bytes > _FRESH_MAX_BYTES:
+            self._forget(next(iter(self._fresh)))
+
+    def _forget(self, seq: int) -> bytes | None:
+        payload = self._fresh.pop(seq, None)
+        if payload is not None:
+            self._fresh_bytes -= len(payload)
+        return payload
+
+    def _linked_payload(self, item: StoredMessage) -> bytes | None:
+        """The payload ``item``'s link holds: from memory when this process made the link, else read
+        from the file and checked against its CRC-32; None when gone or damaged."""
+        data = self._forget(item.seq)
+        if data is not None:
+            return data
+        try:
+            data = (self.files_dir / str(item.link)).read_bytes()
+        except OSError:
+            return None
+        # a power cut before the frame reached the disk can leave it empty, short or full of zeros
+        # (file systems that log the size before the data)
+        return data if zlib.crc32(data) == item.crc else None
+
     def _unlink(self, names: Iterable[str]) -> None:
         for name in names:
             try:
@@ -413,13 +450,8 @@ class Outbox:
                 for row in rows:
                     item = _row_to_stored(row)
                     if item.link:
-                        try:
-                            data = (self.files_dir / item.link).read_bytes()
-                        except OSError:
-                            data = None
-                        # a power cut before the frame reached the disk can leave it empty, short or
-                        # full of zeros (file systems that log the size before the data)
-                        if data is None or zlib.crc32(data) != item.crc:
+                        data = self._linked_payload(item)
+                        if data is None:
                             missing.append(item)
                             continue
                         item = item.with_payload(data)
@@ -463,6 +495,7 @@ class Outbox:
         self._unlink(link for seq, _, _, link in rows if link and seq in deleted)
         for seq, klass, size, _ in rows:
             if seq in deleted:
+                self._forget(seq)
                 self._count[MessageClass(klass)] -= 1
                 self._bytes[MessageClass(klass)] -= size
         self._dirty = True
