@@ -46,7 +46,7 @@ deleted; links no row names (a crash between the two) are removed at start-up. T
 payload's CRC-32 (SQLite checksums its own pages, not the linked file), checked before sending;
 ``checkpoint()`` syncs the folder with the WAL. Where links are impossible (another file system,
 no permission) the bytes go into SQLite as before. The payloads of links made by this process stay
-in memory until taken (up to ``_FRESH_MAX_BYTES``), so the usual path, a frame sent milliseconds
+in memory until taken (up to ``_IN_MEMORY_MAX_BYTES``), so the usual path, a frame sent milliseconds
 after it was stored, neither reads the file back nor checksums it again: the CRC guards against a
 power cut, which a process cannot live through.
 """
@@ -78,7 +78,7 @@ _SCHEMA_VERSION = 2  # 2: payload_file, payload_crc
 _SWEEP_INTERVAL_S = 5.0
 _DROP_LOG_INTERVAL_S = 60.0
 # payloads of links made by this process kept in memory until sent (the oldest give way first)
-_FRESH_MAX_BYTES = 4 * 1024 * 1024
+_IN_MEMORY_MAX_BYTES = 4 * 1024 * 1024
 
 
 class MessageClass(IntEnum):
@@ -181,8 +181,8 @@ class Outbox:
         # unique link names without a getrandom() per frame (uuid4 cost ~0.5 ms a frame on the bench)
         self._link_prefix = f"{time.time_ns():x}"
         self._link_count = itertools.count()
-        self._fresh: dict[int, bytes] = {}  # seq -> payload of a link made by this process, not yet taken
-        self._fresh_bytes = 0
+        self._in_memory: dict[int, bytes] = {}  # seq -> payload of a link made by this process, not yet taken
+        self._in_memory_bytes = 0
         self._db = self._open()
         self._load_totals()
         self.files_dir.mkdir(exist_ok=True)
@@ -282,8 +282,8 @@ class Outbox:
         """Checkpoint and close the file; messages not yet acknowledged stay for the next start."""
         with self._lock:
             self._inflight.clear()
-            self._fresh.clear()
-            self._fresh_bytes = 0
+            self._in_memory.clear()
+            self._in_memory_bytes = 0
             try:
                 self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             except sqlite3.Error as exc:
@@ -327,7 +327,7 @@ class Outbox:
                 self._count[message.klass] += 1
                 self._bytes[message.klass] += message.size
                 if link:
-                    self._remember(seq, message.payload)
+                    self._keep_in_memory(seq, message.payload)
             self._stored_total += len(messages)
             self._dirty = True
             self._links_unsynced |= any(links)
@@ -386,22 +386,22 @@ class Outbox:
             return None
         return name
 
-    def _remember(self, seq: int, payload: bytes) -> None:
-        self._fresh[seq] = payload
-        self._fresh_bytes += len(payload)
-        while self._fresh_bytes > _FRESH_MAX_BYTES:
-            self._forget(next(iter(self._fresh)))
+    def _keep_in_memory(self, seq: int, payload: bytes) -> None:
+        self._in_memory[seq] = payload
+        self._in_memory_bytes += len(payload)
+        while self._in_memory_bytes > _IN_MEMORY_MAX_BYTES:
+            self._pop_from_memory(next(iter(self._in_memory)))
 
-    def _forget(self, seq: int) -> bytes | None:
-        payload = self._fresh.pop(seq, None)
+    def _pop_from_memory(self, seq: int) -> bytes | None:
+        payload = self._in_memory.pop(seq, None)
         if payload is not None:
-            self._fresh_bytes -= len(payload)
+            self._in_memory_bytes -= len(payload)
         return payload
 
     def _linked_payload(self, item: StoredMessage) -> bytes | None:
         """The payload ``item``'s link holds: from memory when this process made the link, else read
         from the file and checked against its CRC-32; None when gone or damaged."""
-        data = self._forget(item.seq)
+        data = self._pop_from_memory(item.seq)
         if data is not None:
             return data
         try:
@@ -474,8 +474,7 @@ class Outbox:
             return self._delete(items) if items else []
 
     def _delete(self, items: list[StoredMessage]) -> list[StoredMessage]:
-        """Delete these stored messages (``_delete_rows``) and forget their bytes; returns those
-        deleted."""
+        """Delete these stored messages (``_delete_rows``); returns those deleted."""
         deleted = self._delete_rows([(item.seq, item.message.klass, item.size, item.link) for item in items])
         return [item for item in items if item.seq in deleted]
 
@@ -495,7 +494,7 @@ class Outbox:
         self._unlink(link for seq, _, _, link in rows if link and seq in deleted)
         for seq, klass, size, _ in rows:
             if seq in deleted:
-                self._forget(seq)
+                self._pop_from_memory(seq)
                 self._count[MessageClass(klass)] -= 1
                 self._bytes[MessageClass(klass)] -= size
         self._dirty = True
