@@ -662,7 +662,7 @@ def run_child(spec: dict[str, Any], work: Path, timeout_s: float = 3600.0) -> di
             timeout=timeout_s,
             check=False,
             cwd=work,
-            env={**unit_environment(), **os.environ},
+            env={**os.environ, **child_environment()},
         )
     if proc.returncode != 0 or not result_path.exists():
         tail = log_path.read_text(errors="replace")[-3000:]
