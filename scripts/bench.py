@@ -186,6 +186,9 @@ def machine_info() -> dict[str, Any]:
         "os": f"{platform.system()} {platform.release()}",
         "machine": platform.machine(),
         "python": platform.python_version(),
+        # which build (a distribution's, pyenv's): the Python-side stages depend on how it was compiled
+        "python_base": sys.base_prefix,
+        "python_compiler": platform.python_compiler(),
         "numpy": np.__version__,
         "opencv": cv2.__version__,
         "opencv_threads": cv2.getNumThreads(),
@@ -970,7 +973,8 @@ def format_report(report: dict[str, Any]) -> str:
     s = report["settings"]
     out = [
         f"edge-agent bench  {report['created']}  commit {m.get('git_commit') or '?'}",
-        f"machine: {m['cpu']}, {m['cores']} cores, {m['memory_mb']} MB, {m['os']}, Python {m['python']}, "
+        f"machine: {m['cpu']}, {m['cores']} cores, {m['memory_mb']} MB, {m['os']}, Python {m['python']} "
+        f"({m.get('python_base', '?')}), "
         f"load {m['load_avg_1m_start']} -> {m.get('load_avg_1m_end', '?')} (1 min avg)",
         f"runtimes: ai_edge_litert {m['ai_edge_litert']}, tflite_runtime {m['tflite_runtime']}; "
         f"OpenCV {m['opencv']} ({m['opencv_threads']} threads); JPEG decoder "
