@@ -839,7 +839,7 @@ def child_main(spec_path: Path) -> int:
         "cpu_s_total": round(
             usage_end.ru_utime + usage_end.ru_stime - usage_start.ru_utime - usage_start.ru_stime, 3
         ),
-        "environment": {k: os.environ.get(k) for k in unit_environment()},
+        "environment": {k: os.environ.get(k) for k in child_environment()},  # what it was given
         "cpu_s_system": round(usage_end.ru_stime - usage_start.ru_stime, 3),
         "minor_page_faults": usage_end.ru_minflt - usage_start.ru_minflt,
         "context_switches": {
