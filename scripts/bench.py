@@ -1274,7 +1274,6 @@ def bench_model(
         "limit": {
             "runs": limit_runs,
             "best": best,
-            "recheck": rechecks[-1] if rechecks else None,  # after the last run
             "rechecks": rechecks,  # after each run, in run order
             "limit_fps": limit_fps,  # the highest measurement; each run has its own limit_fps
             "parallel_interpreters": parallel,

@@ -77,7 +77,7 @@ def test_bench_reports_limit_end_to_end_stages_and_checks_as_json(tmp_path: Path
         assert run["rate_fps"] > 0 and run["median_ms"] > 0 and run["cpu_ms_per_invoke"] >= 0
     assert limit["limit_fps"] >= limit["best"]["rate_fps"] > 0
     # a re-measured limit after every run: 4 variants x 2 rounds
-    assert len(limit["rechecks"]) == 2 * len(model["runs"]) and limit["recheck"] == limit["rechecks"][-1]
+    assert len(limit["rechecks"]) == 2 * len(model["runs"])
     assert "limit re-measured after each run" in proc.stdout
     parallel = limit["parallel_interpreters"]  # the agent's default on 2+ cores, shown beside the limit
     if (os.cpu_count() or 1) >= 2:
