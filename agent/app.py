@@ -18,20 +18,20 @@ import cv2
 
 from agent.alerts import AlertMonitor, validate_failure_labels
 from agent.config import AgentConfig
+from agent.config.mqtt import MqttSettings
+from agent.config.source import SourceSettings
 from agent.detect.detector import Detector, open_detector
 from agent.errors import ConfigError
-from agent.frames import safe_name
 from agent.fsutil import GroupSync
 from agent.gate import ChangeGate
 from agent.harvest import Harvester
 from agent.labeler import VottStage
 from agent.mqtt.client import create_publisher
-from agent.mqtt.settings import MqttSettings
+from agent.naming import safe_name
 from agent.pipeline import Pipeline, Stage
 from agent.printer import PrinterWatcher, make_printer, webcam_urls
 from agent.sources import FrameSource, open_source
 from agent.sources.decode import DecodeHint
-from agent.sources.settings import SourceSettings
 from agent.stages import AlertStage, KeepStage, MqttStage, SteppedClock
 from agent.vott import VottProject
 

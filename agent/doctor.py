@@ -40,6 +40,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from agent.config import AgentConfig
+from agent.config.mqtt import MqttSettings
 from agent.detect.model import ModelSpec, resolve_model
 from agent.detect.runtime import (
     EDGETPU_LIBRARY,
@@ -49,7 +50,6 @@ from agent.detect.runtime import (
 )
 from agent.errors import UserError
 from agent.frames import Frame
-from agent.mqtt.settings import MqttSettings
 
 MB = 1024 * 1024
 SERVICE_USER = "edge-agent"  # the user scripts/install-pi.sh creates and the systemd units run as

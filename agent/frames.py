@@ -2,33 +2,14 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
-_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
-
-
-def safe_name(text: str, max_len: int = 120) -> str:
-    """``text`` reduced to ``[A-Za-z0-9._-]`` (other runs become ``_``), no leading dot, at most
-    ``max_len`` characters; safe as a file name and an MQTT topic level."""
-    cleaned = _UNSAFE.sub("_", text).lstrip(".")[:max_len]
-    return cleaned or "_"
-
-
-def utc_iso(timestamp: float) -> str:
-    """Seconds since the epoch to UTC ISO 8601 with milliseconds and ``Z``."""
-    return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def utc_compact(timestamp: float) -> str:
-    """Seconds since the epoch to a sortable, file-safe UTC stamp: ``20261122T020631.123Z``."""
-    dt = datetime.fromtimestamp(timestamp, UTC)
-    return dt.strftime("%Y%m%dT%H%M%S.") + f"{dt.microsecond // 1000:03d}Z"
+from agent.naming import safe_name
+from agent.utc import utc_compact
 
 
 @dataclass(slots=True)

@@ -61,23 +61,20 @@ from collections import Counter, OrderedDict, defaultdict, deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, NamedTuple
+from typing import Any, NamedTuple
 
 import cv2
 import numpy as np
 from numpy.typing import NDArray
-from pydantic import Field, model_validator
 
-from agent.config_model import StrictModel
+from agent.config.harvest import REASON_POLICIES, HarvestSettings
 from agent.detections import Detections
-from agent.frames import FrameResult, utc_iso
+from agent.frames import FrameResult
 from agent.fsutil import atomic_write_json, atomic_write_text
+from agent.utc import utc_iso
 
 log = logging.getLogger(__name__)
 
-PolicyName = Literal["all", "detection", "uncertainty", "change", "interval", "duplicate", "class_balance"]
-REASON_POLICIES: tuple[str, ...] = ("all", "detection", "uncertainty", "change")
-VETO_POLICIES: tuple[str, ...] = ("interval", "duplicate", "class_balance")
 NO_DETECTION_LABEL = "(none)"
 # Why a frame was not kept, besides the vetoes' own names.
 DROP_GATE_SKIPPED = "gate_skipped"
@@ -93,112 +90,6 @@ _DISK_CHECK_INTERVAL_S = 1.0  # free space is read at most this often while it i
 
 
 # --------------------------------------------------------------------------- settings
-
-
-class DetectionPolicy(StrictModel):
-    """Keep frames with a detection of one of ``labels`` (any label when empty) scored in range."""
-
-    labels: list[str] = Field(default_factory=list)
-    """Keep frames with these labels (empty: any label)."""
-    min_score: float = Field(0.0, ge=0.0, le=1.0)
-    """Lowest score that counts."""
-    max_score: float = Field(1.0, ge=0.0, le=1.0)
-    """Highest score that counts."""
-
-    @model_validator(mode="after")
-    def _range(self) -> DetectionPolicy:
-        if self.min_score > self.max_score:
-            raise ValueError(f"min_score {self.min_score} is above max_score {self.max_score}; swap them")
-        return self
-
-
-class UncertaintyPolicy(StrictModel):
-    """Keep frames whose highest detection score lies in ``[min_score, max_score]``.
-
-    ``min_score`` should be at or above the detector's own score threshold, or the band's
-    lower part never sees a detection.
-    """
-
-    min_score: float = Field(0.3, ge=0.0, le=1.0)
-    """Keep frames whose highest score is at least this."""
-    max_score: float = Field(0.6, ge=0.0, le=1.0)
-    """And at most this."""
-
-    @model_validator(mode="after")
-    def _range(self) -> UncertaintyPolicy:
-        if self.min_score > self.max_score:
-            raise ValueError(f"min_score {self.min_score} is above max_score {self.max_score}; swap them")
-        return self
-
-
-class IntervalPolicy(StrictModel):
-    """At most one kept frame per ``interval_s`` seconds per source."""
-
-    interval_s: float = Field(10.0, gt=0.0)
-    """Keep at most one frame per this many seconds per source."""
-
-
-class DuplicatePolicy(StrictModel):
-    """Drop a frame whose 64-bit dHash is within ``max_distance_bits`` of a recently kept one.
-
-    With ``compare_labels`` the kept frame must also have had the same detected labels
-    (and counts), so a small new object that barely changes the hash is still kept.
-    """
-
-    max_distance_bits: int = Field(6, ge=0, le=64)
-    """Frames whose 64-bit hash differs by at most this many bits from a kept frame are duplicates."""
-    window_frames: int = Field(200, ge=1, le=100_000, description="kept frames per source compared")
-    compare_labels: bool = True
-    """A duplicate must also have the same labels and counts."""
-
-
-class ClassBalancePolicy(StrictModel):
-    """Drop a frame when each of its labels already has this many kept frames in the last hour."""
-
-    max_per_label_per_hour: int = Field(60, ge=1)
-    """Stop keeping frames of a label after this many in an hour."""
-
-
-def _default_policies() -> list[PolicyName]:
-    return ["all"]
-
-
-class HarvestSettings(StrictModel):
-    """The ``harvest`` config section: keep policies, disk quota and retention."""
-
-    policies: list[PolicyName] = Field(default_factory=_default_policies)
-    """Keep policies: reasons all, detection, uncertainty, change; vetoes interval, duplicate, class_balance."""
-    detection: DetectionPolicy = Field(default_factory=DetectionPolicy)
-    uncertainty: UncertaintyPolicy = Field(default_factory=UncertaintyPolicy)
-    interval: IntervalPolicy = Field(default_factory=IntervalPolicy)
-    duplicate: DuplicatePolicy = Field(default_factory=DuplicatePolicy)
-    class_balance: ClassBalancePolicy = Field(default_factory=ClassBalancePolicy)
-    quota_mb: float = Field(1024.0, ge=0.0, description="kept frames + annotations; 0 means no quota")
-    max_age_days: float = Field(0.0, ge=0.0, description="evict kept frames older than this; 0 keeps them")
-    min_free_mb: float = Field(200.0, ge=0.0, description="stop keeping frames below this free space")
-
-    @model_validator(mode="after")
-    def _policies_make_sense(self) -> HarvestSettings:
-        repeated = sorted(name for name, n in Counter(self.policies).items() if n > 1)
-        if repeated:
-            raise ValueError(f"policies lists {', '.join(repeated)} more than once; list each policy once")
-        others = [p for p in self.policies if p in REASON_POLICIES and p != "all"]
-        if "all" in self.policies and others:
-            raise ValueError(
-                f"policies lists 'all' together with {', '.join(others)}: 'all' already keeps every "
-                f"frame; list either 'all' or the reasons you want ({', '.join(REASON_POLICIES[1:])})"
-            )
-        return self
-
-    @property
-    def reason_policies(self) -> list[str]:
-        """The listed reasons to keep a frame (``['all']`` when none is listed)."""
-        return [p for p in self.policies if p in REASON_POLICIES] or ["all"]
-
-    @property
-    def veto_policies(self) -> list[str]:
-        """The listed vetoes, in the order listed."""
-        return [p for p in self.policies if p in VETO_POLICIES]
 
 
 # --------------------------------------------------------------------------- hashing

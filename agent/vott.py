@@ -58,15 +58,15 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from agent.boxes import as_boxes, clip_xyxy, ltwh_to_xyxy, xyxy_to_ltwh
+from agent.config.output import DEFAULT_SECURITY_TOKEN
 from agent.detections import Detections
 from agent.errors import ConfigError, UserError
-from agent.frames import utc_iso
 from agent.fsutil import GroupSync, atomic_write_bytes, atomic_write_json
+from agent.utc import utc_iso
 
 log = logging.getLogger(__name__)
 
 VOTT_VERSION = "2.2.0"
-DEFAULT_SECURITY_TOKEN = "edge-agent Token"
 SCORES_DIR = "edge-agent-scores"
 ASSET_SUFFIX = "-asset.json"
 # VoTT's own palette (src/react/components/common/tagColors.json); tag i gets colour i mod 20.

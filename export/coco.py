@@ -21,8 +21,8 @@ import numpy as np
 
 from agent.boxes import ltwh_to_xyxy, xyxy_to_ltwh
 from agent.errors import UserError
-from agent.frames import utc_iso
 from agent.fsutil import atomic_write_json
+from agent.utc import utc_iso
 from export.dataset import SPLITS, LabeledDataset, LabeledImage, copy_image, image_size
 
 log = logging.getLogger(__name__)

@@ -431,8 +431,8 @@ def measure_invoke(
     p95 ms per call, and calls per second over the whole loop (``rate_fps``). With ``interpreters``
     > 1, that many interpreters invoke at once, each on its own thread (the agent's parallel mode),
     and the rate is their sum."""
+    from agent.config.detector import DetectorSettings
     from agent.detect.detector import Detector
-    from agent.detect.settings import DetectorSettings
 
     detectors = [
         Detector(DetectorSettings(model=str(model), runtime=runtime, num_threads=threads))
@@ -495,8 +495,8 @@ def installed_runtimes(wanted: Sequence[str]) -> tuple[list[str], list[str]]:
 def measure_decode(files: Sequence[Path], model: Path, limit: int = 200) -> dict[str, Any]:
     """JPEG decode as the folder source does it for ``model`` (at reduced size when the model's
     input allows, ``agent.sources.decode.decode_for_detector``), per file."""
+    from agent.config.detector import DetectorSettings
     from agent.detect.detector import Detector
-    from agent.detect.settings import DetectorSettings
     from agent.sources.decode import DecodeHint, decode_for_detector
 
     detector = Detector(DetectorSettings(model=str(model), num_threads=1), warm_up=False)
@@ -515,10 +515,10 @@ def measure_decode(files: Sequence[Path], model: Path, limit: int = 200) -> dict
 def measure_yolo_decode_nms(model: Path, image: Path, repeats: int = 300) -> dict[str, Any]:
     """Decode + NMS of a real YOLOv8n output (captured once from ``image``): ``decode_yolo`` + ``nms``
     alone, and the detector's whole postprocess (filter, NMS, box mapping, ``Detections``)."""
+    from agent.config.detector import DetectorSettings
     from agent.detect.detector import Detector
     from agent.detect.layouts import decode_yolo
     from agent.detect.nms import nms
-    from agent.detect.settings import DetectorSettings
 
     detector = Detector(DetectorSettings(model=str(model)))
     frame = read_bgr(image)
@@ -1187,8 +1187,8 @@ def bench_model(
     for r in limit_runs[1:]:
         r.pop("labels")
     best = max(limit_runs, key=lambda r: r["rate_fps"])
-    from agent.alerts import AlertSettings
-    from agent.detect.settings import DetectorSettings
+    from agent.config.alerts import AlertSettings
+    from agent.config.detector import DetectorSettings
 
     # for reference (not the limit, which is one interpreter as the issue defines it): the agent's
     # default of several interpreters on successive frames, bare

@@ -53,9 +53,9 @@ def choose_model(spec: str, shared: Path) -> tuple[str, Path]:
 
 def printer_model(model: Path) -> bool:
     """True when the model knows the default failure labels (then alerts run, as on a printer)."""
-    from agent.alerts import AlertSettings
+    from agent.config.alerts import AlertSettings
+    from agent.config.detector import DetectorSettings
     from agent.detect.detector import Detector
-    from agent.detect.settings import DetectorSettings
 
     labels = Detector(DetectorSettings(model=str(model)), warm_up=False).labels
     return bool(set(AlertSettings().failure_labels) & set(labels))

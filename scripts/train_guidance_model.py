@@ -689,8 +689,8 @@ def augment(
 
 def evaluate_model(model_path: Path, samples: Sequence[Sample], labels: list[str]) -> Any:
     """Run the exported model with the agent's detector on ``samples``; the ``EvalReport``."""
+    from agent.config.detector import DetectorSettings
     from agent.detect.detector import Detector
-    from agent.detect.settings import DetectorSettings
     from export.metrics import ImageBoxes, evaluate
 
     detector = Detector(DetectorSettings(model=str(model_path), score_threshold=0.01, max_detections=100))

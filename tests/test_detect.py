@@ -201,8 +201,8 @@ def test_a_corrupt_image_among_good_ones_is_skipped(tmp_path: Path) -> None:
 
 
 def test_class_filter_and_label_map_through_the_config(tmp_path: Path) -> None:
+    from agent.config.detector import DetectorSettings
     from agent.detect.detector import Detector
-    from agent.detect.settings import DetectorSettings
 
     model = str(FIXTURE_MODELS / "yolov5_layout_uint8.tflite")
     image = cv2.imread(str(FIXTURE_MODELS / "yolov5_layout_uint8.png"))

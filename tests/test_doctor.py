@@ -19,6 +19,7 @@ import pytest
 import yaml
 
 from agent.config import AgentConfig
+from agent.config.mqtt import MqttSettings
 from agent.detect.runtime import installed_runtimes
 from agent.doctor import (
     Check,
@@ -33,7 +34,6 @@ from agent.doctor import (
     find_edgetpu_devices,
     probe_writable,
 )
-from agent.mqtt.settings import MqttSettings
 from tests.helpers import CliResult, run_cli
 from tests.mosquitto import (
     CertificateAuthority,

@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
+from agent.config.gate import GateSettings
 from agent.frames import Frame
-from agent.gate import ChangeGate, GateSettings
+from agent.gate import ChangeGate
 
 WIDTH, HEIGHT = 640, 360
 FPS = 10.0

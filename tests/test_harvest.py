@@ -15,9 +15,10 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
+from agent.config.harvest import HarvestSettings
 from agent.detections import Detections
 from agent.frames import Frame, FrameResult
-from agent.harvest import Harvester, HarvestSettings, dhash64, hamming_distances
+from agent.harvest import Harvester, dhash64, hamming_distances
 
 LABELS = ("person", "dog", "cat")
 WALL = 1.7e9  # epoch seconds of the first frame

@@ -18,10 +18,10 @@ import cv2
 import numpy as np
 import pytest
 
+from agent.config.mqtt import MqttSettings
 from agent.detections import Detections
 from agent.frames import Frame, FrameResult
 from agent.mqtt.client import MqttPublisher, build_tls_context
-from agent.mqtt.settings import MqttSettings
 from tests.mosquitto import (
     CertificateAuthority,
     MessageCollector,

@@ -19,11 +19,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from agent.config.mqtt import MqttSettings
 from agent.detections import Detections
 from agent.frames import Frame, FrameResult
 from agent.mqtt.client import MqttPublisher
 from agent.mqtt.outbox import Message, MessageClass, Outbox
-from agent.mqtt.settings import MqttSettings
 from tests.mosquitto import free_port
 
 REPO = Path(__file__).resolve().parent.parent

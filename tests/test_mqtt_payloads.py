@@ -12,15 +12,15 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from pydantic import ValidationError
 
+from agent.config.mqtt import MqttSettings, default_device_id
 from agent.detections import Detections
 from agent.errors import ConfigError
-from agent.frames import Frame, FrameResult, safe_name
+from agent.frames import Frame, FrameResult
 from agent.labeler import VottStage
 from agent.mqtt.client import build_tls_context
 from agent.mqtt.homeassistant import discovery_messages
 from agent.mqtt.outbox import MessageClass
 from agent.mqtt.publish_properties import PackedPublishProperties
-from agent.mqtt.settings import MqttSettings, default_device_id
 from agent.mqtt.topics import (
     Topics,
     annotated_jpeg,
@@ -30,6 +30,7 @@ from agent.mqtt.topics import (
     frame_message,
     scale_vott_asset,
 )
+from agent.naming import safe_name
 from agent.stages import annotation_for
 from agent.vott import VottProject
 

@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from agent.alerts import AlertMonitor, AlertSettings, run_action
+from agent.alerts import AlertMonitor, run_action
+from agent.config.alerts import AlertSettings
 from agent.errors import ConfigError
 from agent.printer import (
     MoonrakerClient,

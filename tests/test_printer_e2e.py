@@ -119,9 +119,10 @@ def detector_settings_yaml(model: Path) -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def frames(shared_dir: Path) -> PrinterFrames:
     """The served frames, checked with the real model: healthy ones score 0, failures clearly more."""
-    from agent.alerts import AlertSettings, failure_score
+    from agent.alerts import failure_score
+    from agent.config.alerts import AlertSettings
+    from agent.config.detector import DetectorSettings
     from agent.detect.detector import Detector
-    from agent.detect.settings import DetectorSettings
 
     loaded = load_printer_frames(shared_dir)
     detector = Detector(

@@ -10,12 +10,12 @@ import cv2
 import numpy as np
 import pytest
 
-from agent.config import load_yaml_model
+from agent.config.loading import load_yaml_model
+from agent.config.review import ReviewSettings
 from agent.detections import Detections
 from agent.errors import ConfigError
 from agent.mqtt.topics import scale_vott_asset
 from agent.review.checks import REASONS, Rejected, check_jpeg, jpeg_info, parse_annotation, parse_topic
-from agent.review.settings import ReviewSettings
 from agent.vott import annotation_json
 
 REPO = Path(__file__).resolve().parent.parent

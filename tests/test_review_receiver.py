@@ -21,12 +21,12 @@ import pytest
 import yaml
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
+from agent.config.mqtt import MqttSettings
+from agent.config.review import ReviewSettings
 from agent.detections import Detections
 from agent.frames import Frame, FrameResult
 from agent.mqtt.client import MqttPublisher
-from agent.mqtt.settings import MqttSettings
 from agent.review.receiver import ReviewReceiver
-from agent.review.settings import ReviewSettings
 from agent.stages import annotation_for
 from agent.vott import load_project
 from tests.helpers import run_cli

@@ -15,9 +15,9 @@ import cv2
 import numpy as np
 import pytest
 
+from agent.config.review import ReviewSettings
 from agent.detections import Detections
 from agent.review.checks import Annotation, Rejected, check_jpeg, parse_annotation
-from agent.review.settings import ReviewSettings
 from agent.review.store import (
     ANNOTATION_STORED,
     ANNOTATION_UPDATED,

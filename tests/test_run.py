@@ -20,11 +20,12 @@ import pytest
 import yaml
 
 from agent.config import AgentConfig
+from agent.config.detector import DetectorSettings
+from agent.config.pipeline import PipelineSettings
+from agent.config.source import SourceSettings
 from agent.detect.detector import Detector
-from agent.detect.settings import DetectorSettings
-from agent.pipeline import Pipeline, PipelineSettings
+from agent.pipeline import Pipeline
 from agent.sources import open_source
-from agent.sources.settings import SourceSettings
 from tests.helpers import REPO, outbox_topics, run_cli, validate_vott
 
 FIXTURE_MODELS = Path(__file__).parent / "fixtures" / "models"

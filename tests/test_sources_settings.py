@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
+from agent.config.source import default_source_id, guess_kind, redact_url
 from agent.errors import ConfigError
 from agent.sources import SourceSettings, resolve_kind
 from agent.sources.decode import DecodeHint, decode_for_detector, decode_image, sniff_format
 from agent.sources.pacing import Backoff, RateLimiter
-from agent.sources.settings import default_source_id, guess_kind, redact_url
 
 
 def _noise_jpeg(size: int = 128) -> bytes:

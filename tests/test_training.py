@@ -27,8 +27,8 @@ import numpy as np
 import pytest
 import yaml
 
+from agent.config.detector import BUNDLED_MODEL, DetectorSettings
 from agent.detect.detector import Detector
-from agent.detect.settings import BUNDLED_MODEL, DetectorSettings
 from agent.errors import UserError
 from export.metrics import ImageBoxes, evaluate
 

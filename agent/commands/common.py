@@ -7,9 +7,9 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from agent.detect.settings import DetectorSettings
+from agent.config.detector import DetectorSettings
+from agent.config.source import SourceSettings
 from agent.errors import ConfigError
-from agent.sources.settings import SourceSettings
 
 
 def add_detector_arguments(parser: argparse.ArgumentParser, *, model_required: bool) -> None:

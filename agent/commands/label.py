@@ -8,11 +8,12 @@ from pathlib import Path
 from typing import Any
 
 from agent.commands.common import add_detector_arguments, detector_settings, source_settings
+from agent.config.pipeline import PipelineSettings
 from agent.detect.detector import Detector
 from agent.errors import ConfigError
 from agent.frames import FrameResult
 from agent.labeler import VottStage
-from agent.pipeline import Pipeline, PipelineSettings
+from agent.pipeline import Pipeline
 from agent.sources import open_source
 from agent.vott import VottProject
 

@@ -25,16 +25,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agent.alerts import AlertEvent, AlertMonitor, AlertSettings, Sample, validate_failure_labels
+from agent.alerts import AlertEvent, AlertMonitor, Sample, validate_failure_labels
 from agent.config import AgentConfig, load_config
+from agent.config.alerts import AlertSettings
+from agent.config.pipeline import PipelineSettings
+from agent.config.source import IMAGE_SUFFIXES, SourceKind, SourceSettings
 from agent.detect.detector import Detector
 from agent.errors import ConfigError, UserError
-from agent.frames import FrameResult, utc_iso
-from agent.pipeline import Pipeline, PipelineSettings
+from agent.frames import FrameResult
+from agent.pipeline import Pipeline
 from agent.sources import open_source
 from agent.sources.folder import list_images
-from agent.sources.settings import IMAGE_SUFFIXES, SourceKind, SourceSettings
 from agent.stages import AlertStage, SteppedClock
+from agent.utc import utc_iso
 
 log = logging.getLogger(__name__)
 

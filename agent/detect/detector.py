@@ -17,6 +17,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from agent.boxes import denormalize_xyxy
+from agent.config.detector import DetectorSettings
 from agent.detect.layouts import (
     Candidates,
     Layout,
@@ -30,7 +31,6 @@ from agent.detect.model import ModelSpec, resolve_model
 from agent.detect.nms import nms
 from agent.detect.preprocess import InputTransform, Preprocessor
 from agent.detect.runtime import make_interpreter
-from agent.detect.settings import DetectorSettings
 from agent.detect.tflite_file import SSD_POSTPROCESS_OP
 from agent.detections import Detections
 from agent.errors import UserError

@@ -15,12 +15,13 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from agent.config_model import StrictModel
+from agent.config.base import StrictModel
+from agent.config.detector import Layout
+from agent.config.loading import load_yaml_model
 from agent.detect.labels import find_sidecar_labels, labels_from_embedded, read_label_file
 from agent.detect.tflite_file import TfliteFileInfo, read_tflite_file
 from agent.errors import ConfigError
 
-Layout = Literal["auto", "ssd_tf1", "ssd_tf2", "yolov5", "yolov8", "yolo_end2end"]
 ResizeMode = Literal["auto", "stretch", "letterbox"]
 
 
@@ -76,7 +77,6 @@ def find_card(model_path: Path) -> Path | None:
 
 def load_card(path: Path) -> ModelCard:
     """Parse and validate a model card; errors name the key and the line."""
-    from agent.config import load_yaml_model  # late import: config imports detector settings
 
     return load_yaml_model(path, ModelCard, what="model card")
 

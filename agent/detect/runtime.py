@@ -12,19 +12,16 @@ import importlib
 import importlib.util
 import logging
 import os
-import re
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any
 
 from agent.detect.tflite_file import TfliteFileInfo
 from agent.errors import ConfigError, UserError
 
 log = logging.getLogger(__name__)
 
-RuntimeName = Literal["auto", "ai_edge_litert", "tflite_runtime", "tensorflow"]
 RUNTIME_PREFERENCE: tuple[str, ...] = ("ai_edge_litert", "tflite_runtime", "tensorflow")
 EDGETPU_LIBRARY = "libedgetpu.so.1"
-EDGETPU_DEVICE = re.compile(r"^(usb|pci)(:\d+)?$")
 EDGETPU_HELP = (
     "install the Edge TPU runtime (Debian package libedgetpu1-std from Coral's apt repository, "
     "https://coral.ai/software/#debian-packages; scripts/install-pi.sh --edgetpu does it), "
@@ -75,15 +72,6 @@ def choose_runtime(requested: str) -> str:
         )
         raise UserError(f"detector.runtime is {requested} but it is not installed; `pip install {package}`")
     return requested
-
-
-def parse_edgetpu_device(value: str | None) -> str | None:
-    """Validate an Edge TPU device string (``usb``, ``usb:N``, ``pci``, ``pci:N``)."""
-    if value is None or value == "":
-        return None
-    if not EDGETPU_DEVICE.match(value):
-        raise ConfigError(f"detector.edgetpu {value!r} must be usb, usb:N, pci or pci:N (N = 0, 1, ...)")
-    return value
 
 
 def make_interpreter(

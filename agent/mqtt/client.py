@@ -36,12 +36,12 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
+from agent.config.mqtt import BrokerConnection, MqttSettings
 from agent.errors import ConfigError
 from agent.frames import FrameResult
 from agent.mqtt import homeassistant
 from agent.mqtt.outbox import Message, MessageClass, Outbox, StoredMessage
 from agent.mqtt.publish_properties import PackedPublishProperties
-from agent.mqtt.settings import BrokerConnection, MqttSettings
 from agent.mqtt.topics import (
     JSON_TYPE,
     OFFLINE,

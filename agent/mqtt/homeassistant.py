@@ -20,7 +20,7 @@ import re
 from typing import Any
 
 from agent import __version__
-from agent.mqtt.settings import MqttSettings
+from agent.config.mqtt import MqttSettings
 from agent.mqtt.topics import JPEG_TYPE, ONLINE, Topics, json_bytes
 
 _ID_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")

@@ -25,9 +25,10 @@ import cv2
 import numpy as np
 from numpy.typing import NDArray
 
-from agent.frames import Frame, FrameResult, utc_iso
+from agent.frames import Frame, FrameResult
 from agent.mqtt.outbox import Message, MessageClass
 from agent.sources.decode import decode_image
+from agent.utc import utc_iso
 
 ONLINE = "online"
 OFFLINE = "offline"

@@ -12,10 +12,10 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from agent.config import load_yaml_model
+from agent.config.loading import load_yaml_model
+from agent.config.review import ReviewSettings
 from agent.errors import ConfigError
 from agent.review.checks import id_problem
-from agent.review.settings import ReviewSettings
 from agent.review.store import CLOSED, Batch, ReviewStore
 
 log = logging.getLogger(__name__)

@@ -29,13 +29,14 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from agent.frames import safe_name, utc_iso
+from agent.config.review import ReviewSettings
 from agent.fsutil import atomic_write_json
 from agent.mqtt.client import explain_refusal, new_paho_client
+from agent.naming import safe_name
 from agent.review.checks import Rejected, check_jpeg, parse_annotation, parse_topic
-from agent.review.settings import ReviewSettings
 from agent.review.stats import ReviewStats
 from agent.review.store import ReviewStore
+from agent.utc import utc_iso
 
 log = logging.getLogger(__name__)
 

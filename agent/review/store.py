@@ -53,12 +53,12 @@ from typing import Any
 
 import numpy as np
 
+from agent.config.review import ReviewSettings
 from agent.detections import Detections
 from agent.errors import ConfigError, UserError
-from agent.frames import utc_iso
 from agent.fsutil import atomic_write_bytes, atomic_write_json
 from agent.review.checks import Annotation, Rejected, id_problem, jpeg_info
-from agent.review.settings import ReviewSettings
+from agent.utc import utc_iso
 from agent.vott import PathMapping, VottProject
 
 log = logging.getLogger(__name__)

@@ -13,15 +13,15 @@ that does not open, a refused connection after ``startup_attempts``), each sayin
 
 from __future__ import annotations
 
-from agent.errors import ConfigError
-from agent.sources.base import STAT_KEYS, FrameSource, SourceUnavailable
-from agent.sources.settings import (
+from agent.config.source import (
     Picamera2Options,
     SourceKind,
     SourceSettings,
     V4l2Options,
     guess_kind,
 )
+from agent.errors import ConfigError
+from agent.sources.base import STAT_KEYS, FrameSource, SourceUnavailable
 
 __all__ = [
     "STAT_KEYS",

@@ -16,11 +16,11 @@ from typing import TypeVar
 import numpy as np
 from numpy.typing import NDArray
 
+from agent.config.source import SourceSettings
 from agent.errors import UserError
 from agent.frames import Frame, live_frame_name
 from agent.sources.decode import DecodeHint, decode_for_detector, decode_image, sniff_format
 from agent.sources.pacing import Backoff, RateLimiter
-from agent.sources.settings import SourceSettings
 
 log = logging.getLogger(__name__)
 

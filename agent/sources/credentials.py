@@ -10,8 +10,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from agent.config.source import SourceSettings
 from agent.errors import ConfigError
-from agent.sources.settings import SourceSettings
 
 
 def read_secret(env_name: str | None, file_name: str | None, key: str) -> str | None:

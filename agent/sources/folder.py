@@ -16,11 +16,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from agent.config.source import IMAGE_SUFFIXES, SourceSettings
 from agent.errors import ConfigError, UserError
 from agent.frames import Frame
 from agent.sources.base import FrameSource
 from agent.sources.decode import sniff_format
-from agent.sources.settings import IMAGE_SUFFIXES, SourceSettings
 
 log = logging.getLogger(__name__)
 

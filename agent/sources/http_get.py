@@ -14,10 +14,10 @@ import threading
 from urllib.parse import urlsplit
 
 from agent import __version__
+from agent.config.source import SourceSettings
 from agent.sources.base import SourceUnavailable, connect_at_start
 from agent.sources.credentials import Credentials
 from agent.sources.decode import sniff_format
-from agent.sources.settings import SourceSettings
 
 HTTP_HINT = (
     "Check the URL opens in a browser from this machine, that the camera server runs, and the "

@@ -21,11 +21,11 @@ import time
 from collections.abc import Iterator
 from typing import Protocol
 
+from agent.config.source import SourceSettings
 from agent.frames import Frame
 from agent.sources.base import FrameSource, Reconnector, SourceUnavailable
 from agent.sources.http_get import HTTP_HINT, ConnectionHolder, HttpEndpoint, OpenResponse
 from agent.sources.latest import LatestSlot
-from agent.sources.settings import SourceSettings
 
 log = logging.getLogger(__name__)
 

@@ -21,13 +21,13 @@ import cv2
 import numpy as np
 from numpy.typing import NDArray
 
+from agent.config.source import SourceSettings, is_camera_index, v4l2_device_path
 from agent.errors import UserError
 from agent.frames import Frame
 from agent.sources.base import FrameSource, Reconnector, SourceUnavailable
 from agent.sources.credentials import Credentials
 from agent.sources.folder import natural_key
 from agent.sources.latest import LatestSlot
-from agent.sources.settings import SourceSettings, is_camera_index, v4l2_device_path
 
 log = logging.getLogger(__name__)
 

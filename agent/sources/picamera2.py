@@ -21,10 +21,10 @@ import cv2
 import numpy as np
 from numpy.typing import NDArray
 
+from agent.config.source import PICAMERA2_ENUM_CONTROLS, Picamera2Options, SourceSettings
 from agent.errors import ConfigError, UserError
 from agent.frames import Frame
 from agent.sources.base import FrameSource, Reconnector, SourceUnavailable
-from agent.sources.settings import PICAMERA2_ENUM_CONTROLS, Picamera2Options, SourceSettings
 
 log = logging.getLogger(__name__)
 

@@ -14,10 +14,10 @@ import logging
 import time
 from collections.abc import Iterator
 
+from agent.config.source import SourceSettings
 from agent.frames import Frame
 from agent.sources.base import FrameSource, Reconnector, SourceUnavailable
 from agent.sources.http_get import HTTP_HINT, ConnectionHolder, HttpEndpoint
-from agent.sources.settings import SourceSettings
 
 log = logging.getLogger(__name__)
 

@@ -16,10 +16,11 @@ import cv2
 import numpy as np
 from numpy.typing import NDArray
 
+from agent.config.source import SourceSettings
 from agent.errors import ConfigError, UserError
-from agent.frames import Frame, safe_name
+from agent.frames import Frame
+from agent.naming import safe_name
 from agent.sources.base import FrameSource
-from agent.sources.settings import SourceSettings
 
 log = logging.getLogger(__name__)
 

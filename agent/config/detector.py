@@ -3,15 +3,28 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, ValidationInfo, field_validator
 
-from agent.config_model import StrictModel
-from agent.detect.model import Layout
-from agent.detect.runtime import RuntimeName, parse_edgetpu_device
+from agent.config.base import StrictModel
+from agent.errors import ConfigError
 
 BUNDLED_MODEL = Path(__file__).resolve().parent.parent / "data" / "print3d_guidance.tflite"
+Layout = Literal["auto", "ssd_tf1", "ssd_tf2", "yolov5", "yolov8", "yolo_end2end"]
+RuntimeName = Literal["auto", "ai_edge_litert", "tflite_runtime", "tensorflow"]
+EDGETPU_DEVICE = re.compile(r"^(usb|pci)(:\d+)?$")
+
+
+def parse_edgetpu_device(value: str | None) -> str | None:
+    """Validate an Edge TPU device string (``usb``, ``usb:N``, ``pci``, ``pci:N``)."""
+    if value is None or value == "":
+        return None
+    if not EDGETPU_DEVICE.match(value):
+        raise ConfigError(f"detector.edgetpu {value!r} must be usb, usb:N, pci or pci:N (N = 0, 1, ...)")
+    return value
 
 
 class DetectorSettings(StrictModel):

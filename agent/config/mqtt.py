@@ -15,9 +15,9 @@ from typing import Any, Literal, Self
 
 from pydantic import Field, field_validator, model_validator
 
-from agent.config_model import StrictModel
+from agent.config.base import StrictModel
 from agent.errors import ConfigError
-from agent.frames import safe_name
+from agent.naming import safe_name
 
 
 def default_device_id() -> str:

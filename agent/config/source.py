@@ -20,8 +20,8 @@ from urllib.parse import parse_qs, urlsplit
 
 from pydantic import ConfigDict, Field, StrictBool, StrictFloat, StrictInt, field_validator, model_validator
 
-from agent.config_model import StrictModel
-from agent.frames import safe_name
+from agent.config.base import StrictModel
+from agent.naming import safe_name
 
 SourceKind = Literal["auto", "folder", "video", "v4l2", "rtsp", "mjpeg", "snapshot", "picamera2"]
 

@@ -1,7 +1,7 @@
-"""YAML configuration: loaded, typed and validated, with errors that name the key and line.
+"""YAML files to typed, validated models, with errors that name the key and the line.
 
-``load_config(path)`` returns an ``AgentConfig``; ``load_yaml_model(path, Model)`` does the
-same for any ``StrictModel`` (model cards, the review receiver's config). Unknown keys,
+``load_yaml_model(path, Model)`` reads any ``StrictModel`` (the agent's config, model cards, the
+review receiver's config). Unknown keys,
 duplicate keys, wrong types and out-of-range values are refused with every problem listed
 as ``FILE:LINE: key.path: what is wrong``.
 """
@@ -13,19 +13,10 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
-from pydantic import Field, ValidationError
+from pydantic import ValidationError
 
-from agent.alerts import AlertSettings
-from agent.config_model import StrictModel
-from agent.detect.settings import DetectorSettings
+from agent.config.base import StrictModel
 from agent.errors import ConfigError
-from agent.gate import GateSettings
-from agent.harvest import HarvestSettings
-from agent.labeler import OutputSettings
-from agent.mqtt.settings import MqttSettings
-from agent.pipeline import PipelineSettings
-from agent.printer import PrinterSettings
-from agent.sources.settings import SourceSettings
 
 M = TypeVar("M", bound=StrictModel)
 KeyPath = tuple[str | int, ...]
@@ -142,21 +133,7 @@ def load_yaml_model(
     return validate_data(expand(data) if expand else data, model, str(file), lines)
 
 
-class AgentConfig(StrictModel):
-    """The whole agent: one source, one detector, and what happens to the results."""
-
-    source: SourceSettings = Field(default_factory=SourceSettings)
-    detector: DetectorSettings = Field(default_factory=DetectorSettings)
-    output: OutputSettings = Field(default_factory=OutputSettings)
-    pipeline: PipelineSettings = Field(default_factory=PipelineSettings)
-    gate: GateSettings = Field(default_factory=GateSettings)
-    harvest: HarvestSettings = Field(default_factory=HarvestSettings)
-    alerts: AlertSettings = Field(default_factory=AlertSettings)
-    printer: PrinterSettings = Field(default_factory=PrinterSettings)
-    mqtt: MqttSettings = Field(default_factory=MqttSettings)
-
-
-BUNDLED_DATA = Path(__file__).resolve().parent / "data"
+BUNDLED_DATA = Path(__file__).resolve().parent.parent / "data"
 DEFAULT_CONFIG = BUNDLED_DATA / "default.yaml"
 BUNDLED_PLACEHOLDER = "{bundled}"
 
@@ -171,8 +148,3 @@ def expand_bundled(data: Any) -> Any:
     if isinstance(data, list):
         return [expand_bundled(v) for v in data]
     return data
-
-
-def load_config(path: str | Path | None = None) -> AgentConfig:
-    """Load and validate an agent config; ``None`` loads the bundled default config."""
-    return load_yaml_model(path if path is not None else DEFAULT_CONFIG, AgentConfig, expand=expand_bundled)

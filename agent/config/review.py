@@ -17,10 +17,10 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from agent.config_model import StrictModel
-from agent.frames import safe_name
-from agent.mqtt.settings import BrokerConnection, check_topic_prefix
-from agent.vott import DEFAULT_SECURITY_TOKEN
+from agent.config.base import StrictModel
+from agent.config.mqtt import BrokerConnection, check_topic_prefix
+from agent.config.output import DEFAULT_SECURITY_TOKEN
+from agent.naming import safe_name
 
 
 def default_client_id() -> str:
