@@ -7,10 +7,14 @@ import ctypes
 import functools
 import itertools
 import json
+import logging
 import os
+import re
 import time
 from pathlib import Path
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 _temp_names = itertools.count()  # next() on it is atomic under the GIL: safe from any thread
 
@@ -133,3 +137,35 @@ class GroupSync:
             self._dirty = False
             self.flushes += 1
         self._flushed_at = time.monotonic()
+
+
+def remove_stale_temp_files(*folders: Path) -> int:
+    """Delete the temp files (``.<name>.<pid>-<n>.tmp``) that writes killed half-way left in
+    ``folders``: those whose process no longer runs on this machine. Returns how many."""
+    removed = 0
+    for folder in folders:
+        try:
+            names = [e.name for e in os.scandir(folder) if e.name.startswith(".") and e.name.endswith(".tmp")]
+        except FileNotFoundError:
+            continue
+        for name in names:
+            match = re.search(r"\.(\d+)-\d+\.tmp$", name)
+            if match and _process_alive(int(match.group(1))):
+                continue
+            (folder / name).unlink(missing_ok=True)
+            removed += 1
+    if removed:
+        log.info("removed %d temporary file(s) left by interrupted writes", removed)
+    return removed
+
+
+def _process_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True

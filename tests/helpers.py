@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 from agent.boxes import iou_matrix
@@ -100,3 +102,12 @@ def outbox_topics(outbox_file: Path) -> list[str]:
         return [m.message.topic for m in box.take(100000)]
     finally:
         box.close()
+
+
+def load_validator(shared: Path) -> ModuleType:
+    """../shared/vott/validate_vott.py imported as a module (its reference id and crypto functions)."""
+    spec = importlib.util.spec_from_file_location("validate_vott", shared / "vott" / "validate_vott.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -402,7 +402,7 @@ def test_vott_project_stays_valid_after_evictions(tmp_path: Path, shared_dir: Pa
             assert cv2.imwrite(str(image_path), image)
             aid = project.add_frame(
                 image_path, 160, 120, result.detections, model="test", timestamp=WALL + index
-            )
+            ).asset_id
             assert aid is not None
             paths = [image_path, project.asset_file(aid), project.scores_file(aid)]
             harvester.record_kept(result.frame.frame_id, paths, now=WALL + index)

@@ -1,0 +1,137 @@
+"""The VoTT stage: each kept frame's picture into the frames folder and its detections into the
+VoTT project; frames the disk quota evicts come out of the project again.
+
+Layout under ``output.dir`` (``D``)::
+
+    D/frames/<frame id>.jpg          the kept frames (VoTT's source folder)
+    D/vott/<project>.vott            the project, <asset id>-asset.json per frame with detections,
+    D/vott/edge-agent-scores/        the detection scores VoTT has no field for, and the agent's records
+
+A frame is stored as the source's own JPEG/PNG bytes when it had them, else encoded once as JPEG
+(``agent.encode``); frames from a folder that already is the VoTT source folder (``edge-agent
+label`` on one folder) are used in place. A frame whose asset the reviewer touched in VoTT is
+left exactly as the reviewer saved it, picture and all.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from agent.encode import EncodedImage, stored_image
+from agent.flow import KeepDecision, Outputs, Stage
+from agent.frames import Frame, FrameResult
+from agent.vott.writer import AssetWrite, VottProject, WriteOutcome
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class StoredFrame:
+    """What the VoTT stage did with a frame: where its picture is (None when not kept), the bytes
+    stored (None when the file was already there), the asset written, and every file the frame
+    occupies (picture first, then its asset file and sidecar; what the disk quota counts)."""
+
+    image_path: Path | None
+    image: EncodedImage | None
+    asset: AssetWrite | None
+    files: tuple[Path, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class FrameEvicted:
+    """Event: the disk quota dropped a kept frame; its files (picture first) must go."""
+
+    frame_id: str
+    paths: tuple[Path, ...]
+
+
+NOT_STORED = StoredFrame(None, None, None)
+_AGENT_ASSETS = (WriteOutcome.ADDED, WriteOutcome.UPDATED)
+
+
+class VottStage(Stage):
+    """Writes every kept frame and its detections into a ``VottProject``."""
+
+    name = "vott"
+    needs = (KeepDecision,)
+    produces = StoredFrame
+    listens = (FrameEvicted,)
+
+    def __init__(
+        self, project: VottProject, *, jpeg_quality: int = 90, in_place_folder: Path | None = None
+    ) -> None:
+        self.project = project
+        self.frames_dir = project.frames_dir
+        self.jpeg_quality = jpeg_quality
+        self.in_place_folder = in_place_folder.resolve() if in_place_folder else None
+        self.counts: Counter[str] = Counter()
+        self.write_ms_total = 0.0
+
+    def image_path_for(self, frame: Frame) -> Path | None:
+        """Where the frame already is when it comes from the in-place folder, else None."""
+        if self.in_place_folder is None or frame.origin is None:
+            return None
+        origin = Path(frame.origin)
+        return origin if origin.parent == self.in_place_folder else None
+
+    def handle(self, result: FrameResult, outputs: Outputs) -> StoredFrame:
+        """Store the picture (if kept) and write its asset."""
+        self.project.catch_up()  # every frame, kept or not
+        if not outputs.get(KeepDecision).keep:
+            return NOT_STORED
+        frame = result.frame
+        path = self.image_path_for(frame)
+        image = None
+        if path is None:
+            image = stored_image(frame, self.jpeg_quality)
+            path = self.frames_dir / f"{frame.frame_id}.{image.format}"
+            if self.project.reviewed(path):
+                self.counts[WriteOutcome.KEPT_REVIEWED] += 1
+                reviewed = AssetWrite(self.project.asset_id_for(path), WriteOutcome.KEPT_REVIEWED)
+                return StoredFrame(path, image, reviewed)
+            self.project.write_frame(path, image.data)
+            self.counts["frames_written"] += 1
+        asset = self.project.add_frame(
+            path, frame.width, frame.height, result.detections, model=result.model, timestamp=frame.timestamp
+        )
+        self.counts[asset.outcome] += 1
+        files: tuple[Path, ...] = (path,)
+        if asset.asset_id and asset.outcome in _AGENT_ASSETS:
+            files += (self.project.asset_file(asset.asset_id), self.project.scores_file(asset.asset_id))
+        return StoredFrame(path, image, asset, files)
+
+    def on_event(self, event: object) -> None:
+        """A frame evicted by the disk quota: out of the project first, then its files; a frame
+        the reviewer touched stays."""
+        assert isinstance(event, FrameEvicted)
+        if not event.paths:
+            return
+        image = event.paths[0]
+        if self.project.reviewed(image):
+            self.counts["evictions_kept_reviewed"] += 1
+            return
+        self.project.remove_frame(image)
+        in_place = self.in_place_folder is not None and image.parent.resolve() == self.in_place_folder
+        for path in event.paths[1:] if in_place else event.paths:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+        log.debug("evicted %s", event.frame_id)
+
+    def tick(self) -> None:
+        """Save the project when a change has waited long enough."""
+        self.project.catch_up()
+
+    def close(self) -> None:
+        """Save the project file."""
+        self.project.close()
+
+    def stats(self) -> Mapping[str, Any]:
+        """Frames written and what happened to their assets, project name."""
+        return {"project": self.project.name, **{str(k): v for k, v in sorted(self.counts.items())}}
