@@ -10,30 +10,36 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import cv2
 
-from agent.alerts import AlertMonitor, validate_failure_labels
+from agent.alerts import AlertMonitor, AlertStage, SteppedClock, validate_failure_labels
 from agent.config import AgentConfig
 from agent.config.mqtt import MqttSettings
 from agent.config.source import SourceSettings
 from agent.detect.detector import Detector, open_detector
 from agent.errors import ConfigError
+from agent.flow import EventBus, Stage
 from agent.fsutil import GroupSync
 from agent.gate import ChangeGate
 from agent.harvest import Harvester
-from agent.labeler import VottStage
+from agent.harvest_stage import KeepStage, QuotaStage
 from agent.mqtt.client import create_publisher
+from agent.mqtt.stage import MqttStage
 from agent.naming import safe_name
-from agent.pipeline import Pipeline, Stage
+from agent.pipeline import HandledFrame, Pipeline
 from agent.printer import PrinterWatcher, make_printer, webcam_urls
 from agent.sources import FrameSource, open_source
 from agent.sources.decode import DecodeHint
-from agent.stages import AlertStage, KeepStage, MqttStage, SteppedClock
+from agent.sources.folder import FolderSource
+from agent.sources.resume import ResumeFile, ResumeStage, source_key
+from agent.sources.video import VideoFileSource
 from agent.vott import VottProject
+from agent.vott.stage import VottStage
 
 log = logging.getLogger(__name__)
 
@@ -99,9 +105,12 @@ def project_name(config: AgentConfig) -> str:
     return config.output.project_name or safe_name(f"edge-agent-{config.source.source_id}")
 
 
-def build_agent(config: AgentConfig, *, on_result: Any = None) -> Agent:
+def build_agent(
+    config: AgentConfig, *, on_result: Callable[[HandledFrame], None] | None = None, from_start: bool = False
+) -> Agent:
     """Open the detector, the output folders, the outbox and the source, and wire the stages:
-    alerts (so an alerting frame is always kept) -> harvest + VoTT writer -> MQTT."""
+    alerts -> harvest decision -> VoTT writer -> disk quota -> MQTT -> resume point. ``from_start``:
+    process a folder or video from its beginning, not after where the last run stopped."""
     # OpenCV's own thread pool would fight the interpreter's threads for the same cores; the
     # resizes and JPEG work here are small and run beside inference anyway (measured: +7 %).
     cv2.setNumThreads(1)
@@ -109,60 +118,34 @@ def build_agent(config: AgentConfig, *, on_result: Any = None) -> Agent:
     detector_settings = config.detector.model_copy(update={"num_threads": threads})
     detectors = [open_detector(detector_settings) for _ in range(interpreters)]
     detector = detectors[0]
-    alerts_on = config.alerts.enabled
-    if alerts_on:
+    if config.alerts.enabled:
         validate_failure_labels(config.alerts, detector.labels)
     out = config.output
-    group_sync = (
-        GroupSync(out.data_dir(), out.fsync_interval_s) if out.fsync and out.fsync_interval_s else None
-    )
-    project = VottProject(
-        out.vott_dir(),
-        out.frames_dir(),
-        name=project_name(config),
-        local_root=out.data_dir(),
-        reviewer_root=out.reviewer_root,
-        tags=[label for label in detector.labels if label and label != "???"],
-        flush_every=out.save_every,
-        min_save_interval_s=out.save_interval_s,
-        fsync=out.fsync,
-        group_sync=group_sync,
-    )
-    writer = VottStage(project, jpeg_quality=out.jpeg_quality)
-    keep: KeepStage
+    events = EventBus()
+    source = open_source(printer_webcam(config))
+    publisher = create_publisher(mqtt_settings(config), events=events)
+    project = _vott_project(config, detector.labels)
+    stages: list[Stage] = []
+    if config.alerts.enabled:
+        stages.append(_alert_stage(config, live=source.live))
+    quota: QuotaStage
     harvester = Harvester(
         config.harvest,
         out.frames_dir(),
         index_path=out.data_dir() / "harvest-index.jsonl",
-        on_evict=lambda frame_id, paths: keep.evict(frame_id, [str(p) for p in paths]),
+        on_evict=lambda frame_id, paths: quota.evicted(frame_id, list(paths)),
     )
-    keep = KeepStage(harvester, writer, summary_path=out.data_dir() / "harvest.json")
-    source = open_source(printer_webcam(config))
-    publisher = create_publisher(mqtt_settings(config), on_frame_synced=keep.mark_synced)
-    stages: list[Stage] = []
-    if alerts_on:
-        alert_settings = config.alerts
-        if alert_settings.state_file is None:
-            state_file = out.data_dir() / "alert-state.json"
-            alert_settings = alert_settings.model_copy(update={"state_file": state_file})
-        printer = make_printer(config.printer) if config.printer.kind != "none" else None
-        watcher = PrinterWatcher(printer, config.printer.poll_interval_s) if printer is not None else None
-        clock = (
-            None if source.live else SteppedClock(time.time(), config.source.interval_s or RECORDED_STEP_S)
-        )
-        stages.append(
-            AlertStage(
-                AlertMonitor(alert_settings),
-                printer,
-                watcher,
-                publish=publisher.publish_alert if publisher is not None else None,
-                device_id=config.mqtt.device_id,
-                clock=clock,
-            )
-        )
-    stages.append(keep)
+    quota = QuotaStage(harvester, events)
+    stages += [
+        KeepStage(harvester, summary_path=out.data_dir() / "harvest.json"),
+        VottStage(project, jpeg_quality=out.jpeg_quality),
+        quota,
+    ]
     if publisher is not None:
-        stages.append(MqttStage(publisher, reviewer_path=lambda image: project.reviewer_path(image)))
+        stages.append(MqttStage(publisher, reviewer_path=project.reviewer_path))
+    resume = _resume_stage(config, source, from_start)
+    if resume is not None:
+        stages.append(resume)
     if config.source.reduced_decode:
         source.decode_hint = DecodeHint(
             detector.input_width, detector.input_height, either=detector.preprocess.letterbox
@@ -178,6 +161,7 @@ def build_agent(config: AgentConfig, *, on_result: Any = None) -> Agent:
         on_result=on_result,
         on_stats=publisher.publish_stats if publisher is not None else None,
         detector_factory=lambda: open_detector(detector_settings),
+        events=events,
     )
     log.info(
         "%s on %s (%s, %dx%d input, %d interpreter%s x %d thread%s) -> %s",
@@ -193,3 +177,46 @@ def build_agent(config: AgentConfig, *, on_result: Any = None) -> Agent:
         out.data_dir(),
     )
     return Agent(config=config, detector=detector, source=source, pipeline=pipeline, stages=stages)
+
+
+def _vott_project(config: AgentConfig, labels: Sequence[str]) -> VottProject:
+    out = config.output
+    group_sync = (
+        GroupSync(out.data_dir(), out.fsync_interval_s) if out.fsync and out.fsync_interval_s else None
+    )
+    return VottProject(
+        out.vott_dir(),
+        out.frames_dir(),
+        name=project_name(config),
+        local_root=out.data_dir(),
+        reviewer_root=out.reviewer_root,
+        tags=[label for label in labels if label and label != "???"],
+        flush_every=out.save_every,
+        min_save_interval_s=out.save_interval_s,
+        fsync=out.fsync,
+        group_sync=group_sync,
+    )
+
+
+def _alert_stage(config: AgentConfig, *, live: bool) -> AlertStage:
+    settings = config.alerts
+    if settings.state_file is None:
+        settings = settings.model_copy(update={"state_file": config.output.data_dir() / "alert-state.json"})
+    printer = make_printer(config.printer) if config.printer.kind != "none" else None
+    watcher = PrinterWatcher(printer, config.printer.poll_interval_s) if printer is not None else None
+    clock = None if live else SteppedClock(time.time(), config.source.interval_s or RECORDED_STEP_S)
+    return AlertStage(AlertMonitor(settings), printer, watcher, clock=clock)
+
+
+def _resume_stage(config: AgentConfig, source: FrameSource, from_start: bool) -> ResumeStage | None:
+    """For a folder or video that is not looped: skip what the last run finished, and record
+    each frame finished from now on."""
+    if not isinstance(source, FolderSource | VideoFileSource) or config.source.loop:
+        return None
+    resume_file = ResumeFile(config.output.data_dir() / "resume.json")
+    key = source_key(source.source_id, config.source.url)
+    if from_start:
+        resume_file.forget(key)
+    else:
+        source.resume_after = resume_file.point(key)
+    return ResumeStage(resume_file, key)

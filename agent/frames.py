@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 from numpy.typing import NDArray
 
+from agent.detections import Detections
 from agent.naming import safe_name
 from agent.utc import utc_compact
+
+if TYPE_CHECKING:
+    from agent.sources.resume import ResumePoint
 
 
 @dataclass(slots=True)
@@ -35,6 +40,7 @@ class Frame:
     encoded_format: str = "jpg"
     origin: str | None = None  # the file path, or the redacted URL, the frame came from
     full_size: tuple[int, int] | None = None  # (width, height) when ``image`` is reduced
+    resume_point: ResumePoint | None = None  # file sources: where a restart continues after this frame
 
     @property
     def width(self) -> int:
@@ -57,27 +63,20 @@ def live_frame_name(timestamp: float, sequence: int) -> str:
     return f"{utc_compact(timestamp)}-{sequence:06d}"
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class FrameResult:
-    """What the detector made of one frame, passed to every output stage.
+    """What the detector made of one frame: the immutable input of every output stage.
 
-    ``timings_ms`` holds per-stage durations in milliseconds (``decode``, ``preprocess``,
-    ``invoke``, ``postprocess`` and later ``write``/``publish``). ``keep`` is set by the
-    harvest policy: True when the frame is kept (written to the VoTT project, published
-    as frame + annotation), False when only its detections go out. ``skipped_inference``
-    is True when the change gate let the frame through without running the detector.
+    ``inference_ms`` is the ``invoke()`` time; ``timings_ms`` the detector's steps in milliseconds
+    (``preprocess``, ``invoke``, ``postprocess``). ``skipped_inference`` is True for a frame the
+    change gate let through without running the detector (then ``detections`` is empty). What the
+    stages make of the result are their typed outputs (``agent.flow``), never changes to it.
     """
 
     frame: Frame
-    detections: Any
+    detections: Detections
     model: str
     runtime: str
     inference_ms: float
-    timings_ms: dict[str, float] = field(default_factory=dict)
-    keep: bool = True
-    keep_reasons: list[str] = field(default_factory=list)
+    timings_ms: Mapping[str, float] = field(default_factory=dict)
     skipped_inference: bool = False
-    image_path: str | None = None  # where the kept frame's image was written
-    asset_id: str | None = None  # its VoTT asset id (None when it has no detections)
-    annotation: dict[str, Any] | None = None  # its VoTT asset JSON + scores, as the VoTT stage built it
-    alerts: list[Any] = field(default_factory=list)  # alert events this frame triggered

@@ -31,24 +31,10 @@ from typing import Any, Protocol
 
 from agent.config.pipeline import PipelineSettings
 from agent.detections import Detections
+from agent.flow import EventBus, KeepDecision, Outputs, Stage, check_stage_order
 from agent.frames import Frame, FrameResult
 
 log = logging.getLogger(__name__)
-
-
-class Stage(Protocol):
-    """An output stage: sees every result, in order, on the output thread."""
-
-    name: str
-
-    def handle(self, result: FrameResult) -> None:
-        """Act on one result (may set ``result.keep``, add timings)."""
-
-    def close(self) -> None:
-        """Flush and release everything; called once after the last result."""
-
-    def stats(self) -> dict[str, Any]:
-        """Counters for the stats message."""
 
 
 class FrameSourceLike(Protocol):
@@ -77,6 +63,15 @@ class GateLike(Protocol):
     """The change gate: decides whether a frame is worth running the detector on."""
 
     def should_infer(self, frame: Frame, now: float) -> tuple[bool, str]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class HandledFrame:
+    """A result after the output stages: their ``outputs`` and the wall time each took (ms)."""
+
+    result: FrameResult
+    outputs: Outputs
+    stage_ms: dict[str, float]
 
 
 @dataclass
@@ -151,9 +146,10 @@ class Pipeline:
         *,
         live: bool,
         gate: GateLike | None = None,
-        on_result: Callable[[FrameResult], None] | None = None,
+        on_result: Callable[[HandledFrame], None] | None = None,
         on_stats: Callable[[dict[str, Any]], None] | None = None,
         detector_factory: Callable[[], DetectorLike] | None = None,
+        events: EventBus | None = None,
     ) -> None:
         detectors = list(detector) if isinstance(detector, Sequence) else [detector]
         if not detectors:
@@ -161,6 +157,8 @@ class Pipeline:
         self.source = source
         self.detector_factory = detector_factory
         self.stages = list(stages)
+        check_stage_order(self.stages)
+        self.events = events if events is not None else EventBus()
         self.settings = settings
         self.live = live
         self.gate = gate
@@ -442,6 +440,7 @@ class Pipeline:
                     item = self._result_q.get(timeout=0.2)  # wakes up to see abandoned frames
                 except queue.Empty:
                     item = None
+                    self._idle()
                 if item is _END:
                     for result in self._in_order(pending, flush=True):
                         self._handle(result)
@@ -466,23 +465,46 @@ class Pipeline:
                     log.exception("closing %s failed", stage.name)
 
     def _handle(self, result: FrameResult) -> None:
-        """Run one result through every output stage."""
+        """Run one result through every output stage, then deliver the events they raised."""
         self._output_since = time.monotonic()
+        outputs = Outputs()
+        stage_ms: dict[str, float] = {}
         for stage in self.stages:
+            t0 = time.perf_counter()
             try:
-                stage.handle(result)
+                produced = stage.handle(result, outputs)
+                if produced is not None:
+                    outputs.add(produced)
             except Exception as exc:
                 with self._lock:
                     errors = self.counters.stage_errors
                     errors[stage.name] = errors.get(stage.name, 0) + 1
                 log.error("%s failed on frame %s: %s", stage.name, result.frame.frame_id, exc)
+            stage_ms[stage.name] = (time.perf_counter() - t0) * 1000.0
+        self._deliver_events()
         self.counters.processed += 1
-        if result.keep:
+        decision = outputs.find(KeepDecision)
+        if decision is not None and decision.keep:
             self.counters.kept += 1
         self.counters.completed_at.append(time.monotonic())
         self._output_since = None
         if self.on_result is not None:
-            self.on_result(result)
+            self.on_result(HandledFrame(result, outputs, stage_ms))
+
+    def _idle(self) -> None:
+        """No result for a while: let the stages do their periodic work, deliver events."""
+        for stage in self.stages:
+            try:
+                stage.tick()
+            except Exception:
+                log.exception("%s failed in its periodic work", stage.name)
+        self._deliver_events()
+
+    def _deliver_events(self) -> None:
+        try:
+            self.events.deliver(self.stages)
+        except Exception:
+            log.exception("delivering events failed")
 
     # ---- stats ----------------------------------------------------------------------------------
     def stats(self) -> dict[str, Any]:

@@ -766,7 +766,8 @@ def child_main(spec_path: Path) -> int:
 
     from agent.app import build_agent
     from agent.config import AgentConfig
-    from agent.frames import FrameResult
+    from agent.flow import KeepDecision
+    from agent.pipeline import HandledFrame
 
     config = AgentConfig.model_validate(spec["config"])
     every = int(spec.get("sample_rss_every") or 0)
@@ -778,12 +779,16 @@ def child_main(spec_path: Path) -> int:
     rss: list[tuple[int, int]] = []
     kept = 0
 
-    def on_result(result: FrameResult) -> None:
+    def on_result(handled: HandledFrame) -> None:
         nonlocal kept
         done.append(time.monotonic())
-        for key, value in result.timings_ms.items():
+        for key, value in handled.result.timings_ms.items():
             timings.setdefault(key, array("d")).append(float(value))
-        kept += bool(result.keep)
+        for stage, key in (("vott", "write"), ("mqtt", "publish")):
+            if stage in handled.stage_ms:
+                timings.setdefault(key, array("d")).append(handled.stage_ms[stage])
+        decision = handled.outputs.find(KeepDecision)
+        kept += bool(decision is not None and decision.keep)
         if len(done) == expected and sampler is not None:
             sampler.sample(threading.enumerate())  # the last frame: before the threads end
         if every and len(done) % every == 0:

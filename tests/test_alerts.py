@@ -15,11 +15,11 @@ from pydantic import ValidationError
 from agent.alerts import (
     AlertLevel,
     AlertMonitor,
-    AlertSettings,
     alert_payload,
     failure_score,
     validate_failure_labels,
 )
+from agent.config.alerts import AlertSettings
 from agent.detections import Detections
 from agent.errors import ConfigError
 from agent.printer import PrintState, PrintStatus

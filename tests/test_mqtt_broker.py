@@ -20,6 +20,7 @@ import pytest
 
 from agent.config.mqtt import MqttSettings
 from agent.detections import Detections
+from agent.flow import EventBus, FrameSynced, Stage
 from agent.frames import Frame, FrameResult
 from agent.mqtt.client import MqttPublisher, build_tls_context
 from tests.mosquitto import (
@@ -104,15 +105,26 @@ def stats_when_turned_away(broker: MosquittoBroker, settings: MqttSettings) -> d
 def test_plain_publishes_detections_frames_annotations_and_status(mosquitto, tmp_path):  # noqa: F811
     broker = mosquitto()
     synced: list[str] = []
+
+    class SyncedListener(Stage):
+        listens = (FrameSynced,)
+
+        def on_event(self, event: object) -> None:
+            assert isinstance(event, FrameSynced)
+            synced.append(event.frame_id)
+
+    events, listener = EventBus(), SyncedListener()
     with MessageCollector(broker.host, broker.port, ["edge-agent/devA/#"]) as collector:
-        publisher = MqttPublisher(settings_for(broker, tmp_path), on_frame_synced=synced.append)
+        publisher = MqttPublisher(settings_for(broker, tmp_path), events=events)
         publisher.start()
         for i in range(3):
             publisher.publish_detections(result(i))
             publisher.publish_frame(result(i), {"asset": {"name": f"frame{i:03d}.jpg"}, "regions": []})
         publisher.publish_alert({"level": "warn", "score": 0.8, "frame_id": "cam0_frame002"})
         assert wait_until(lambda: publisher.stats()["outbox"]["messages"] == 0)
-        assert wait_until(lambda: len(synced) == 3), "on_frame_synced fires when a frame is acknowledged"
+        assert wait_until(lambda: events.deliver([listener]) >= 0 and len(synced) == 3), (
+            "a FrameSynced event comes when a frame is acknowledged"
+        )
         stats = publisher.stats()
         publisher.close()
         assert collector.wait_for(lambda ms: any(m.payload == b"stopped" for m in ms))

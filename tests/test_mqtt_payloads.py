@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 
 import cv2
@@ -14,9 +13,10 @@ from pydantic import ValidationError
 
 from agent.config.mqtt import MqttSettings, default_device_id
 from agent.detections import Detections
+from agent.encode import published_jpeg
 from agent.errors import ConfigError
+from agent.flow import KeepDecision, Outputs
 from agent.frames import Frame, FrameResult
-from agent.labeler import VottStage
 from agent.mqtt.client import build_tls_context
 from agent.mqtt.homeassistant import discovery_messages
 from agent.mqtt.outbox import MessageClass
@@ -26,13 +26,12 @@ from agent.mqtt.topics import (
     annotated_jpeg,
     annotation_message,
     detections_payload,
-    encode_frame,
     frame_message,
     scale_vott_asset,
 )
 from agent.naming import safe_name
-from agent.stages import annotation_for
-from agent.vott import VottProject
+from agent.vott import VottProject, annotation_json
+from agent.vott.stage import VottStage
 
 
 def make_result(width: int = 200, height: int = 100, encoded: bytes | None = None, fmt: str = "jpg"):
@@ -96,7 +95,7 @@ def test_missing_tls_files_are_config_errors(tmp_path):
 
 def test_detections_payload_has_pixels_and_normalised_boxes():
     result = make_result()
-    body = detections_payload(result, "dev1")
+    body = detections_payload(result, "dev1", kept=True)
     assert body["frame_id"] == "cam_0_20231114T221320.250Z-000007"
     assert body["timestamp"] == "2023-11-14T22:13:20.250Z"
     assert body["source"] == "cam 0" and body["sequence"] == 7
@@ -117,23 +116,23 @@ def test_detections_payload_has_pixels_and_normalised_boxes():
 def test_source_jpeg_passes_through_unless_it_must_shrink():
     raw = cv2.imencode(".jpg", np.full((100, 200, 3), 90, np.uint8))[1].tobytes()
     result = make_result(encoded=raw)
-    same = encode_frame(result.frame, max_width_px=200, quality=50)
-    assert same.jpeg is raw and same.scale == 1.0
-    assert encode_frame(result.frame, max_width_px=0, quality=50).jpeg is raw
+    same = published_jpeg(result.frame, None, 200, 50)
+    assert same.data is raw and same.scale == 1.0
+    assert published_jpeg(result.frame, None, 0, 50).data is raw
 
-    small = encode_frame(result.frame, max_width_px=100, quality=80)
+    small = published_jpeg(result.frame, None, 100, 80)
     assert (small.width, small.height, small.scale) == (100, 50, 0.5)
-    assert cv2.imdecode(np.frombuffer(small.jpeg, np.uint8), cv2.IMREAD_COLOR).shape == (50, 100, 3)
+    assert cv2.imdecode(np.frombuffer(small.data, np.uint8), cv2.IMREAD_COLOR).shape == (50, 100, 3)
 
     png = cv2.imencode(".png", result.frame.image)[1].tobytes()
-    from_png = encode_frame(make_result(encoded=png, fmt="png").frame, max_width_px=0, quality=80)
-    assert from_png.jpeg[:2] == b"\xff\xd8", "PNG sources are re-encoded as JPEG"
+    from_png = published_jpeg(make_result(encoded=png, fmt="png").frame, None, 0, 80)
+    assert from_png.data[:2] == b"\xff\xd8", "PNG sources are re-encoded as JPEG"
 
 
 def test_frame_message_carries_metadata_and_expiry():
     result = make_result()
     topics = Topics("edge-agent", "dev1")
-    encoded = encode_frame(result.frame, 100, 80)
+    encoded = published_jpeg(result.frame, None, 100, 80)
     message = frame_message(topics, result.frame, encoded, expiry_s=600)
     assert message.topic == "edge-agent/dev1/frames/cam_0_20231114T221320.250Z-000007"
     assert message.klass == MessageClass.FRAME and message.qos == 1 and message.expiry_s == 600
@@ -216,8 +215,8 @@ def test_a_frame_decoded_reduced_is_published_sharp_and_agrees_with_its_annotati
     decoded = decode_for_detector(data, DecodeHint(96, 96, either=True))  # 1/8: 161 x 91
     assert decoded is not None and decoded[0].shape == (91, 161, 3)
     frame = Frame(decoded[0], "cam", 1, 1_700_000_000.0, "f1", data, "jpg", full_size=decoded[1])
-    encoded = encode_frame(frame, max_width_px=1000, quality=90)
-    jpeg = cv2.imdecode(np.frombuffer(encoded.jpeg, np.uint8), cv2.IMREAD_COLOR)
+    encoded = published_jpeg(frame, None, 1000, 90)
+    jpeg = cv2.imdecode(np.frombuffer(encoded.data, np.uint8), cv2.IMREAD_COLOR)
     assert (encoded.width, encoded.height) == (jpeg.shape[1], jpeg.shape[0]) == (1000, 563)
     # decoded again from the original bytes, not blown up from the detector's 161 px
     expected = cv2.resize(picture, (1000, 563), interpolation=cv2.INTER_AREA)
@@ -226,23 +225,23 @@ def test_a_frame_decoded_reduced_is_published_sharp_and_agrees_with_its_annotati
     asset = asset_json(f"/data/frames/{frame.name}.jpg", frame.width, frame.height, dets)
     scaled = scale_vott_asset(asset, encoded.scale)
     assert scaled["asset"]["size"] == {"width": 1000, "height": 563}
-    assert encode_frame(frame, max_width_px=0, quality=90).jpeg == data  # fits: the original bytes
+    assert published_jpeg(frame, None, 0, 90).data == data  # fits: the original bytes
 
 
-def test_published_annotation_is_the_asset_file_the_vott_stage_wrote(tmp_path):
-    """The VoTT stage builds a kept frame's annotation once; the MQTT stage publishes that same
-    asset JSON plus scores, frame id and model, and the asset file holds none of those extras."""
+def test_published_annotation_has_the_regions_of_the_asset_file_the_vott_stage_wrote(tmp_path):
+    """The MQTT stage's annotation of a kept frame carries the same regions (ids, boxes, tags) as
+    the asset file the VoTT stage wrote for it, plus the scores the asset file has no field for."""
     project = VottProject(tmp_path / "vott", tmp_path / "frames", name="p", fsync=False)
     result = make_result()
-    VottStage(project).handle(result)
-    payload = annotation_for(result, project.reviewer_path)
-    written = json.loads(project.asset_file(result.asset_id).read_text())
-    assert {k: v for k, v in payload.items() if k not in ("scores", "frame_id", "model")} == written
-    assert payload["frame_id"] == result.frame.frame_id and payload["model"] == "ssd"
+    outputs = Outputs()
+    outputs.add(KeepDecision(True, ("all",)))
+    stored = VottStage(project).handle(result, outputs)
+    assert stored.image_path is not None and stored.asset is not None and stored.asset.asset_id
+    payload = annotation_json(project.reviewer_path(stored.image_path), 200, 100, result.detections)
+    written = json.loads(project.asset_file(stored.asset.asset_id).read_text())
+    assert {k: v for k, v in payload.items() if k != "scores"} == written
     assert [s["label"] for s in payload["scores"]] == ["person", "dog"]
     assert payload["scores"][0]["region_id"] == written["regions"][0]["id"]
-    # the same payload a stage-less publisher builds from scratch for that image
-    assert payload == annotation_for(dataclasses.replace(result, annotation=None), project.reviewer_path)
 
 
 @pytest.mark.parametrize(

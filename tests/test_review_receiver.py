@@ -27,8 +27,7 @@ from agent.detections import Detections
 from agent.frames import Frame, FrameResult
 from agent.mqtt.client import MqttPublisher
 from agent.review.receiver import ReviewReceiver
-from agent.stages import annotation_for
-from agent.vott import load_project
+from agent.vott import annotation_json, load_project
 from tests.helpers import run_cli
 from tests.mosquitto import (
     CertificateAuthority,
@@ -248,9 +247,8 @@ def test_tls_client_certificate_and_password_with_the_agents_publisher(mosquitto
     result = FrameResult(frame, dets, "print3d", "litert", 5.0)
     with Running(config) as receiver, MqttPublisher(agent_settings) as agent:
         # the agent names its own reviewer path; the receiver ignores it. Resized to 1920 px on the way.
-        agent.publish_frame(
-            result, annotation_for(result, lambda name: f"/home/pi/edge-agent-data/frames/{name}")
-        )
+        annotation = annotation_json("/home/pi/edge-agent-data/frames/frame_0001.jpg", 2400, 480, dets)
+        agent.publish_frame(result, annotation)
         assert wait(lambda: receiver.stats_snapshot()["received"] == 2)
         stats = receiver.stats_snapshot()
     assert (stats["frames_written"], stats["annotations_stored"]) == (1, 1), stats

@@ -26,17 +26,18 @@ from pathlib import Path
 from typing import Any
 
 from agent.alerts import AlertEvent, AlertMonitor, Sample, validate_failure_labels
+from agent.alerts.stage import AlertEvents, AlertStage, SteppedClock
 from agent.config import AgentConfig, load_config
 from agent.config.alerts import AlertSettings
 from agent.config.pipeline import PipelineSettings
 from agent.config.source import IMAGE_SUFFIXES, SourceKind, SourceSettings
 from agent.detect.detector import Detector
 from agent.errors import ConfigError, UserError
+from agent.flow import Outputs, Stage
 from agent.frames import FrameResult
 from agent.pipeline import Pipeline
 from agent.sources import open_source
 from agent.sources.folder import list_images
-from agent.stages import AlertStage, SteppedClock
 from agent.utc import utc_iso
 
 log = logging.getLogger(__name__)
@@ -131,10 +132,11 @@ class Replay:
         return sum(p.sample is not None for p in self.points)
 
 
-class _CurveRecorder:
+class _CurveRecorder(Stage):
     """An output stage after the ``AlertStage``: notes what the monitor made of each frame."""
 
     name = "replay"
+    needs = (AlertEvents,)
 
     def __init__(self, monitor: AlertMonitor, clock: SteppedClock, start: float) -> None:
         self.monitor = monitor
@@ -143,7 +145,7 @@ class _CurveRecorder:
         self.points: list[CurvePoint] = []
         self._previous: Sample | None = None
 
-    def handle(self, result: FrameResult) -> None:
+    def handle(self, result: FrameResult, outputs: Outputs) -> None:
         """Record the sample this frame produced (if any) and its events."""
         sample = self.monitor.last_sample
         counted = sample is not None and sample is not self._previous
@@ -156,12 +158,9 @@ class _CurveRecorder:
                 t_s=self.clock.now - self.start,
                 at=self.clock.now,
                 sample=sample if counted else None,
-                events=list(result.alerts),
+                events=list(outputs.get(AlertEvents).events),
             )
         )
-
-    def close(self) -> None:
-        """Nothing to flush."""
 
     def stats(self) -> dict[str, Any]:
         """Frames recorded so far."""
@@ -237,7 +236,7 @@ def replay_recording(
     pipeline = Pipeline(
         source,
         detector,
-        [AlertStage(monitor, printer=None, watcher=None, publish=None, clock=clock), recorder],
+        [AlertStage(monitor, printer=None, watcher=None, clock=clock), recorder],
         PipelineSettings(max_frames=max(max_frames, 0), stats_interval_s=300.0),
         live=False,
     )

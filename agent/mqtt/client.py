@@ -37,7 +37,9 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from agent.config.mqtt import BrokerConnection, MqttSettings
+from agent.encode import EncodedImage, published_jpeg
 from agent.errors import ConfigError
+from agent.flow import EventBus, FrameSynced
 from agent.frames import FrameResult
 from agent.mqtt import homeassistant
 from agent.mqtt.outbox import Message, MessageClass, Outbox, StoredMessage
@@ -52,7 +54,6 @@ from agent.mqtt.topics import (
     annotated_jpeg,
     annotation_message,
     detections_message,
-    encode_frame,
     frame_message,
     stats_payload,
 )
@@ -70,13 +71,11 @@ _GATHER_S = 0.05
 _PACKET_OVERHEAD = 1024  # fixed header, topic length, packet id and our properties, generously
 
 
-def create_publisher(
-    settings: MqttSettings, *, on_frame_synced: Callable[[str], None] | None = None
-) -> MqttPublisher | None:
+def create_publisher(settings: MqttSettings, *, events: EventBus | None = None) -> MqttPublisher | None:
     """A started ``MqttPublisher``, or None when ``settings.enabled`` is false."""
     if not settings.enabled:
         return None
-    publisher = MqttPublisher(settings, on_frame_synced=on_frame_synced)
+    publisher = MqttPublisher(settings, events=events)
     publisher.start()
     return publisher
 
@@ -246,17 +245,15 @@ class _Event:
 class MqttPublisher:
     """Publishes detections, frames, annotations, alerts and stats through the on-disk outbox.
 
-    ``on_frame_synced(frame_id)`` is called (on the sender thread; keep it quick) when the
+    A ``FrameSynced`` event is posted to ``events`` (for the output thread) when the
     broker has acknowledged a frame's JPEG. Create, ``start()``, call ``publish_*`` from any
     thread, ``close()`` at exit. A broker that is down is not an error: messages wait.
     """
 
-    def __init__(
-        self, settings: MqttSettings, *, on_frame_synced: Callable[[str], None] | None = None
-    ) -> None:
+    def __init__(self, settings: MqttSettings, *, events: EventBus | None = None) -> None:
         self.settings = settings
         self.topics = Topics(settings.topic_prefix, settings.device_id)
-        self.on_frame_synced = on_frame_synced
+        self.events = events
         self._v5 = settings.protocol == "5"
         self._client = self._build_client()
         self._outbox = Outbox(
@@ -341,31 +338,45 @@ class MqttPublisher:
 
     # ---- what the pipeline calls -----------------------------------------------------------------------
 
-    def publish_detections(self, result: FrameResult) -> None:
+    def publish_detections(self, result: FrameResult, *, kept: bool = False) -> None:
         """Queue the ``detections`` JSON of one processed frame."""
-        self._store(detections_message(self.topics, result))
+        self._store(detections_message(self.topics, result, kept))
 
     def publish_frame(self, result: FrameResult, annotation: Mapping[str, Any] | None = None) -> None:
         """Queue a kept frame's JPEG (resized to ``frame_max_width_px`` when wider) and, when given, its
         annotation (VoTT asset JSON plus scores, geometry scaled with the JPEG). With Home Assistant
         on, the frame with its boxes drawn also becomes the retained ``image``."""
-        self._store(*self._frame_messages(result, annotation))
+        self._store(*self._frame_messages(result, annotation, None, None))
 
-    def publish_result(self, result: FrameResult, annotation: Mapping[str, Any] | None = None) -> None:
-        """``publish_detections`` and, for a kept frame, ``publish_frame``, stored in one transaction."""
-        messages = [detections_message(self.topics, result)]
+    def publish_result(
+        self,
+        result: FrameResult,
+        annotation: Mapping[str, Any] | None = None,
+        *,
+        kept: bool,
+        picture: EncodedImage | None = None,
+        picture_file: Path | None = None,
+    ) -> None:
+        """The ``detections`` of one processed frame and, when ``kept``, its JPEG and annotation,
+        stored in one transaction. ``picture``: the frame as the VoTT stage stored it (reused when it
+        is a JPEG that needs no resize), at ``picture_file`` (the outbox then links to that file)."""
+        messages = [detections_message(self.topics, result, kept)]
         try:
-            if result.keep:
-                messages += self._frame_messages(result, annotation)
+            if kept:
+                messages += self._frame_messages(result, annotation, picture, picture_file)
         finally:  # a frame that cannot be encoded still has its detections published
             self._store(*messages)
 
-    def _frame_messages(self, result: FrameResult, annotation: Mapping[str, Any] | None) -> list[Message]:
+    def _frame_messages(
+        self,
+        result: FrameResult,
+        annotation: Mapping[str, Any] | None,
+        picture: EncodedImage | None,
+        picture_file: Path | None,
+    ) -> list[Message]:
         s = self.settings
-        encoded = encode_frame(result.frame, s.frame_max_width_px, s.frame_jpeg_quality)
-        # The VoTT stage stores a frame's own source bytes when it has them, so a frame published
-        # as those same bytes is already on disk at image_path and the outbox can link to it.
-        on_disk = result.image_path if encoded.jpeg is result.frame.encoded else None
+        encoded = published_jpeg(result.frame, picture, s.frame_max_width_px, s.frame_jpeg_quality)
+        on_disk = str(picture_file) if picture_file is not None and encoded is picture else None
         messages = [frame_message(self.topics, result.frame, encoded, s.frame_expiry_s, on_disk)]
         if annotation is not None:
             messages.append(annotation_message(self.topics, result.frame.frame_id, annotation, encoded.scale))
@@ -560,14 +571,11 @@ class MqttPublisher:
         done = self._outbox.ack(seqs)
         with self._lock:
             self._counters["acked"] += len(done)
-        if self.on_frame_synced is None:
+        if self.events is None:
             return
         for item in done:
             if item.message.klass == MessageClass.FRAME and item.message.frame_id:
-                try:
-                    self.on_frame_synced(item.message.frame_id)
-                except Exception:
-                    log.exception("MQTT: on_frame_synced(%r) failed", item.message.frame_id)
+                self.events.post(FrameSynced(item.message.frame_id))
 
     def _refused(self, seq: int, reason: ReasonCode) -> None:
         item = self._outbox.refuse(seq)

@@ -23,11 +23,10 @@ from typing import Any
 
 import cv2
 import numpy as np
-from numpy.typing import NDArray
 
+from agent.encode import EncodedImage, encode_jpeg, fit_width
 from agent.frames import Frame, FrameResult
 from agent.mqtt.outbox import Message, MessageClass
-from agent.sources.decode import decode_image
 from agent.utc import utc_iso
 
 ONLINE = "online"
@@ -101,8 +100,9 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
 
-def detections_payload(result: FrameResult, device_id: str) -> dict[str, Any]:
-    """The ``detections`` JSON for one processed frame (boxes in pixels and normalised to [0, 1])."""
+def detections_payload(result: FrameResult, device_id: str, kept: bool) -> dict[str, Any]:
+    """The ``detections`` JSON for one processed frame (boxes in pixels and normalised to [0, 1]);
+    ``kept``: the frame is kept for labelling (its picture is published too)."""
     frame = result.frame
     dets = result.detections
     return {
@@ -117,18 +117,18 @@ def detections_payload(result: FrameResult, device_id: str) -> dict[str, Any]:
         "width": frame.width,
         "height": frame.height,
         "skipped_inference": result.skipped_inference,
-        "kept": result.keep,
+        "kept": kept,
         "top_score": round(dets.top_score, 5),
         "detections": dets.to_records(frame.width, frame.height),
     }
 
 
-def detections_message(topics: Topics, result: FrameResult) -> Message:
+def detections_message(topics: Topics, result: FrameResult, kept: bool) -> Message:
     """The outbox message carrying ``detections_payload``."""
     frame_id = result.frame.frame_id
     return Message(
         topic=topics.detections,
-        payload=json_bytes(detections_payload(result, topics.device_id)),
+        payload=json_bytes(detections_payload(result, topics.device_id, kept)),
         klass=MessageClass.DETECTION,
         content_type=JSON_TYPE,
         user_properties=(("frame_id", frame_id),),
@@ -136,64 +136,15 @@ def detections_message(topics: Topics, result: FrameResult) -> Message:
     )
 
 
-@dataclass(frozen=True, slots=True)
-class EncodedFrame:
-    """A frame as published: JPEG bytes, their size in pixels and the scale from the original."""
-
-    jpeg: bytes
-    width: int
-    height: int
-    scale: float
-
-
-def encode_frame(frame: Frame, max_width_px: int, quality: int) -> EncodedFrame:
-    """The frame as JPEG no wider than ``max_width_px`` (0: any width).
-
-    The source's own JPEG bytes pass through untouched when no resize is needed (no
-    re-encoding cost, no quality loss); otherwise the image is resized with area
-    interpolation and encoded at ``quality`` (1-100).
-    """
-    if frame.encoded and frame.encoded_format.lower() in ("jpg", "jpeg") and _fits(frame, max_width_px):
-        return EncodedFrame(frame.encoded, frame.width, frame.height, 1.0)
-    image, scale = _fit_width(frame, max_width_px)
-    ok, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
-    if not ok:
-        raise ValueError(f"OpenCV could not encode frame {frame.frame_id} as JPEG")
-    return EncodedFrame(buf.tobytes(), int(image.shape[1]), int(image.shape[0]), scale)
-
-
-def _fits(frame: Frame, max_width_px: int) -> bool:
-    return max_width_px <= 0 or frame.width <= max_width_px
-
-
-def _fit_width(frame: Frame, max_width_px: int) -> tuple[NDArray[Any], float]:
-    """The frame's picture no wider than ``max_width_px`` (0: full width) and its scale relative
-    to the full frame. The size is computed from the full frame, as ``scale_vott_asset`` does,
-    so that picture and annotation agree to the pixel; a frame decoded at reduced size for the
-    detector is decoded again, whole, when the reduced picture is smaller than that."""
-    out_w = frame.width if max_width_px <= 0 else min(frame.width, max_width_px)
-    scale = out_w / frame.width
-    size = (out_w, max(1, round(frame.height * scale)))
-    image: NDArray[Any] = frame.image
-    if image.shape[1] < out_w and frame.encoded is not None:
-        whole = decode_image(frame.encoded)
-        if whole is not None:
-            image = whole
-    if (image.shape[1], image.shape[0]) != size:
-        shrink = image.shape[1] > out_w
-        image = cv2.resize(image, size, interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
-    return image, scale
-
-
 def frame_message(
-    topics: Topics, frame: Frame, encoded: EncodedFrame, expiry_s: int, payload_file: str | None = None
+    topics: Topics, frame: Frame, encoded: EncodedImage, expiry_s: int, payload_file: str | None = None
 ) -> Message:
     """The outbox message carrying one frame's JPEG; metadata in MQTT 5 user properties.
     ``payload_file``: a file holding exactly ``encoded.jpeg`` (the outbox may link to it)."""
     frame_id = frame.frame_id
     return Message(
         topic=topics.frame(frame_id),
-        payload=encoded.jpeg,
+        payload=encoded.data,
         klass=MessageClass.FRAME,
         content_type=JPEG_TYPE,
         user_properties=(
@@ -286,7 +237,7 @@ def annotated_jpeg(result: FrameResult, max_width_px: int, quality: int) -> byte
     """The frame with its detections drawn (box, label, score), as JPEG no wider than ``max_width_px``."""
     frame = result.frame
     dets = result.detections
-    image, scale = _fit_width(frame, max_width_px)
+    image, scale = fit_width(frame, max_width_px)
     if image is frame.image:
         image = image.copy()
     thickness = max(1, round(image.shape[1] / 400))
@@ -306,7 +257,4 @@ def annotated_jpeg(result: FrameResult, max_width_px: int, quality: int) -> byte
             thickness,
             cv2.LINE_AA,
         )
-    ok, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
-    if not ok:
-        raise ValueError(f"OpenCV could not encode frame {frame.frame_id} as JPEG")
-    return buf.tobytes()
+    return encode_jpeg(image, quality, f"frame {frame.frame_id} with its boxes")

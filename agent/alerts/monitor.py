@@ -38,186 +38,23 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, fields
-from enum import StrEnum
-from typing import Any, Literal
+from collections.abc import Callable
+from typing import Literal
 
 import numpy as np
-from numpy.typing import NDArray
 
+from agent.alerts.events import LEVEL_RANK, AlertEvent, AlertLevel, EventKind, Sample, log_event
+from agent.alerts.score import failure_score
+from agent.alerts.state import MonitorState
 from agent.config.alerts import AlertSettings
 from agent.detections import Detections
-from agent.errors import ConfigError
 from agent.fsutil import atomic_write_json
-from agent.printer import PrinterClient, PrintState, PrintStatus
-from agent.utc import utc_iso
+from agent.printer import PrintState, PrintStatus
 
 log = logging.getLogger(__name__)
 
-STATE_VERSION = 1
 # Two readings of the same print may disagree this much in elapsed time / start time (s).
 SAME_PRINT_TOLERANCE_S = 60.0
-
-
-def validate_failure_labels(settings: AlertSettings, model_labels: Sequence[str]) -> None:
-    """Raise ``ConfigError`` when none of the configured failure labels is one of the model's."""
-    if not set(settings.failure_labels) & set(model_labels):
-        raise ConfigError(
-            f"alerts.failure_labels {sorted(settings.failure_labels)} names none of the model's labels "
-            f"{list(model_labels)}: use the model's names for its failure classes"
-        )
-
-
-def failure_score(
-    detections: Detections, settings: AlertSettings, image_size: tuple[int, int] | None = None
-) -> float:
-    """One frame's failure score: weighted confidences of failure detections, summed (or max).
-
-    ``image_size`` is ``(width, height)`` in pixels, needed only with an ``area_of_interest``.
-    """
-    if len(detections) == 0:
-        return 0.0
-    weights = _label_weights(detections, settings.failure_labels)
-    keep = (weights > 0) & (detections.score >= settings.min_detection_score)
-    if settings.area_of_interest is not None:
-        if image_size is None:
-            raise ValueError("failure_score needs image_size (width, height) when an area_of_interest is set")
-        width, height = image_size
-        x1, y1, x2, y2 = settings.area_of_interest
-        cx = (detections.xyxy[:, 0] + detections.xyxy[:, 2]) / (2.0 * width)
-        cy = (detections.xyxy[:, 1] + detections.xyxy[:, 3]) / (2.0 * height)
-        keep &= (cx >= x1) & (cx <= x2) & (cy >= y1) & (cy <= y2)
-    weighted = detections.score[keep].astype(np.float64) * weights[keep]
-    if weighted.size == 0:
-        return 0.0
-    return float(weighted.sum() if settings.aggregate == "sum" else weighted.max())
-
-
-def _label_weights(detections: Detections, table: dict[str, float]) -> NDArray[np.float64]:
-    """Per-detection weight, looked up through a per-class table (ids without a name: ``class_<id>``)."""
-    ids = detections.class_id
-    n_classes = max(len(detections.labels), int(ids.max()) + 1)
-    lut = np.array(
-        [
-            table.get(detections.labels[i] if i < len(detections.labels) else f"class_{i}", 0.0)
-            for i in range(n_classes)
-        ],
-        dtype=np.float64,
-    )
-    return np.where(ids >= 0, lut[np.clip(ids, 0, n_classes - 1)], 0.0)
-
-
-class AlertLevel(StrEnum):
-    """Where the smoothed signal stands (with hysteresis)."""
-
-    OK = "ok"
-    WARN = "warn"
-    ACT = "act"
-
-
-_RANK = {AlertLevel.OK: 0, AlertLevel.WARN: 1, AlertLevel.ACT: 2}
-EventKind = Literal["warn", "act", "clear"]
-
-
-@dataclass(frozen=True, slots=True)
-class Sample:
-    """What the monitor made of one counted frame (for score curves and replay)."""
-
-    at: float
-    frame_id: str | None
-    score: float
-    smoothed: float
-    short_mean: float
-    long_mean: float
-    baseline: float
-    signal: float
-    warn_level: float
-    act_level: float
-    level: AlertLevel
-    in_grace: bool
-
-
-@dataclass(frozen=True, slots=True)
-class AlertEvent:
-    """A ``warn``, ``act`` or ``clear`` decision and everything needed to explain it.
-
-    ``action`` is ``pause`` on an ``act`` when the settings ask for it, else ``none``.
-    ``history`` holds the recent samples as ``(epoch s, score, smoothed)``.
-    """
-
-    kind: EventKind
-    at: float
-    reason: str
-    print_name: str | None
-    frame_id: str | None
-    score: float
-    smoothed: float
-    signal: float
-    warn_level: float
-    act_level: float
-    short_mean: float
-    long_mean: float
-    baseline: float
-    action: Literal["none", "pause"]
-    alerts_this_print: int
-    max_alerts_per_print: int
-    history: tuple[tuple[float, float, float], ...] = ()
-
-    @property
-    def active(self) -> bool:
-        """True for warn and act (the Home Assistant binary sensor is on), False for clear."""
-        return self.kind != "clear"
-
-
-@dataclass
-class MonitorState:
-    """Everything the monitor remembers; saved as JSON (``version`` 1)."""
-
-    version: int = STATE_VERSION
-    saved_at: float = 0.0
-    # The print being watched.
-    has_print: bool = False
-    print_ended: bool = True
-    print_name: str | None = None
-    print_started_at: float | None = None
-    print_elapsed_s: float | None = None
-    print_first_seen_at: float | None = None
-    print_status: str = PrintStatus.IDLE.value
-    # Smoothing. The long mean belongs to the printer and survives prints.
-    ewm: float = 0.0
-    short_mean: float = 0.0
-    short_count: int = 0
-    long_mean: float = 0.0
-    long_count: int = 0
-    samples_this_print: int = 0
-    grace_left: int = 0
-    baseline: float = 0.0
-    baseline_scores: list[float] | None = None
-    # Alerting.
-    level: str = AlertLevel.OK.value
-    notified: str = AlertLevel.OK.value
-    alerts_this_print: int = 0
-    last_alert_at: float | None = None
-    last_sample_at: float | None = None
-    cap_logged: bool = False
-    history: list[list[float]] = field(default_factory=list)
-
-    def to_json(self) -> dict[str, Any]:
-        """A JSON-ready dict."""
-        return asdict(self)
-
-    @classmethod
-    def from_json(cls, data: Any) -> MonitorState:
-        """Parse a saved state; raises ``ValueError`` when it is not one this version wrote."""
-        if not isinstance(data, dict) or data.get("version") != STATE_VERSION:
-            raise ValueError(f"not an alert state of version {STATE_VERSION}")
-        known = {f.name for f in fields(cls)}
-        state = cls(**{k: v for k, v in data.items() if k in known})
-        AlertLevel(state.level)
-        AlertLevel(state.notified)
-        PrintStatus(state.print_status)
-        return state
 
 
 class AlertMonitor:
@@ -299,7 +136,7 @@ class AlertMonitor:
             if time.monotonic() - self._saved_monotonic >= self.settings.state_save_interval_s:
                 self._save(now, durable=False)
         for event in events:
-            _log_event(event)
+            log_event(event)
         return events
 
     def _observe(
@@ -457,7 +294,7 @@ class AlertMonitor:
                 f"{smp.warn_level:.2f}"
             )
             return self._clear_if_active(now, score, frame_id, reason)
-        if _RANK[level] <= _RANK[notified]:
+        if LEVEL_RANK[level] <= LEVEL_RANK[notified]:
             return []  # already said so in this episode
         if st.alerts_this_print >= s.max_alerts_per_print:
             if not st.cap_logged:
@@ -585,64 +422,3 @@ def _next_level(
     if signal > warn or (current != AlertLevel.OK and signal >= warn * clear_ratio):
         return AlertLevel.WARN
     return AlertLevel.OK
-
-
-def _log_event(event: AlertEvent) -> None:
-    if event.kind == "clear":
-        log.info("alert cleared for print %r: %s", event.print_name, event.reason)
-    else:
-        log.warning(
-            "ALERT %s for %s (frame %s, alert %d/%d): %s",
-            event.kind,
-            f"print {event.print_name!r}" if event.print_name else "the camera's print",
-            event.frame_id,
-            event.alerts_this_print,
-            event.max_alerts_per_print,
-            event.reason,
-        )
-
-
-def run_action(event: AlertEvent, printer: PrinterClient) -> bool:
-    """Carry out an ``act`` event's action (pause the print); True when the printer accepted.
-
-    Every other event is a no-op returning False.
-    """
-    if event.kind != "act" or event.action != "pause":
-        return False
-    return printer.pause(f"print-failure alert: {event.reason}")
-
-
-def _r(value: float) -> float:
-    return round(float(value), 4)
-
-
-def alert_payload(event: AlertEvent, *, device_id: str | None = None) -> dict[str, Any]:
-    """The JSON body for ``<prefix>/<device>/alerts``: level, scores, history, snapshot frame id.
-
-    Keys match ``agent.mqtt.topics.alert_message`` (``device_id``, ``timestamp`` = the event's
-    time, UTC ISO with Z); ``active`` is what the Home Assistant failure sensor shows."""
-    payload: dict[str, Any] = {
-        "level": event.kind,
-        "active": event.active,
-        "timestamp": utc_iso(event.at),
-        "reason": event.reason,
-        "action": event.action,
-        "print": event.print_name,
-        "frame_id": event.frame_id,
-        "score": _r(event.score),
-        "smoothed": _r(event.smoothed),
-        "signal": _r(event.signal),
-        "warn_level": _r(event.warn_level),
-        "act_level": _r(event.act_level),
-        "short_mean": _r(event.short_mean),
-        "long_mean": _r(event.long_mean),
-        "baseline": _r(event.baseline),
-        "alerts_this_print": event.alerts_this_print,
-        "max_alerts_per_print": event.max_alerts_per_print,
-        "history": [
-            {"timestamp": utc_iso(t), "score": _r(p), "smoothed": _r(e)} for t, p, e in event.history
-        ],
-    }
-    if device_id is not None:
-        payload["device_id"] = device_id
-    return payload

@@ -1,0 +1,83 @@
+"""The MQTT stage: every frame's detections, each kept frame's picture and annotation, and every
+alert, into the outbox (the sender thread takes them to the broker)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from agent.alerts.events import alert_payload
+from agent.alerts.stage import AlertEvents
+from agent.flow import KeepDecision, Outputs, Stage
+from agent.frames import FrameResult
+from agent.mqtt.client import MqttPublisher
+from agent.vott import annotation_json
+from agent.vott.stage import StoredFrame
+
+log = logging.getLogger(__name__)
+
+
+class MqttStage(Stage):
+    """Queues the messages of each result in the outbox (sending happens on the publisher's thread)."""
+
+    name = "mqtt"
+    needs = (KeepDecision,)
+    uses = (StoredFrame, AlertEvents)
+
+    def __init__(self, publisher: MqttPublisher, reviewer_path: Callable[[Path], str]) -> None:
+        self.publisher = publisher
+        self.reviewer_path = reviewer_path
+
+    def handle(self, result: FrameResult, outputs: Outputs) -> None:
+        """Publish this result's detections, its picture and annotation when kept, its alerts."""
+        alerts = outputs.find(AlertEvents)
+        for event in alerts.events if alerts is not None else ():
+            self.publisher.publish_alert(alert_payload(event, device_id=self.publisher.topics.device_id))
+        kept = outputs.get(KeepDecision).keep
+        stored = outputs.find(StoredFrame)
+        annotation = None
+        if kept:
+            frame = result.frame
+            image = (
+                stored.image_path
+                if stored is not None and stored.image_path
+                else Path(f"{frame.frame_id}.jpg")
+            )
+            annotation = dict(
+                annotation_json(self.reviewer_path(image), frame.width, frame.height, result.detections)
+            )
+            annotation["frame_id"] = frame.frame_id
+            annotation["model"] = result.model
+        self.publisher.publish_result(
+            result,
+            annotation,
+            kept=kept,
+            picture=stored.image if stored is not None else None,
+            picture_file=stored.image_path if stored is not None else None,
+        )
+        return None
+
+    def summary_line(self) -> str:
+        """Broker link and outbox size for the periodic log line (the outbox grows while no
+        broker answers)."""
+        stats = self.publisher.stats()
+        outbox = stats.get("outbox", {})
+        link = (
+            "connected"
+            if stats.get("connected")
+            else f"not connected ({stats.get('last_error') or 'no broker yet'})"
+        )
+        return (
+            f"mqtt: {link}; outbox {outbox.get('messages', 0)} messages, "
+            f"{outbox.get('bytes', 0) / 1e6:.1f} MB, {outbox.get('dropped_total', 0)} dropped; acked {stats.get('acked', 0)}"
+        )
+
+    def close(self) -> None:
+        """Publish ``stopped`` and wait a bounded time for in-flight messages."""
+        self.publisher.close(clean=True)
+
+    def stats(self) -> Mapping[str, Any]:
+        """Connection and outbox counters."""
+        return self.publisher.stats()
