@@ -3,10 +3,10 @@
 The real agent (``edge-agent run``) reads 1,000 frames from a folder, detects with a real
 (tiny) TFLite model, writes its VoTT project and publishes every frame's detections and every
 kept frame's JPEG and annotation through its outbox into a real Mosquitto. Meanwhile the test
-stops and restarts the broker three times and SIGKILLs the agent once, restarting it (it reads
-the folder again from the start: same frame ids, so consumers can de-duplicate). A persistent
-subscriber must receive every one of the 1,000 detection messages and every kept frame and
-annotation; duplicates are allowed only as identical copies with the same frame id.
+stops and restarts the broker three times and SIGKILLs the agent once, restarting it (it resumes
+after the last frame it finished). A persistent subscriber must receive every one of the 1,000
+detection messages and every kept frame and annotation; duplicates (messages in flight at an
+outage or a kill) are allowed only as identical copies with the same frame id.
 """
 
 from __future__ import annotations
@@ -68,6 +68,29 @@ def _wait_progress(frames_dir: Path, at_least: int, child: subprocess.Popen[byte
     pytest.fail(f"child did not reach frame {at_least}:\n{log_path.read_text()[-3000:]}")
 
 
+def _config(tmp_path: Path, frames: Path, broker: object, **source: object) -> Path:
+    config = tmp_path / "agent.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "source": {"url": str(frames), "id": "cam0", **source},
+                "detector": {"model": str(MODEL)},
+                "output": {"dir": str(tmp_path / "data"), "fsync": False},
+                "mqtt": {
+                    "enabled": True,
+                    "host": broker.host,  # type: ignore[attr-defined]
+                    "port": broker.port,  # type: ignore[attr-defined]
+                    "device_id": DEVICE,
+                    "reconnect_min_s": 0.2,
+                    "reconnect_max_s": 1.0,
+                    "keepalive_s": 10,
+                },
+            }
+        )
+    )
+    return config
+
+
 def _statuses(collector: MessageCollector) -> list[str]:
     return [m.payload.decode() for m in collector.on_topic(f"edge-agent/{DEVICE}/status")]
 
@@ -79,33 +102,8 @@ def test_nothing_lost_through_outages_and_sigkill(mosquitto, tmp_path, capsys): 
     frames = tmp_path / "frames"
     _make_frames(frames)
     data = tmp_path / "data"
-    config = tmp_path / "agent.yaml"
-    config.write_text(
-        yaml.safe_dump(
-            {
-                # watch: the folder never ends, so the agent stops only on our SIGTERM
-                "source": {
-                    "url": str(frames),
-                    "id": "cam0",
-                    "max_fps": 120,
-                    "watch": True,
-                    "watch_poll_s": 0.2,
-                    "watch_settle_s": 0.2,
-                },
-                "detector": {"model": str(MODEL)},
-                "output": {"dir": str(data), "fsync": False},
-                "mqtt": {
-                    "enabled": True,
-                    "host": broker.host,
-                    "port": broker.port,
-                    "device_id": DEVICE,
-                    "reconnect_min_s": 0.2,
-                    "reconnect_max_s": 1.0,
-                    "keepalive_s": 10,
-                },
-            }
-        )
-    )
+    # watch: the folder never ends, so the agent stops only on our SIGTERM
+    config = _config(tmp_path, frames, broker, max_fps=120, watch=True, watch_poll_s=0.2, watch_settle_s=0.2)
     progress = data / "frames"
     log_path = tmp_path / "agent.log"
     collector = MessageCollector(
@@ -154,7 +152,7 @@ def test_nothing_lost_through_outages_and_sigkill(mosquitto, tmp_path, capsys): 
         arrived = collector.wait_for(everything_arrived, 60)
 
         child.send_signal(signal.SIGTERM)
-        assert child.wait(30) == 0, log_path.read_text()[-3000:]
+        assert child.wait(30) == 143, log_path.read_text()[-3000:]  # 128 + SIGTERM: stopped cleanly
         assert collector.wait_for(lambda _: _statuses(collector)[-1:] == ["stopped"], 15), _statuses(
             collector
         )
@@ -196,3 +194,43 @@ def test_nothing_lost_through_outages_and_sigkill(mosquitto, tmp_path, capsys): 
             f"(same frame id); frames {len(frames)} for {len(kept)} kept, annotations {len(annotations)}; "
             f"status sequence {statuses}"
         )
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(180)
+def test_a_restart_after_sigkill_resumes_and_publishes_few_frames_twice(mosquitto, tmp_path, capsys):  # noqa: F811
+    """SIGKILL at a random moment of a 1,000-frame folder run, then a restart: every frame is
+    published, and only the frames in flight at the kill are published twice (fewer than 10)."""
+    broker = mosquitto()
+    frames = tmp_path / "frames"
+    _make_frames(frames)
+    config = _config(tmp_path, frames, broker, max_fps=200)
+    log_path = tmp_path / "agent.log"
+    collector = MessageCollector(
+        broker.host, broker.port, [f"edge-agent/{DEVICE}/detections"], client_id="e2e-resume", persistent=True
+    ).start()
+    kill_at = int(np.random.default_rng().integers(150, 850))
+    child = _spawn(config, log_path)
+    try:
+        _wait_progress(tmp_path / "data" / "frames", kill_at, child, log_path)
+        child.send_signal(signal.SIGKILL)
+        child.wait(10)
+        child = _spawn(config, log_path)
+        assert child.wait(120) == 0, log_path.read_text()[-3000:]
+
+        def counts() -> Counter[str]:
+            return Counter(
+                json.loads(m.payload)["frame_id"]
+                for m in collector.on_topic(f"edge-agent/{DEVICE}/detections")
+            )
+
+        assert collector.wait_for(lambda _: len(counts()) == TOTAL, 30), f"{len(counts())} of {TOTAL} arrived"
+    finally:
+        if child.poll() is None:
+            child.kill()
+        collector.stop()
+    twice = sorted(frame_id for frame_id, n in counts().items() if n > 1)
+    with capsys.disabled():
+        print(f"\n[resume] killed near frame {kill_at}: {len(twice)} frame(s) published twice {twice}")
+    assert len(twice) < 10, twice
+    assert "resuming after" in log_path.read_text()

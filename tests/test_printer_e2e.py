@@ -426,7 +426,7 @@ def test_a_failure_warns_then_pauses_once_and_survives_a_restart(
         )
         alerts = second.alert_lines()
         assert len(alerts) == 2 and "ALERT warn" in alerts[0] and "ALERT act" in alerts[1], alerts
-        assert second.stop() == 0, second.log[-3000:]
+        assert second.stop() == 143, second.log[-3000:]
     finally:
         if second.proc.poll() is None:
             second.kill()

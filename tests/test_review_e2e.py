@@ -155,7 +155,7 @@ def test_agent_to_two_shared_receivers_gives_every_frame_once_in_valid_projects(
             logs,
         )
         agent.send_signal(signal.SIGTERM)
-        assert agent.wait(60) == 0, (tmp_path / "agent.log").read_text()[-3000:]
+        assert agent.wait(60) == 143, (tmp_path / "agent.log").read_text()[-3000:]
 
         # Close the last batch on demand while the receivers run; the command waits for them.
         proc = subprocess.run(

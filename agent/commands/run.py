@@ -10,17 +10,16 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
-import signal
 import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 from pydantic import ValidationError
 
 from agent import sdnotify
+from agent.commands.interrupts import Interrupts
 from agent.config import AgentConfig, load_config
 from agent.errors import ConfigError
 from agent.pipeline import Pipeline
@@ -48,6 +47,11 @@ def add_run_command(subparsers: Any) -> None:
     parser.add_argument("--output-dir", help="override output.dir")
     parser.add_argument("--max-frames", type=int, help="stop after this many frames")
     parser.add_argument("--no-mqtt", action="store_true", help="do not connect to a broker (outbox off)")
+    parser.add_argument(
+        "--from-start",
+        action="store_true",
+        help="a folder or video: process it from the beginning, not after where the last run stopped",
+    )
     parser.set_defaults(handler=run_run)
 
 
@@ -123,15 +127,8 @@ def run_run(args: argparse.Namespace) -> int:
         return 0
     from agent.app import build_agent
 
-    agent = build_agent(config)
-
-    def on_signal(signum: int, _frame: FrameType | None) -> None:
-        log.info("received %s", signal.Signals(signum).name)
-        agent.stop()
-
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
-    with supervise(agent.pipeline):
+    agent = build_agent(config, from_start=args.from_start)
+    with Interrupts(agent.stop) as interrupts, supervise(agent.pipeline):
         stats = agent.run()
     frames = stats["frames"]
     out = Path(config.output.data_dir())
@@ -140,4 +137,10 @@ def run_run(args: argparse.Namespace) -> int:
         f"dropped {frames['dropped']}; VoTT project in {out / 'vott'}",
         file=sys.stderr,
     )
-    return 0
+    if interrupts.signal is not None:
+        print(
+            f"stopped by {interrupts.signal.name}: everything processed is saved; a folder or video "
+            "continues after the last frame processed when the agent starts again",
+            file=sys.stderr,
+        )
+    return interrupts.exit_code

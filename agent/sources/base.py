@@ -21,6 +21,7 @@ from agent.errors import UserError
 from agent.frames import Frame, live_frame_name
 from agent.sources.decode import DecodeHint, decode_for_detector, decode_image, sniff_format
 from agent.sources.pacing import Backoff, RateLimiter
+from agent.sources.resume import ResumePoint
 
 log = logging.getLogger(__name__)
 
@@ -171,6 +172,7 @@ class FrameSource(ABC):
         encoded_format: str = "jpg",
         origin: str | None = None,
         full_size: tuple[int, int] | None = None,
+        resume_point: ResumePoint | None = None,
     ) -> Frame:
         """A Frame with the next sequence number; ``name`` defaults to the live-frame name and
         ``origin`` (where it came from) to the source's URL without credentials."""
@@ -186,6 +188,7 @@ class FrameSource(ABC):
             encoded_format=encoded_format,
             origin=origin if origin is not None else self.settings.redacted_url,
             full_size=full_size,
+            resume_point=resume_point,
         )
 
     def _decode(self, data: bytes) -> tuple[NDArray[np.uint8], tuple[int, int] | None] | None:

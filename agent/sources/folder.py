@@ -12,7 +12,7 @@ import logging
 import os
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +21,7 @@ from agent.errors import ConfigError, UserError
 from agent.frames import Frame
 from agent.sources.base import FrameSource
 from agent.sources.decode import sniff_format
+from agent.sources.resume import FileMark, ResumePoint
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +65,10 @@ class _Pending:
 
 class FolderSource(FrameSource):
     """Frames from image files; ``timestamp`` is the file's mtime, ``name`` its stem,
-    ``encoded`` the file's own JPEG/PNG bytes."""
+    ``encoded`` the file's own JPEG/PNG bytes, ``resume_point`` the file's mark.
+
+    Set ``resume_after`` (where an earlier run stopped) to skip the files up to and including
+    it, and ``skip_file`` to leave out files a caller has already done (``edge-agent label``)."""
 
     kind = "folder"
     live = False
@@ -73,6 +77,8 @@ class FolderSource(FrameSource):
         super().__init__(settings)
         self.path = Path(settings.url).expanduser()
         self._warned_corrupt: set[str] = set()
+        self.resume_after: ResumePoint | None = None
+        self.skip_file: Callable[[Path], bool] | None = None
 
     def open(self) -> None:
         """Check the folder or file exists (``ConfigError``) and holds images (``UserError``)."""
@@ -102,8 +108,12 @@ class FolderSource(FrameSource):
         if self.settings.watch:
             yield from self._watch()
             return
+        first_pass = True
         while not self._stop.is_set():
             paths = [self.path] if self.path.is_file() else list_images(self.path)
+            if first_pass:
+                paths = self._not_done(paths)
+                first_pass = False
             yielded = 0
             for path in paths:
                 if self._stop.is_set() or not self._limiter.wait(self._stop):
@@ -118,9 +128,48 @@ class FolderSource(FrameSource):
                 log.warning("%s: no readable images left; stopping the loop", self.description)
                 return
 
+    def remaining(self) -> int | None:
+        """How many files the iteration will read (None when watching: unknown)."""
+        if self.settings.watch:
+            return None
+        if self.path.is_file():
+            return len(self._not_done([self.path]))
+        return len(self._not_done(list_images(self.path), quiet=True))
+
+    def _not_done(self, paths: list[Path], *, quiet: bool = False) -> list[Path]:
+        """``paths`` without the files an earlier run finished (``resume_after``) or the caller
+        has done (``skip_file``)."""
+        left = paths
+        point = self.resume_after
+        if point is not None:
+            finished = self.path if self.path.is_file() else self.path / point.file.name
+            if finished.exists() and not point.file.matches(finished):
+                log.log(
+                    logging.DEBUG if quiet else logging.WARNING,
+                    "%s: %s changed since the last run stopped after it; starting from the first file",
+                    self.description,
+                    point.file.name,
+                )
+            else:
+                last = natural_key(point.file.name)
+                left = [p for p in paths if natural_key(p.name) > last]
+                log.log(
+                    logging.DEBUG if quiet else logging.INFO,
+                    "%s: resuming after %s (%d file(s) done, %d left; --from-start processes them all again)",
+                    self.description,
+                    point.file.name,
+                    len(paths) - len(left),
+                    len(left),
+                )
+        if self.skip_file is not None:
+            left = [p for p in left if not self.skip_file(p)]
+        return left
+
     def _watch(self) -> Iterator[Frame]:
         settings = self.settings
-        done: set[str] = set()
+        everything = list_images(self.path)
+        not_done = set(self._not_done(everything))
+        done: set[str] = {p.name for p in everything if p not in not_done}
         pending: dict[str, _Pending] = {}
         while not self._stop.is_set():
             now = time.monotonic()
@@ -165,7 +214,7 @@ class FolderSource(FrameSource):
         """The frame in ``path``, or None (counted, logged once) when it is not a complete image."""
         try:
             data = path.read_bytes()
-            mtime = path.stat().st_mtime
+            stat = path.stat()
         except FileNotFoundError:
             log.debug("%s: %s vanished before it was read", self.description, path)
             return None
@@ -189,10 +238,11 @@ class FolderSource(FrameSource):
         keep = fmt in _ENCODED_FORMATS
         return self._frame(
             image,
-            timestamp=mtime,
+            timestamp=stat.st_mtime,
             name=path.stem,
             encoded=data if keep else None,
             encoded_format=fmt if keep and fmt else "jpg",
             origin=str(path),
             full_size=full_size,
+            resume_point=ResumePoint(FileMark.of(path, stat)),
         )

@@ -21,6 +21,7 @@ from agent.errors import ConfigError, UserError
 from agent.frames import Frame
 from agent.naming import safe_name
 from agent.sources.base import FrameSource
+from agent.sources.resume import FileMark, ResumePoint
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +38,7 @@ class VideoFileSource(FrameSource):
         self._capture: cv2.VideoCapture | None = None
         self.fps = 0.0
         self.frame_count = 0
+        self.resume_after: ResumePoint | None = None
 
     def open(self) -> None:
         """Open the file and check it has a readable frame."""
@@ -76,15 +78,45 @@ class VideoFileSource(FrameSource):
             self._capture.release()
             self._capture = None
 
+    def remaining(self) -> int | None:
+        """How many frames are left to read (the container's frame count; None when it has none)."""
+        if not self.frame_count:
+            return None
+        point = self.resume_after
+        start = point.frame_index + 1 if point is not None and point.file == FileMark.of(self.path) else 0
+        every = self._limiter.interval_s * self.fps if self._limiter.interval_s and self.fps else 1.0
+        return max(0, int((self.frame_count - start) / max(every, 1.0)))
+
+    def _first_index(self, mark: FileMark) -> int:
+        """The index to start at: after the frame an earlier run finished, when it was this file."""
+        point = self.resume_after
+        if point is None:
+            return 0
+        if point.file != mark:
+            log.warning("%s changed since the last run; starting from its first frame", self.description)
+            return 0
+        start = point.frame_index + 1
+        if self._capture is not None and start and not self._capture.set(cv2.CAP_PROP_POS_FRAMES, start):
+            log.warning("%s cannot seek; starting from its first frame", self.description)
+            return 0
+        log.info(
+            "%s: resuming after frame %d (--from-start processes it all again)",
+            self.description,
+            point.frame_index,
+        )
+        return start
+
     def _frames(self) -> Iterator[Frame]:
-        mtime = self.path.stat().st_mtime
+        stat = self.path.stat()
+        mtime = stat.st_mtime
+        mark = FileMark.of(self.path, stat)
         stem = safe_name(self.path.stem, max_len=100)
         origin = str(self.path)
+        index = self._first_index(mark)
         while not self._stop.is_set():
             capture = self._capture
             if capture is None:
                 return
-            index = 0
             while not self._stop.is_set():
                 if not capture.grab():
                     break
@@ -94,7 +126,11 @@ class VideoFileSource(FrameSource):
                     if ok and decoded is not None:
                         image: NDArray[np.uint8] = np.asarray(decoded, dtype=np.uint8)
                         yield self._frame(
-                            image, timestamp=mtime + media_s, name=f"{stem}-f{index:06d}", origin=origin
+                            image,
+                            timestamp=mtime + media_s,
+                            name=f"{stem}-f{index:06d}",
+                            origin=origin,
+                            resume_point=ResumePoint(mark, index),
                         )
                     else:
                         self._count("corrupt_skipped")
@@ -108,4 +144,5 @@ class VideoFileSource(FrameSource):
                 return
             capture.release()
             self._capture = self._open_capture()
+            index = 0
             self._limiter.reset()
