@@ -34,6 +34,7 @@ from agent.detect.edgetpu_pairs import (
 )
 from agent.detect.runtime import EDGETPU_LIBRARY, choose_runtime
 from agent.detect.tflite_file import read_tflite_file
+from agent.errors import UserError
 
 if TYPE_CHECKING:
     from agent.detect.settings import DetectorSettings
@@ -124,7 +125,7 @@ def probe_model(detector: DetectorSettings) -> tuple[Path, bool]:
     try:
         if read_tflite_file(str(path)).is_edgetpu:
             return path, True
-    except (OSError, ValueError):
+    except UserError:  # unreadable or not a model: the model row says so; try the bundled one here
         pass
     return BUNDLED_MODEL, False
 
@@ -150,7 +151,7 @@ def edgetpu_pair_checks(
         ]
     try:
         module = choose_runtime(runtime_for_edgetpu(detector.runtime, list(runtimes)))
-    except Exception as exc:  # UserError or ConfigError: no runtime at all, or the configured one is missing
+    except UserError as exc:  # no runtime at all, or the configured one is not installed
         return [problem("edgetpu pair", required, f"{found.label()} without a usable runtime: {exc}", fix)]
     judgement = judge_pair(runtimes[module], found)
     name = f"{module} {runtimes[module].version} + {found.label()}"
