@@ -41,6 +41,7 @@ from numpy.typing import NDArray
 
 from agent.config import AgentConfig
 from agent.config.mqtt import MqttSettings
+from agent.detect.edgetpu_probe import edgetpu_pair_checks
 from agent.detect.model import ModelSpec, resolve_model
 from agent.detect.runtime import (
     EDGETPU_LIBRARY,
@@ -144,6 +145,7 @@ def run_checks(
     add([Check("config", Status.OK, f"{config_name} is valid")])
     add(check_python_and_packages(config))
     add(check_edgetpu(config.detector.edgetpu, root=options.root))
+    add(edgetpu_pair_checks(config.detector, root=options.root))
     source_check, frame = check_source(config, options.timeout_s)
     add([source_check])
     add(check_model(config, options, frame))
@@ -398,8 +400,8 @@ def check_edgetpu(device: str | None, *, root: Path = Path("/")) -> list[Check]:
                 "edgetpu library",
                 required,
                 f"{EDGETPU_LIBRARY} does not load ({error}); {why}",
-                "install libedgetpu1-std from Coral's apt repository (https://coral.ai/software/#debian-packages; "
-                "scripts/install-pi.sh --edgetpu does it)",
+                "install the matched pair pinned in agent/data/edgetpu-pairs.json (libedgetpu1-std built for "
+                "the runtime; `sudo scripts/install-pi.sh --edgetpu` does it, docs/coral.md)",
             )
         )
     else:

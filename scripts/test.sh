@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The project's test command: installs what the tests need, then lint, types and the test suite.
 #   ./scripts/test.sh [pytest args...]
+#   ./scripts/test.sh -m slow      # only the opt-in system builds (debootstrap roots), deselected by default
 # Needs Python 3.11 and, for the MQTT tests, the Debian package `mosquitto` (installed here when
 # missing, with sudo when not root). Creates/updates the virtual environment in .venv, and one with
 # TensorFlow in .venv-train for the training test (EDGE_AGENT_SKIP_TRAIN=1: not).
@@ -16,7 +17,26 @@ apt_packages=()
 command -v mosquitto_passwd >/dev/null 2>&1 || [ -x /usr/bin/mosquitto_passwd ] || apt_packages+=(mosquitto)
 command -v openssl >/dev/null 2>&1 || apt_packages+=(openssl)
 command -v shellcheck >/dev/null 2>&1 || apt_packages+=(shellcheck)
-command -v debootstrap >/dev/null 2>&1 || apt_packages+=(debootstrap)
+# The system-build tests (-m slow) need debootstrap; the default run deselects them (pyproject addopts).
+selects_slow() {
+    local previous="" arg marker
+    for arg in "$@"; do
+        marker=""
+        if [ "$previous" = -m ]; then
+            marker=$arg
+        elif [[ "$arg" == -m?* ]]; then
+            marker=${arg#-m}
+        fi
+        if [[ "$marker" == *slow* && "$marker" != *"not slow"* ]]; then
+            return 0
+        fi
+        previous=$arg
+    done
+    return 1
+}
+if selects_slow "$@"; then
+    command -v debootstrap >/dev/null 2>&1 || apt_packages+=(debootstrap)
+fi
 command -v systemd-analyze >/dev/null 2>&1 || apt_packages+=(systemd)
 if [ "${#apt_packages[@]}" -gt 0 ]; then
     echo "== installing system packages: ${apt_packages[*]}"

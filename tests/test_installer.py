@@ -8,7 +8,9 @@ Pi OS only), which the installer must skip with a warning.
 
 from __future__ import annotations
 
+import json
 import os
+import platform
 import shutil
 import subprocess
 import time
@@ -20,6 +22,7 @@ from agent import __version__
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "scripts" / "install-pi.sh"
+PAIRS = REPO / "agent" / "data" / "edgetpu-pairs.json"
 DEBIAN_MIRROR = os.environ.get("EDGE_AGENT_DEBIAN_MIRROR", "http://deb.debian.org/debian")
 
 
@@ -58,7 +61,17 @@ def test_shellcheck_clean() -> None:
 def test_help_and_usage_errors(tmp_path: Path) -> None:
     result = install("--help")
     assert result.returncode == 0
-    for option in ("--dry-run", "--root DIR", "--no-start", "--config NAME|FILE", "--edgetpu"):
+    for option in (
+        "--dry-run",
+        "--root DIR",
+        "--no-start",
+        "--config NAME|FILE",
+        "--edgetpu",
+        "--model NAME",
+        "--accept-license",
+        "--uninstall",
+        "--purge",
+    ):
         assert option in result.stdout
     result = install("--bogus")
     assert result.returncode == 2
@@ -68,6 +81,23 @@ def test_help_and_usage_errors(tmp_path: Path) -> None:
     assert "no config" in result.stderr and "--config" in result.stderr
     result = install("--dry-run", "--config", "bad/na me.yaml")
     assert result.returncode == 2
+
+
+def edgetpu_pair_steps(root: str, chroot: str) -> list[str]:
+    """What --edgetpu runs for this machine's architecture (an empty --root cannot say its own)."""
+    arch = {"x86_64": "amd64", "aarch64": "arm64"}[platform.machine()]
+    pinned = json.loads(PAIRS.read_text())["pinned"]
+    deb = pinned["library"]["debs"][arch]
+    cached = f"/var/cache/edge-agent/{deb['url'].rsplit('/', 1)[1]}"
+    return [
+        f"install -d -m 0755 {root}/var/cache/edge-agent",
+        f"{chroot} curl -fsSL --retry 3 -o {cached} {deb['url']}",
+        f'{chroot} sh -c \'printf "%s  %s\\n" "$1" "$2" | sha256sum --check --strict --quiet -\' sh '
+        f"{deb['sha256']} {cached}",
+        f"{chroot} env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends {cached}",
+        f"{chroot} /opt/edge-agent/venv/bin/pip install --no-deps --require-hashes -r "
+        "/opt/edge-agent/edgetpu-runtime.txt",
+    ]
 
 
 def test_dry_run_prints_the_exact_steps_and_changes_nothing(tmp_path: Path, config_file: Path) -> None:
@@ -89,7 +119,7 @@ def test_dry_run_prints_the_exact_steps_and_changes_nothing(tmp_path: Path, conf
     expected = [
         f"{c} env DEBIAN_FRONTEND=noninteractive apt-get update",
         f"{c} env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "
-        "ca-certificates python3 python3-venv python3-picamera2 python3-libcamera mosquitto libedgetpu1-std",
+        "ca-certificates python3 python3-venv python3-picamera2 python3-libcamera mosquitto curl",
         f"{c} groupadd --system video",
         f"{c} groupadd --system plugdev",
         f"{c} useradd --system --user-group --home-dir /var/lib/edge-agent --no-create-home "
@@ -119,6 +149,7 @@ def test_dry_run_prints_the_exact_steps_and_changes_nothing(tmp_path: Path, conf
         f"{c} python3 -m venv --system-site-packages /opt/edge-agent/venv",
         f"{c} /opt/edge-agent/venv/bin/pip install --upgrade '/opt/edge-agent/src[tflite-runtime]'",
         f"{c} /opt/edge-agent/venv/bin/edge-agent --version",
+        *edgetpu_pair_steps(r, c),
         f"install -d -m 0755 {r}/usr/local/bin",
         f"ln -sfn /opt/edge-agent/venv/bin/edge-agent {r}/usr/local/bin/edge-agent",
         f"install -D -m 0644 {src}/systemd/65-edge-agent-coral.rules {r}/etc/udev/rules.d/65-edge-agent-coral.rules",
@@ -161,7 +192,8 @@ def _installer_env(root: Path) -> dict[str, str]:
 
 @pytest.mark.slow
 def test_real_install_into_a_debootstrapped_bookworm(tmp_path: Path, config_file: Path) -> None:
-    """debootstrap bookworm, install for real with --root, then check unit, udev rule, venv, user, config."""
+    """debootstrap bookworm, install for real with --root, then check unit, udev rule, venv, user, config;
+    install again (idempotent), then uninstall, uninstall again and purge."""
     if os.geteuid() != 0:
         pytest.skip("debootstrap and chroot need root")
     for tool in ("debootstrap", "chroot", "systemctl"):
@@ -249,7 +281,47 @@ def _install_and_check(root: Path, config_file: Path, started: float) -> None:
     assert not any(step.startswith(f"chroot {root} useradd") for step in steps(again.stdout))
     assert link.is_symlink()
     assert command.is_symlink()
+    reinstalled = time.monotonic()
+    _uninstall_and_check(root, env)
     print(
         f"debootstrap {bootstrapped - started:.0f} s, install {installed - bootstrapped:.0f} s, "
-        f"second install {time.monotonic() - installed:.0f} s"
+        f"second install {reinstalled - installed:.0f} s, uninstalls {time.monotonic() - reinstalled:.0f} s"
     )
+
+
+def _service_user_exists(root: Path) -> bool:
+    return (
+        subprocess.run(["chroot", str(root), "id", "edge-agent"], capture_output=True, check=False).returncode
+        == 0
+    )
+
+
+def _uninstall_and_check(root: Path, env: dict[str, str]) -> None:
+    """--uninstall keeps configs, data and the user; a second one changes nothing; --purge removes them."""
+    models = root / "var/lib/edge-agent/models"
+    models.mkdir(exist_ok=True)
+    (models / "fetched.tflite").write_bytes(b"a model the user fetched")
+    gone = install("--uninstall", "--root", str(root), env=env, timeout=300)
+    assert gone.returncode == 0, gone.stdout[-5000:] + gone.stderr[-5000:]
+    units = root / "etc/systemd/system"
+    assert not (units / "multi-user.target.wants/edge-agent@cam1.service").is_symlink()
+    for removed in (
+        units / "edge-agent@.service",
+        units / "edge-agent-review.service",
+        root / "opt/edge-agent",
+    ):
+        assert not removed.exists(), removed
+    assert not (root / "usr/local/bin/edge-agent").is_symlink()
+    assert not (root / "etc/udev/rules.d/65-edge-agent-coral.rules").exists()
+    assert (root / "etc/edge-agent/cam1.yaml").read_text() == "# edited by the user\n"
+    assert (models / "fetched.tflite").read_bytes() == b"a model the user fetched"
+    assert _service_user_exists(root)
+
+    again = install("--uninstall", "--root", str(root), env=env, timeout=300)
+    assert again.returncode == 0, again.stderr
+    assert steps(again.stdout) == []
+
+    purged = install("--uninstall", "--purge", "--root", str(root), env=env, timeout=300)
+    assert purged.returncode == 0, purged.stdout[-5000:] + purged.stderr[-5000:]
+    assert not (root / "etc/edge-agent").exists() and not (root / "var/lib/edge-agent").exists()
+    assert not _service_user_exists(root)

@@ -95,7 +95,7 @@ def _statuses(collector: MessageCollector) -> list[str]:
     return [m.payload.decode() for m in collector.on_topic(f"edge-agent/{DEVICE}/status")]
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 @pytest.mark.timeout(180)
 def test_nothing_lost_through_outages_and_sigkill(mosquitto, tmp_path, capsys):  # noqa: F811
     broker = mosquitto()

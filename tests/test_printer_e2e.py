@@ -349,7 +349,7 @@ def octoprint() -> Iterator[FakeOctoPrint]:
     server.close()
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 @pytest.mark.timeout(240)
 def test_a_failure_warns_then_pauses_once_and_survives_a_restart(
     shared_dir: Path,

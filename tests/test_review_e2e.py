@@ -79,7 +79,7 @@ def read_stats(root: Path, client_id: str) -> dict:
         return {}
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 @pytest.mark.timeout(240)
 def test_agent_to_two_shared_receivers_gives_every_frame_once_in_valid_projects(
     mosquitto,  # noqa: F811

@@ -270,7 +270,7 @@ ALLOWED_IN_ROOT = re.compile(
 )
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 @pytest.mark.timeout(180)
 def test_ten_thousand_hostile_messages(mosquitto, tmp_path, capsys):  # noqa: F811
     started = time.monotonic()

@@ -259,7 +259,7 @@ def test_training_reads_a_project_vott_saved_from_its_source_folder(shared_dir: 
     assert all(len(s.xyxy) == len(s.classes) and (s.xyxy[:, 2:] > s.xyxy[:, :2]).all() for s in samples)
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_quick_training_gives_a_quantized_model_the_agent_runs(generator: ModuleType, tmp_path: Path) -> None:
     python = training_python()
     if python is None:

@@ -15,6 +15,7 @@ import os
 from collections.abc import Callable
 from typing import Any
 
+from agent.detect.edgetpu_pairs import runtime_for_edgetpu
 from agent.detect.tflite_file import TfliteFileInfo
 from agent.errors import ConfigError, UserError
 
@@ -23,8 +24,9 @@ log = logging.getLogger(__name__)
 RUNTIME_PREFERENCE: tuple[str, ...] = ("ai_edge_litert", "tflite_runtime", "tensorflow")
 EDGETPU_LIBRARY = "libedgetpu.so.1"
 EDGETPU_HELP = (
-    "install the Edge TPU runtime (Debian package libedgetpu1-std from Coral's apt repository, "
-    "https://coral.ai/software/#debian-packages; scripts/install-pi.sh --edgetpu does it), "
+    "install a matched Edge TPU runtime pair (`sudo scripts/install-pi.sh --edgetpu` installs the one "
+    "pinned in agent/data/edgetpu-pairs.json: tflite-runtime and a libedgetpu1-std built for it; "
+    "Coral's own libedgetpu1-std crashes with current runtimes, docs/coral.md), "
     "plug the USB Accelerator into a USB 3 port (on a Pi 4/5 use a powered hub if it resets), "
     "make sure the udev rule for 1a6e:089a and 18d1:9302 is installed and the user is in the "
     "plugdev group (PCIe: the gasket-dkms driver and /dev/apex_0); `edge-agent doctor` checks all of this"
@@ -88,7 +90,8 @@ def make_interpreter(
     without the delegate, a missing ``libedgetpu``, an absent device, a model the runtime
     cannot load.
     """
-    name = choose_runtime(runtime)
+    # With the Edge TPU, `auto` prefers the runtime libedgetpu is pinned with (edgetpu-pairs.json).
+    name = choose_runtime(runtime_for_edgetpu(runtime, installed_runtimes()) if edgetpu else runtime)
     threads = num_threads or os.cpu_count() or 1
     if file_info.is_edgetpu and not edgetpu:
         raise UserError(
