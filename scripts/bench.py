@@ -536,10 +536,9 @@ def measure_yolo_decode_nms(model: Path, image: Path, repeats: int = 300) -> dic
             cand.score,
             cand.class_id,
             iou_threshold=p.iou_threshold,
-            max_detections=p.max_detections,
             class_agnostic=p.class_agnostic,
         )
-        return len(keep)
+        return len(keep[: p.max_detections])
 
     def timed(fn: Callable[[], Any]) -> list[float]:
         for _ in range(10):

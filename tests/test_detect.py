@@ -73,6 +73,33 @@ def test_detect_reproduces_reference_detections(shared_dir: Path, case: str, run
         assert not problems, f"{entry['image']}: {problems}"
 
 
+@pytest.mark.parametrize("limit", [1, 5, 14, 40])
+@pytest.mark.parametrize("case", ["yolov8n", "print3d"])
+def test_max_detections_keeps_the_best_of_what_nms_keeps(shared_dir: Path, case: str, limit: int) -> None:
+    """``--max-detections N`` returns min(N, what NMS keeps): the N best of the reference decode.
+    (Cutting before suppression, as OpenCV's top_k does, lost detections on crowded images.)"""
+    model, reference, images, flags = SHARED_CASES[case]
+    runtime = RUNTIMES[0]
+    ref = json.loads((shared_dir / "models" / reference.format(runtime=runtime)).read_text())
+    entry = max(ref["images"], key=lambda e: len(e["detections"]))  # the most crowded image
+    if "--max-detections" in flags:
+        at = flags.index("--max-detections")
+        flags = flags[:at] + flags[at + 2 :]
+    result = run_cli(
+        "detect", "--json", "--runtime", runtime, "--model", str(shared_dir / "models" / model), *flags,
+        "--max-detections", str(limit), str(shared_dir / "models" / images / entry["image"]),
+    )  # fmt: skip
+    assert result.code == 0, result.err
+    [line] = result.json_lines()
+    best = sorted(entry["detections"], key=lambda d: -d["score"])
+    assert len(line["detections"]) == min(limit, len(best))
+    if limit < len(best):  # scores tied with the last one kept may be either
+        cut = best[limit - 1]["score"]
+        best = [d for d in best[:limit] if d["score"] > cut + 0.02]
+    problems = match_detections(line["detections"], best, threshold=1.0)
+    assert not problems, problems
+
+
 @pytest.mark.parametrize("runtime", RUNTIMES)
 @pytest.mark.parametrize("fixture", LAYOUT_FIXTURES)
 def test_detect_decodes_each_layout_fixture(fixture: str, runtime: str) -> None:

@@ -230,30 +230,26 @@ class Detector:
         return detections
 
     def decode(self, raw: list[NDArray[Any]], transform: InputTransform) -> Detections:
-        """Raw outputs to filtered, NMS-ed detections in original-frame pixels."""
+        """Raw outputs to filtered, NMS-ed detections in original-frame pixels, best first, at most
+        ``max_detections`` of them: the limit cuts what NMS kept (and the class filters left)."""
         p = self.params
         low = float(self._class_thresholds.min()) if self._class_thresholds is not None else p.score_threshold
         if self.layout.family == "ssd":
-            cand = decode_ssd(raw, self.outputs, self.layout, low)
-            keep = np.arange(len(cand.score))[: p.max_detections]  # NMS already ran in the graph
+            cand = self._filter(decode_ssd(raw, self.outputs, self.layout, low))  # NMS ran in the graph
+            keep = np.argsort(-cand.score, kind="stable")
         elif self.layout.kind == "yolo_end2end":
-            cand = decode_end2end(raw[0], self.outputs[0], low)
-            keep = np.arange(len(cand.score))[: p.max_detections]  # an NMS-free head: one box per object
+            cand = self._filter(decode_end2end(raw[0], self.outputs[0], low))  # one box per object
+            keep = np.argsort(-cand.score, kind="stable")
         else:
-            cand = decode_yolo(raw[0], self.outputs[0], self.layout, low)
-            keep = None
-        cand = self._filter(cand)
-        if keep is None:
+            cand = self._filter(decode_yolo(raw[0], self.outputs[0], self.layout, low))
             keep = nms(
                 cand.xyxy,
                 cand.score,
                 cand.class_id,
                 iou_threshold=p.iou_threshold,
-                max_detections=p.max_detections,
                 class_agnostic=p.class_agnostic,
             )
-        else:
-            keep = keep[: len(cand.score)]
+        keep = keep[: p.max_detections]
         xyxy = cand.xyxy[keep]
         if cand.normalized:
             xyxy = denormalize_xyxy(xyxy, self.input_width, self.input_height)
