@@ -13,14 +13,12 @@ from numpy.typing import ArrayLike, NDArray
 
 from agent.boxes import clip_xyxy, ltwh_to_xyxy, xyxy_to_ltwh
 from agent.detections import Detections
-from agent.vott.paths import asset_format, asset_id, asset_name, file_uri, short_id
+from agent.vott.paths import IMAGE_FORMATS, asset_format, asset_id, asset_name, file_uri, short_id
 
 log = logging.getLogger(__name__)
 
 VOTT_VERSION = "2.2.0"
 
-# Extensions VoTT lists as images (services/assetService.ts getAssetType); TIFF is listed but not shown.
-IMAGE_FORMATS = frozenset({"gif", "jpg", "jpeg", "png", "bmp"})
 
 _COORD_DECIMALS = 2  # region coordinates are written to 1/100 pixel
 

@@ -29,6 +29,8 @@ from agent.errors import ConfigError, UserError
 # "#" and "?" itself (common/utils.ts encodeFileURI), so neither is here.
 _ENCODE_URI_SAFE = ";,/:@&=+$!*'()"
 
+# Extensions VoTT lists as images (services/assetService.ts getAssetType); TIFF is listed but not shown.
+IMAGE_FORMATS = frozenset({"gif", "jpg", "jpeg", "png", "bmp"})
 WINDOWS_FILE_CHARS = set('\\/:*?"<>|')  # not allowed in a Windows file name
 
 _WINDOWS_ROOT = re.compile(r"^(?:[A-Za-z]:[\\/]|\\\\)")
@@ -153,3 +155,25 @@ def new_short_id() -> str:
     """A new random VoTT-style short id (9 characters of ``[A-Za-z0-9_-]``), for a new project or
     connection: VoTT's recent-projects list is keyed by project id, so two projects must never share one."""
     return secrets.token_urlsafe(7)[:9]
+
+
+def reviewer_frame_path(local: Path, frames_dir: Path, reviewer_frames_dir: str, windows: bool) -> str:
+    """The reviewer's native path of the frame ``local`` (absolute), which must sit directly in
+    ``frames_dir`` (seen by the reviewer as ``reviewer_frames_dir``) and be an image VoTT shows
+    under a name the reviewer's OS can hold (``windows``); ``UserError`` saying why not."""
+    if local.parent != frames_dir:
+        raise UserError(
+            f"{local} is not directly in the frames folder {frames_dir}; VoTT 2.2.0 only lists the "
+            "top level of its source folder, so save frames there"
+        )
+    fmt = asset_format(local.name).lower()
+    if fmt not in IMAGE_FORMATS:
+        raise UserError(
+            f"{local.name}: VoTT shows only {', '.join(sorted(IMAGE_FORMATS))} images; save as .jpg"
+        )
+    if windows and set(local.name) & WINDOWS_FILE_CHARS:
+        raise UserError(
+            f"{local.name!r} cannot exist on the reviewer's Windows computer (it contains one of "
+            '\\ / : * ? " < > |); rename the frame'
+        )
+    return join_native(reviewer_frames_dir, local.name)

@@ -44,6 +44,41 @@ def default_project_name(target_dir: str | os.PathLike[str]) -> str:
     return name.strip() or "edge-agent"
 
 
+def choose_project_file(target_dir: Path, name: str | None) -> tuple[str, Path]:
+    """The project's name and ``.vott`` file in ``target_dir``: ``name``, or the one project there,
+    or a name from the folder's; ``ConfigError`` when the folder holds another project or several."""
+    existing = sorted(target_dir.glob("*.vott"))
+    if name is None:
+        if len(existing) > 1:
+            raise ConfigError(
+                f"{target_dir} holds several projects ({', '.join(p.name for p in existing)}); "
+                "pass the project name to choose one"
+            )
+        name = existing[0].stem if existing else default_project_name(target_dir)
+    name = check_project_name(name)
+    project_file = target_dir / f"{name}.vott"
+    others = [p for p in existing if p != project_file]
+    if others and not project_file.exists():
+        raise ConfigError(
+            f"{target_dir} already holds the VoTT project {others[0].name}; VoTT expects one project "
+            "per target folder, so use another folder or that project's name"
+        )
+    return name, project_file
+
+
+def merge_into_reviewers(
+    ours: dict[str, Any], theirs: dict[str, Any], ensure_tag: Callable[[str, dict[str, Any]], None]
+) -> dict[str, Any]:
+    """The project VoTT saved (``theirs``) with the assets and tags only the agent's copy (``ours``)
+    has added to it: what VoTT saved wins, nothing of it is changed."""
+    for aid, entry in ours["assets"].items():
+        theirs["assets"].setdefault(aid, entry)
+    theirs["tags"] = [t for t in theirs.get("tags") or [] if isinstance(t, dict) and t.get("name")]
+    for tag in ours["tags"]:
+        ensure_tag(tag["name"], theirs)
+    return theirs
+
+
 def read_json(path: Path, raw: bytes | None = None) -> Any:
     """A JSON file's content (``raw``: its bytes, already read); ``UserError`` when unreadable."""
     try:
@@ -98,17 +133,10 @@ def reconcile(
     """Make the assets map of ``data`` agree with the asset files after a crash between the two
     writes, without touching the reviewer's work (asset ids in ``reviewer_owned``, which this
     extends with asset files the agent did not write). Returns how many changes were made."""
-    changes = 0
     assets: dict[str, Any] = data["assets"]
     on_disk = {p.name[: -len(ASSET_SUFFIX)]: p for p in target_dir.glob(f"*{ASSET_SUFFIX}")}
-    for aid, path in list(on_disk.items()):
-        if aid in reviewer_owned:
-            continue
-        if path.stat().st_size == 0 or _frame_emptied(frames_dir, path, assets.get(aid)):  # a power cut
-            log.warning("%s: empty asset or frame file (power cut?); removing the asset", path)
-            path.unlink()
-            records.forget(aid)
-            del on_disk[aid]
+    _drop_emptied(on_disk, assets, frames_dir, records, reviewer_owned)
+    changes = 0
     for aid, entry in list(assets.items()):
         if (
             isinstance(entry, dict)
@@ -120,29 +148,60 @@ def reconcile(
             del assets[aid]
             changes += 1
     for aid, path in on_disk.items():
-        if aid in assets:
-            continue
-        try:
-            meta = read_json(path)
-            asset = meta["asset"]
-            parse_regions(meta["regions"])
-            if asset["id"] != aid:
-                raise ValueError("asset id differs from the file name")
-        except (UserError, KeyError, TypeError, ValueError) as exc:
-            log.warning("%s: unusable asset file left as it is: %s", path, exc)
-            continue
-        if records.written_asset_sha256(aid) != file_sha256(path):
-            reviewer_owned.add(aid)  # saved by VoTT, whose project save did not follow
-        assets[aid] = asset
-        for tag in (t for r in meta["regions"] for t in r["tags"]):
-            ensure_tag(tag, data)
-        changes += 1
+        if aid not in assets and _list_orphan(data, aid, path, records, reviewer_owned, ensure_tag):
+            changes += 1
     if data.get("lastVisitedAssetId") not in assets:
         data.pop("lastVisitedAssetId", None)
         if assets:
             data["lastVisitedAssetId"] = next(iter(assets))
             changes += 1
     return changes
+
+
+def _drop_emptied(
+    on_disk: dict[str, Path],
+    assets: dict[str, Any],
+    frames_dir: Path,
+    records: AgentRecords,
+    reviewer_owned: set[str],
+) -> None:
+    """Remove the agent's asset files (from disk and ``on_disk``) that a power cut left empty, or
+    whose frame it left empty."""
+    for aid, path in list(on_disk.items()):
+        if aid in reviewer_owned:
+            continue
+        if path.stat().st_size == 0 or _frame_emptied(frames_dir, path, assets.get(aid)):
+            log.warning("%s: empty asset or frame file (power cut?); removing the asset", path)
+            path.unlink()
+            records.forget(aid)
+            del on_disk[aid]
+
+
+def _list_orphan(
+    data: dict[str, Any],
+    aid: str,
+    path: Path,
+    records: AgentRecords,
+    reviewer_owned: set[str],
+    ensure_tag: Callable[[str, dict[str, Any]], None],
+) -> bool:
+    """Put an asset file the map does not list (a crash before the project save) into the map;
+    False when the file is unusable."""
+    try:
+        meta = read_json(path)
+        asset = meta["asset"]
+        parse_regions(meta["regions"])
+        if asset["id"] != aid:
+            raise ValueError("asset id differs from the file name")
+    except (UserError, KeyError, TypeError, ValueError) as exc:
+        log.warning("%s: unusable asset file left as it is: %s", path, exc)
+        return False
+    if records.written_asset_sha256(aid) != file_sha256(path):
+        reviewer_owned.add(aid)  # saved by VoTT, whose project save did not follow
+    data["assets"][aid] = asset
+    for tag in (t for r in meta["regions"] for t in r["tags"]):
+        ensure_tag(tag, data)
+    return True
 
 
 def _frame_emptied(frames_dir: Path, asset_path: Path, entry: Any) -> bool:

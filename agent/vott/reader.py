@@ -112,18 +112,8 @@ def _scores_by_region(target_dir: Path, aid: str) -> dict[str, float] | None:
         return None
 
 
-def load_project(
-    target_dir: str | os.PathLike[str], source_folder: str | os.PathLike[str] | None = None
-) -> LoadedProject:
-    """Read the VoTT project in ``target_dir``: tags, and per asset of its assets map the local
-    image, size, state and boxes (from its ``-asset.json``; none for assets without one) with
-    scores when the sidecar exists.
-
-    Images are found under ``source_folder`` when given (by their path relative to the project's
-    frames folder, or by name when the project's folder paths are encrypted), else at the
-    project's own frames folder or, when that is the reviewer's path on another machine, at the
-    same place relative to ``target_dir``. Raises ``ConfigError``/``UserError`` with a fix."""
-    target = Path(os.path.abspath(target_dir))
+def _project_data(target: Path) -> tuple[Path, dict[str, Any]]:
+    """The one ``.vott`` file in ``target`` and its content; ``ConfigError``/``UserError`` with a fix."""
     if not target.is_dir():
         raise ConfigError(
             f"VoTT project folder {target} does not exist; pass the folder holding the .vott file"
@@ -138,8 +128,77 @@ def load_project(
     data = read_json(files[0])
     if not isinstance(data, dict) or not isinstance(data.get("name"), str):
         raise UserError(f"{files[0]} is not a VoTT 2 project (no 'name'); open and save it in VoTT 2 first")
+    return files[0], data
+
+
+def _asset_and_boxes(target: Path, aid: str, entry: dict[str, Any]) -> tuple[dict[str, Any], RegionBoxes]:
+    """An asset as its asset file has it (the map entry when there is no file), and its boxes."""
+    asset_path = target / f"{aid}{ASSET_SUFFIX}"
+    if not asset_path.is_file():
+        if entry.get("state") == 2:
+            log.warning(
+                "%s: asset %s is Tagged but has no asset file; reading it without regions", target, aid
+            )
+        return entry, RegionBoxes(as_boxes([]), [], [])
+    meta = read_json(asset_path)
+    try:
+        asset = meta["asset"] if isinstance(meta.get("asset"), dict) else entry
+        return asset, parse_regions(meta.get("regions"))
+    except (AttributeError, ValueError) as exc:
+        raise UserError(f"{asset_path}: {exc}; fix the file in VoTT or remove the asset") from None
+
+
+def _image_path(asset: dict[str, Any], folder: str | None, source: Path) -> Path:
+    """Where an asset's image is under the local ``source`` folder: at its path relative to the
+    project's frames ``folder`` (the reviewer's), else by name."""
+    if folder is not None and isinstance(asset.get("path"), str):
+        with contextlib.suppress(ValueError):
+            native = native_path_from_uri(asset["path"])
+            pathmod = ntpath if is_windows_path(folder) else posixpath
+            relpath = pathmod.relpath(native, folder)
+            if not relpath.startswith(".."):
+                return source.joinpath(*relpath.replace("\\", "/").split("/"))
+    return source / decoded_name(asset)
+
+
+def _loaded_asset(
+    target: Path, aid: str, entry: dict[str, Any], folder: str | None, source: Path | None
+) -> LoadedAsset:
+    asset, boxes = _asset_and_boxes(target, aid, entry)
+    size: dict[str, Any] = asset["size"] if isinstance(asset.get("size"), dict) else {}
+    scores_map = _scores_by_region(target, aid)
+    scores = None
+    if scores_map is not None:
+        scores = np.array([scores_map.get(r, np.nan) for r in boxes.region_ids], dtype=np.float32)
+    return LoadedAsset(
+        id=aid,
+        file_name=decoded_name(asset),
+        image_path=_image_path(asset, folder, source) if source is not None else None,
+        width=int(size["width"]) if size.get("width") else None,
+        height=int(size["height"]) if size.get("height") else None,
+        state=int(asset.get("state", entry.get("state")) or 0),
+        xyxy=boxes.xyxy,
+        labels=boxes.labels,
+        region_ids=boxes.region_ids,
+        scores=scores,
+        raw=asset,
+    )
+
+
+def load_project(
+    target_dir: str | os.PathLike[str], source_folder: str | os.PathLike[str] | None = None
+) -> LoadedProject:
+    """Read the VoTT project in ``target_dir``: tags, and per asset of its assets map the local
+    image, size, state and boxes (from its ``-asset.json``; none for assets without one) with
+    scores when the sidecar exists.
+
+    Images are found under ``source_folder`` when given (by their path relative to the project's
+    frames folder, or by name when the project's folder paths are encrypted), else at the
+    project's own frames folder or, when that is the reviewer's path on another machine, at the
+    same place relative to ``target_dir``. Raises ``ConfigError``/``UserError`` with a fix."""
+    target = Path(os.path.abspath(target_dir))
+    _, data = _project_data(target)
     folder, local_frames = _local_source_folder(target, data)
-    encrypted = folder is None
     source = Path(os.path.abspath(source_folder)) if source_folder is not None else local_frames
     if source is not None and not source.is_dir():
         raise ConfigError(
@@ -147,56 +206,11 @@ def load_project(
         )
     tags = [str(t["name"]) for t in data.get("tags") or [] if isinstance(t, dict) and t.get("name")]
     assets_map: dict[str, Any] = data["assets"] if isinstance(data.get("assets"), dict) else {}
-    loaded: list[LoadedAsset] = []
-    for aid, entry in assets_map.items():
-        if not isinstance(entry, dict) or entry.get("type") not in (1, None):
-            continue  # videos and video frames: not supported here
-        asset = entry
-        boxes = RegionBoxes(as_boxes([]), [], [])
-        asset_path = target / f"{aid}{ASSET_SUFFIX}"
-        if asset_path.is_file():
-            meta = read_json(asset_path)
-            try:
-                asset = meta["asset"] if isinstance(meta.get("asset"), dict) else entry
-                boxes = parse_regions(meta.get("regions"))
-            except (AttributeError, ValueError) as exc:
-                raise UserError(f"{asset_path}: {exc}; fix the file in VoTT or remove the asset") from None
-        elif entry.get("state") == 2:
-            log.warning(
-                "%s: asset %s is Tagged but has no asset file; reading it without regions", target, aid
-            )
-        size: dict[str, Any] = asset["size"] if isinstance(asset.get("size"), dict) else {}
-        name = decoded_name(asset)
-        image_path: Path | None = None
-        if source is not None:
-            rel: list[str] | None = None
-            if folder is not None and isinstance(asset.get("path"), str):
-                with contextlib.suppress(ValueError):
-                    native = native_path_from_uri(asset["path"])
-                    pathmod = ntpath if is_windows_path(folder) else posixpath
-                    relpath = pathmod.relpath(native, folder)
-                    if not relpath.startswith(".."):
-                        rel = relpath.replace("\\", "/").split("/")
-            image_path = source.joinpath(*rel) if rel else source / name
-        scores_map = _scores_by_region(target, str(aid))
-        scores = None
-        if scores_map is not None:
-            scores = np.array([scores_map.get(r, np.nan) for r in boxes.region_ids], dtype=np.float32)
-        loaded.append(
-            LoadedAsset(
-                id=str(aid),
-                file_name=name,
-                image_path=image_path,
-                width=int(size["width"]) if size.get("width") else None,
-                height=int(size["height"]) if size.get("height") else None,
-                state=int(asset.get("state", entry.get("state")) or 0),
-                xyxy=boxes.xyxy,
-                labels=boxes.labels,
-                region_ids=boxes.region_ids,
-                scores=scores,
-                raw=asset,
-            )
-        )
+    loaded = [
+        _loaded_asset(target, str(aid), entry, folder, source)
+        for aid, entry in assets_map.items()
+        if isinstance(entry, dict) and entry.get("type") in (1, None)  # videos and their frames: not here
+    ]
     for label in (lab for a in loaded for lab in a.labels):
         if label not in tags:
             tags.append(label)
@@ -207,5 +221,5 @@ def load_project(
         tags=tags,
         assets=loaded,
         source_folder=source,
-        encrypted=encrypted,
+        encrypted=folder is None,
     )

@@ -22,7 +22,9 @@ import re
 from pathlib import Path
 from typing import Any
 
+from agent.detections import Detections
 from agent.fsutil import atomic_write_bytes, atomic_write_json
+from agent.utc import utc_iso
 
 log = logging.getLogger(__name__)
 
@@ -128,3 +130,38 @@ def has_encrypted_options(project: dict[str, Any]) -> bool:
         if isinstance(options, dict) and "encrypted" in options:
             return True
     return False
+
+
+def sidecar_record(
+    aid: str,
+    image: str,
+    model: str | None,
+    timestamp: float | None,
+    meta: dict[str, Any],
+    kept: list[int],
+    detections: Detections,
+    record_scores: bool,
+    asset_bytes: bytes,
+) -> dict[str, Any]:
+    """The scores sidecar of one asset: each region's label, score and box, and the asset file's hash."""
+    names = detections.label_names()
+    scores = detections.score.tolist()
+    regions = []
+    for region, i in zip(meta["regions"], kept, strict=True):
+        p = region["points"]
+        regions.append(
+            {
+                "id": region["id"],
+                "label": names[i],
+                "score": round(float(scores[i]), 5) if record_scores else None,
+                "box_xyxy": [p[0]["x"], p[0]["y"], p[2]["x"], p[2]["y"]],
+            }
+        )
+    return {
+        "asset_id": aid,
+        "image": image,
+        "model": model,
+        "timestamp": utc_iso(timestamp) if timestamp is not None else None,
+        "asset_sha256": sha256_hex(asset_bytes),
+        "regions": regions,
+    }

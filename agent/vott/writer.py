@@ -39,25 +39,18 @@ from agent.config.output import DEFAULT_SECURITY_TOKEN
 from agent.detections import Detections
 from agent.errors import ConfigError, UserError
 from agent.fsutil import GroupSync, atomic_write_bytes, remove_stale_temp_files
-from agent.utc import utc_iso
-from agent.vott.asset import IMAGE_FORMATS, VOTT_VERSION, asset_metadata
-from agent.vott.paths import (
-    WINDOWS_FILE_CHARS,
-    PathMapping,
-    asset_format,
-    asset_id,
-    join_native,
-)
+from agent.vott.asset import VOTT_VERSION, asset_metadata
+from agent.vott.paths import PathMapping, asset_id, reviewer_frame_path
 from agent.vott.project_file import (
     ASSET_SUFFIX,
     TAG_COLORS,
-    check_project_name,
-    default_project_name,
+    choose_project_file,
+    merge_into_reviewers,
     new_project,
     read_json,
     reconcile,
 )
-from agent.vott.records import AgentRecords, file_sha256, sha256_hex
+from agent.vott.records import AgentRecords, file_sha256, sha256_hex, sidecar_record
 
 log = logging.getLogger(__name__)
 
@@ -147,7 +140,7 @@ class VottProject:
         remove_stale_temp_files(
             self.target_dir, self.frames_dir, self.records.folder, self.records.state_folder
         )
-        self.name, self.project_file = self._choose_file(name)
+        self.name, self.project_file = choose_project_file(self.target_dir, name)
         if self.project_file.exists():
             self._data = self._load_existing()
         else:
@@ -161,25 +154,6 @@ class VottProject:
             self.save()
 
     # ---- opening ------------------------------------------------------------------------------
-    def _choose_file(self, name: str | None) -> tuple[str, Path]:
-        existing = sorted(self.target_dir.glob("*.vott"))
-        if name is None:
-            if len(existing) > 1:
-                raise ConfigError(
-                    f"{self.target_dir} holds several projects ({', '.join(p.name for p in existing)}); "
-                    "pass the project name to choose one"
-                )
-            name = existing[0].stem if existing else default_project_name(self.target_dir)
-        name = check_project_name(name)
-        project_file = self.target_dir / f"{name}.vott"
-        others = [p for p in existing if p != project_file]
-        if others and not project_file.exists():
-            raise ConfigError(
-                f"{self.target_dir} already holds the VoTT project {others[0].name}; VoTT expects one project "
-                "per target folder, so use another folder or that project's name"
-            )
-        return name, project_file
-
     def _load_existing(self) -> dict[str, Any]:
         raw = self.project_file.read_bytes()
         data = read_json(self.project_file, raw)
@@ -251,23 +225,9 @@ class VottProject:
     # ---- frames -------------------------------------------------------------------------------
     def reviewer_path(self, image_path: str | os.PathLike[str]) -> str:
         """The reviewer-side native path of a frame (which must sit directly in ``frames_dir``)."""
-        local = Path(os.path.abspath(image_path))
-        if local.parent != self.frames_dir:
-            raise UserError(
-                f"{local} is not directly in the frames folder {self.frames_dir}; VoTT 2.2.0 only lists the "
-                "top level of its source folder, so save frames there"
-            )
-        fmt = asset_format(local.name).lower()
-        if fmt not in IMAGE_FORMATS:
-            raise UserError(
-                f"{local.name}: VoTT shows only {', '.join(sorted(IMAGE_FORMATS))} images; save as .jpg"
-            )
-        if self.mapping.windows and set(local.name) & WINDOWS_FILE_CHARS:
-            raise UserError(
-                f"{local.name!r} cannot exist on the reviewer's Windows computer (it contains one of "
-                '\\ / : * ? " < > |); rename the frame'
-            )
-        return join_native(self.reviewer_frames_dir, local.name)
+        return reviewer_frame_path(
+            Path(os.path.abspath(image_path)), self.frames_dir, self.reviewer_frames_dir, self.mapping.windows
+        )
 
     def asset_id_for(self, image_path: str | os.PathLike[str]) -> str:
         """The VoTT asset id the reviewer's VoTT gives the frame ``image_path``."""
@@ -343,7 +303,7 @@ class VottProject:
             atomic_write_bytes(self.asset_file(aid), data, fsync=self._fsync_each)
             self.records.write_sidecar(
                 aid,
-                _sidecar(
+                sidecar_record(
                     aid,
                     Path(image_path).name,
                     model,
@@ -470,20 +430,13 @@ class VottProject:
         if sha256_hex(raw) == self._saved_sha256:
             return
         theirs = read_json(self.project_file, raw)
-        if not isinstance(theirs, dict) or not isinstance(theirs.get("assets"), dict):
-            return
-        log.warning(
-            "%s was saved by VoTT while the agent was writing; keeping the reviewer's version",
-            self.project_file,
-        )
-        ours = self._data
-        self._reviewer_owned.update(theirs["assets"])
-        for aid, entry in ours["assets"].items():
-            theirs["assets"].setdefault(aid, entry)
-        theirs["tags"] = [t for t in theirs.get("tags") or [] if isinstance(t, dict) and t.get("name")]
-        for tag in ours["tags"]:
-            self._ensure_tag(tag["name"], theirs)
-        self._data = theirs
+        if isinstance(theirs, dict) and isinstance(theirs.get("assets"), dict):
+            log.warning(
+                "%s was saved by VoTT while the agent was writing; keeping the reviewer's version",
+                self.project_file,
+            )
+            self._reviewer_owned.update(theirs["assets"])
+            self._data = merge_into_reviewers(self._data, theirs, self._ensure_tag)
 
     def close(self) -> None:
         """Save if anything changed since the last save; flush grouped writes; log what was kept
@@ -509,38 +462,3 @@ class VottProject:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
-
-
-def _sidecar(
-    aid: str,
-    image: str,
-    model: str | None,
-    timestamp: float | None,
-    meta: dict[str, Any],
-    kept: list[int],
-    detections: Detections,
-    record_scores: bool,
-    asset_bytes: bytes,
-) -> dict[str, Any]:
-    """The scores sidecar of one asset: each region's label, score and box, and the asset file's hash."""
-    names = detections.label_names()
-    scores = detections.score.tolist()
-    regions = []
-    for region, i in zip(meta["regions"], kept, strict=True):
-        p = region["points"]
-        regions.append(
-            {
-                "id": region["id"],
-                "label": names[i],
-                "score": round(float(scores[i]), 5) if record_scores else None,
-                "box_xyxy": [p[0]["x"], p[0]["y"], p[2]["x"], p[2]["y"]],
-            }
-        )
-    return {
-        "asset_id": aid,
-        "image": image,
-        "model": model,
-        "timestamp": utc_iso(timestamp) if timestamp is not None else None,
-        "asset_sha256": sha256_hex(asset_bytes),
-        "regions": regions,
-    }
