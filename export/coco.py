@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -94,6 +95,57 @@ def _find_image(root: Path, json_path: Path, file_name: str) -> Path | None:
     return None
 
 
+def _read_file(path: Path) -> tuple[dict[int, str], dict[int, Any], list[Any]]:
+    """Categories (id -> name), images (id -> entry) and annotations of one COCO JSON."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        categories = {int(c["id"]): str(c["name"]) for c in sorted(data["categories"], key=lambda c: c["id"])}
+        images = {int(i["id"]): i for i in data["images"]}
+        return categories, images, list(data.get("annotations") or [])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise UserError(f"{path} is not a COCO detection JSON ({exc}); pass a COCO instances file") from None
+
+
+def _boxes_by_image(
+    path: Path, annotations: list[Any], categories: dict[int, str], image_ids: Iterable[int]
+) -> tuple[dict[int, list[list[float]]], dict[int, list[str]], int]:
+    """Each image's ``ltwh`` boxes and labels, and how many crowd annotations were skipped."""
+    boxes: dict[int, list[list[float]]] = {i: [] for i in image_ids}
+    labels: dict[int, list[str]] = {i: [] for i in boxes}
+    crowd = 0
+    for ann in annotations:
+        try:
+            if ann.get("iscrowd"):
+                crowd += 1
+                continue
+            boxes[int(ann["image_id"])].append([float(v) for v in ann["bbox"]])
+            labels[int(ann["image_id"])].append(categories[int(ann["category_id"])])
+        except (KeyError, ValueError, TypeError, AttributeError) as exc:
+            raise UserError(
+                f"{path}: malformed annotation {ann.get('id')!r} ({exc}); fix or remove it"
+            ) from None
+    return boxes, labels, crowd
+
+
+def _image(root: Path, path: Path, info: dict[str, Any], xyxy: Any, labels: list[str]) -> LabeledImage:
+    file_name = Path(str(info["file_name"])).name
+    image_path = _find_image(root, path, str(info["file_name"])) or _find_image(root, path, file_name)
+    if image_path is None:
+        raise UserError(f"{path}: image {info['file_name']} not found under {root}; put it in {root}/images")
+    width, height = int(info.get("width") or 0), int(info.get("height") or 0)
+    if not (width and height):
+        width, height = image_size(image_path)
+    return LabeledImage(
+        file_name=file_name,
+        image_path=image_path,
+        width=width,
+        height=height,
+        xyxy=xyxy,
+        labels=labels,
+        split=path.stem.removeprefix("instances_") if path.stem.startswith("instances_") else "train",
+    )
+
+
 def read_coco(in_path: Path) -> LabeledDataset:
     """Read a COCO dataset: a JSON file, or a folder with ``annotations/*.json`` (or ``*.json``)
     and the images in ``images/``, ``images/<split>/``, ``<split>/`` or beside the JSON.
@@ -106,56 +158,20 @@ def read_coco(in_path: Path) -> LabeledDataset:
     if not files:
         raise UserError(f"no COCO JSON found in {in_path}; pass the file or a folder with annotations/*.json")
     dataset = LabeledDataset(root.name, [])
-    by_name: dict[str, LabeledImage] = {}
+    names: set[str] = set()
     crowd = 0
     for path in files:
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-            categories = {
-                int(c["id"]): str(c["name"]) for c in sorted(data["categories"], key=lambda c: c["id"])
-            }
-            images = {int(i["id"]): i for i in data["images"]}
-            annotations = data.get("annotations") or []
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise UserError(
-                f"{path} is not a COCO detection JSON ({exc}); pass a COCO instances file"
-            ) from None
+        categories, images, annotations = _read_file(path)
         dataset.add_classes(list(categories.values()))
-        boxes: dict[int, list[list[float]]] = {i: [] for i in images}
-        labels: dict[int, list[str]] = {i: [] for i in images}
-        for ann in annotations:
-            try:
-                if ann.get("iscrowd"):
-                    crowd += 1
-                    continue
-                boxes[int(ann["image_id"])].append([float(v) for v in ann["bbox"]])
-                labels[int(ann["image_id"])].append(categories[int(ann["category_id"])])
-            except (KeyError, ValueError, TypeError) as exc:
-                raise UserError(
-                    f"{path}: malformed annotation {ann.get('id')!r} ({exc}); fix or remove it"
-                ) from None
+        boxes, labels, skipped = _boxes_by_image(path, annotations, categories, images)
+        crowd += skipped
         for image_id, info in images.items():
-            file_name = Path(str(info["file_name"])).name
-            image_path = _find_image(root, path, str(info["file_name"])) or _find_image(root, path, file_name)
-            if image_path is None:
+            image = _image(root, path, info, ltwh_to_xyxy(boxes[image_id]), labels[image_id])
+            if image.file_name in names:
                 raise UserError(
-                    f"{path}: image {info['file_name']} not found under {root}; put it in {root}/images"
+                    f"{path}: image name {image.file_name} appears twice in the dataset; rename one"
                 )
-            width, height = int(info.get("width") or 0), int(info.get("height") or 0)
-            if not (width and height):
-                width, height = image_size(image_path)
-            image = LabeledImage(
-                file_name=file_name,
-                image_path=image_path,
-                width=width,
-                height=height,
-                xyxy=ltwh_to_xyxy(boxes[image_id]),
-                labels=labels[image_id],
-                split=path.stem.removeprefix("instances_") if path.stem.startswith("instances_") else "train",
-            )
-            if file_name in by_name:
-                raise UserError(f"{path}: image name {file_name} appears twice in the dataset; rename one")
-            by_name[file_name] = image
+            names.add(image.file_name)
             dataset.images.append(image)
     if crowd:
         log.warning("skipped %d crowd annotation(s): VoTT has no crowd regions", crowd)

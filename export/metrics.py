@@ -228,47 +228,39 @@ def _ratio(a: int, b: int) -> float:
     return a / b if b else 0.0
 
 
-def evaluate(
-    predictions: Sequence[ImageBoxes],
-    truths: Sequence[ImageBoxes],
-    iou_threshold: float = 0.5,
-    *,
-    classes: Sequence[str] | None = None,
-) -> EvalReport:
-    """Compare ``predictions`` with ``truths`` (matched by ``name``) and return an ``EvalReport``
-    with per-class and overall precision/recall/F1 at ``iou_threshold``, COCO AP50 and
-    AP50:95, kept-unchanged share, frames with misses / false positives and, when every
-    prediction has scores, a score-threshold sweep. ``classes`` fixes the order of classes in
-    the report (others follow, sorted)."""
-    if not 0.0 < iou_threshold <= 1.0:
-        raise ValueError(f"iou_threshold must be in (0, 1], got {iou_threshold}")
-    truth_by_name: dict[str, ImageBoxes] = {}
-    for t in truths:
-        if t.name in truth_by_name:
-            raise ValueError(f"two truth entries for image {t.name!r}")
-        truth_by_name[t.name] = t
-    pred_by_name: dict[str, ImageBoxes] = {}
-    for p in predictions:
-        if p.name in pred_by_name:
-            raise ValueError(f"two prediction entries for image {p.name!r}")
-        pred_by_name[p.name] = p
-    unmatched = sorted(n for n in pred_by_name if n not in truth_by_name)
-    names = sorted(truth_by_name)
-    scores_available = all(pred_by_name[n].scores is not None for n in names if n in pred_by_name) and any(
-        n in pred_by_name for n in names
-    )
-    seen = {label for n in names for label in truth_by_name[n].labels} | {
-        label for n in names if n in pred_by_name for label in pred_by_name[n].labels
-    }
-    order = [c for c in classes or () if c in seen]
-    order += sorted(seen - set(order))
+def _by_name(items: Sequence[ImageBoxes], what: str) -> dict[str, ImageBoxes]:
+    out: dict[str, ImageBoxes] = {}
+    for item in items:
+        if item.name in out:
+            raise ValueError(f"two {what} entries for image {item.name!r}")
+        out[item.name] = item
+    return out
 
+
+@dataclass
+class _Matching:
+    """Every image's predictions matched to its truths, gathered per class."""
+
+    thresholds: NDArray[np.float64]
+    buckets: dict[str, dict[str, list[Any]]]
+    n_truth: dict[str, int]
+    n_pred: dict[str, int]
+    missed_frames: list[str] = field(default_factory=list)
+    fp_frames: list[str] = field(default_factory=list)
+
+
+def _match(
+    names: list[str], truth_by_name: dict[str, ImageBoxes], pred_by_name: dict[str, ImageBoxes],
+    order: list[str], iou_threshold: float,
+) -> _Matching:  # fmt: skip
     thresholds = np.concatenate([COCO_IOU_THRESHOLDS, [iou_threshold, KEPT_IOU]])
-    at_iou, at_kept = len(COCO_IOU_THRESHOLDS), len(COCO_IOU_THRESHOLDS) + 1
-    per_class: dict[str, dict[str, list[Any]]] = {c: {"scores": [], "tp": [], "capped": []} for c in order}
-    n_truth = dict.fromkeys(order, 0)
-    n_pred = dict.fromkeys(order, 0)
-    missed_frames, fp_frames = [], []
+    at_iou = len(COCO_IOU_THRESHOLDS)
+    m = _Matching(
+        thresholds,
+        {c: {"scores": [], "tp": [], "capped": []} for c in order},
+        dict.fromkeys(order, 0),
+        dict.fromkeys(order, 0),
+    )
     for name in names:
         truth = truth_by_name[name]
         pred = pred_by_name.get(name) or ImageBoxes.create(name, [], [])
@@ -283,9 +275,9 @@ def evaluate(
                 continue
             p_idx = p_idx[np.argsort(-scores[p_idx], kind="mergesort")]
             tp = _greedy_match(iou_matrix(pred.xyxy[p_idx], truth.xyxy[t_idx]), thresholds)
-            n_truth[label] += len(t_idx)
-            n_pred[label] += len(p_idx)
-            bucket = per_class[label]
+            m.n_truth[label] += len(t_idx)
+            m.n_pred[label] += len(p_idx)
+            bucket = m.buckets[label]
             bucket["scores"].append(scores[p_idx])
             bucket["tp"].append(tp)
             bucket["capped"].append(np.arange(len(p_idx)) < COCO_MAX_DETECTIONS)
@@ -293,57 +285,78 @@ def evaluate(
             image_missed |= matched < len(t_idx)
             image_fp |= matched < len(p_idx)
         if image_missed:
-            missed_frames.append(name)
+            m.missed_frames.append(name)
         if image_fp:
-            fp_frames.append(name)
+            m.fp_frames.append(name)
+    return m
+
+
+def _class_result(label: str, m: _Matching) -> tuple[ClassResult, NDArray[np.float32], NDArray[Any], int]:
+    """One class's result, its prediction scores, their TP flags at the IoU threshold and how many
+    predictions were kept unchanged."""
+    at_iou, at_kept = len(COCO_IOU_THRESHOLDS), len(COCO_IOU_THRESHOLDS) + 1
+    bucket = m.buckets[label]
+    scores = np.concatenate(bucket["scores"]) if bucket["scores"] else np.zeros(0, np.float32)
+    tp = np.concatenate(bucket["tp"], axis=1) if bucket["tp"] else np.zeros((len(m.thresholds), 0), bool)
+    capped = np.concatenate(bucket["capped"]) if bucket["capped"] else np.zeros(0, bool)
+    n_truth, n_pred = m.n_truth[label], m.n_pred[label]
+    aps = [_average_precision(scores[capped], tp[t][capped], n_truth) for t in range(at_iou)]
+    tp_count = int(tp[at_iou].sum())
+    result = _counts_result(label, n_truth, n_pred, tp_count)
+    if n_truth:
+        result.ap50, result.ap50_95 = aps[0], float(np.mean(aps))
+    return result, scores, tp[at_iou], int(tp[at_kept].sum())
+
+
+def _counts_result(label: str, truths: int, predictions: int, tp: int) -> ClassResult:
+    return ClassResult(
+        label=label,
+        truths=truths,
+        predictions=predictions,
+        tp=tp,
+        fp=predictions - tp,
+        fn=truths - tp,
+        precision=_ratio(tp, predictions),
+        recall=_ratio(tp, truths),
+        f1=_ratio(2 * tp, predictions + truths),
+        ap50=None,
+        ap50_95=None,
+    )
+
+
+def evaluate(
+    predictions: Sequence[ImageBoxes],
+    truths: Sequence[ImageBoxes],
+    iou_threshold: float = 0.5,
+    *,
+    classes: Sequence[str] | None = None,
+) -> EvalReport:
+    """Compare ``predictions`` with ``truths`` (matched by ``name``) and return an ``EvalReport``
+    with per-class and overall precision/recall/F1 at ``iou_threshold``, COCO AP50 and
+    AP50:95, kept-unchanged share, frames with misses / false positives and, when every
+    prediction has scores, a score-threshold sweep. ``classes`` fixes the order of classes in
+    the report (others follow, sorted)."""
+    if not 0.0 < iou_threshold <= 1.0:
+        raise ValueError(f"iou_threshold must be in (0, 1], got {iou_threshold}")
+    truth_by_name, pred_by_name = _by_name(truths, "truth"), _by_name(predictions, "prediction")
+    names = sorted(truth_by_name)
+    present = [n for n in names if n in pred_by_name]
+    scores_available = bool(present) and all(pred_by_name[n].scores is not None for n in present)
+    order = _class_order([truth_by_name[n] for n in names] + [pred_by_name[n] for n in present], classes)
+    m = _match(names, truth_by_name, pred_by_name, order, iou_threshold)
 
     results: dict[str, ClassResult] = {}
     all_scores, all_tp = [], []
     kept = 0
     for label in order:
-        bucket = per_class[label]
-        scores = np.concatenate(bucket["scores"]) if bucket["scores"] else np.zeros(0, np.float32)
-        tp = np.concatenate(bucket["tp"], axis=1) if bucket["tp"] else np.zeros((len(thresholds), 0), bool)
-        capped = np.concatenate(bucket["capped"]) if bucket["capped"] else np.zeros(0, bool)
-        aps = [_average_precision(scores[capped], tp[t][capped], n_truth[label]) for t in range(at_iou)]
-        tp_count = int(tp[at_iou].sum())
-        kept += int(tp[at_kept].sum())
+        results[label], scores, tp, kept_here = _class_result(label, m)
         all_scores.append(scores)
-        all_tp.append(tp[at_iou])
-        precision = _ratio(tp_count, n_pred[label])
-        recall = _ratio(tp_count, n_truth[label])
-        results[label] = ClassResult(
-            label=label,
-            truths=n_truth[label],
-            predictions=n_pred[label],
-            tp=tp_count,
-            fp=n_pred[label] - tp_count,
-            fn=n_truth[label] - tp_count,
-            precision=precision,
-            recall=recall,
-            f1=_ratio(int(2 * tp_count), n_pred[label] + n_truth[label]),
-            ap50=None if n_truth[label] == 0 else aps[0],
-            ap50_95=None if n_truth[label] == 0 else float(np.mean(aps)),
-        )
-    ap50s = [r.ap50 for r in results.values() if r.ap50 is not None]
-    ap50_95s = [r.ap50_95 for r in results.values() if r.ap50_95 is not None]
-    map50 = float(np.mean(ap50s)) if ap50s else math.nan
-    map50_95 = float(np.mean(ap50_95s)) if ap50_95s else math.nan
-    total_truth, total_pred = sum(n_truth.values()), sum(n_pred.values())
-    total_tp = sum(r.tp for r in results.values())
-    overall = ClassResult(
-        label="all",
-        truths=total_truth,
-        predictions=total_pred,
-        tp=total_tp,
-        fp=total_pred - total_tp,
-        fn=total_truth - total_tp,
-        precision=_ratio(total_tp, total_pred),
-        recall=_ratio(total_tp, total_truth),
-        f1=_ratio(2 * total_tp, total_pred + total_truth),
-        ap50=map50 if ap50s else None,
-        ap50_95=map50_95 if ap50s else None,
-    )
+        all_tp.append(tp)
+        kept += kept_here
+    overall = _overall(list(results.values()))
+    map50 = math.nan if overall.ap50 is None else overall.ap50
+    map50_95 = math.nan if overall.ap50_95 is None else overall.ap50_95
+    total_truth, total_pred = overall.truths, overall.predictions
     report = EvalReport(
         iou_threshold=iou_threshold,
         images=len(names),
@@ -353,17 +366,34 @@ def evaluate(
         map50_95=map50_95,
         kept_unchanged=kept,
         kept_unchanged_share=_ratio(kept, total_pred),
-        frames_with_missed=missed_frames,
-        frames_with_false_positives=fp_frames,
+        frames_with_missed=m.missed_frames,
+        frames_with_false_positives=m.fp_frames,
         scores_available=scores_available,
-        unmatched_prediction_images=unmatched,
+        unmatched_prediction_images=sorted(n for n in pred_by_name if n not in truth_by_name),
     )
-    if scores_available:
-        scores = np.concatenate(all_scores) if all_scores else np.zeros(0, np.float32)
-        tp_flags = np.concatenate(all_tp) if all_tp else np.zeros(0, bool)
-        report.sweep = threshold_sweep(scores, tp_flags, total_truth)
+    if scores_available and all_scores:
+        report.sweep = threshold_sweep(np.concatenate(all_scores), np.concatenate(all_tp), total_truth)
         report.best_threshold = min(report.sweep, key=lambda s: (s.corrections, -s.predictions), default=None)
     return report
+
+
+def _overall(results: list[ClassResult]) -> ClassResult:
+    """The ``all`` row: summed counts, and mAP as the mean AP of the classes that have truths."""
+    overall = _counts_result(
+        "all", sum(r.truths for r in results), sum(r.predictions for r in results), sum(r.tp for r in results)
+    )
+    with_ap = [r for r in results if r.ap50 is not None and r.ap50_95 is not None]
+    if with_ap:
+        overall.ap50 = float(np.mean([r.ap50 or 0.0 for r in with_ap]))
+        overall.ap50_95 = float(np.mean([r.ap50_95 or 0.0 for r in with_ap]))
+    return overall
+
+
+def _class_order(images: Sequence[ImageBoxes], classes: Sequence[str] | None) -> list[str]:
+    """The labels seen in ``images``: those of ``classes`` first, in that order, then the others sorted."""
+    seen = {label for image in images for label in image.labels}
+    order = [c for c in classes or () if c in seen]
+    return order + sorted(seen - set(order))
 
 
 def threshold_sweep(scores: NDArray[np.float32], tp: NDArray[np.bool_], n_truth: int) -> list[SweepPoint]:

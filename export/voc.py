@@ -122,6 +122,36 @@ def _split_of(root: Path) -> dict[str, str]:
     return out
 
 
+def _read_annotation(path: Path) -> tuple[str, list[list[float]], list[str], int, int]:
+    """One VOC XML: the stored image name, ``xyxy`` boxes, labels, width and height (0: unknown)."""
+    try:
+        tree = ET.parse(path).getroot()
+        boxes, labels = [], []
+        for obj in tree.iter("object"):
+            bnd = obj.find("bndbox")
+            if bnd is not None:
+                boxes.append([float(bnd.findtext(k) or "nan") for k in ("xmin", "ymin", "xmax", "ymax")])
+                labels.append((obj.findtext("name") or "").strip())
+        width = int(float(tree.findtext("size/width") or 0))
+        height = int(float(tree.findtext("size/height") or 0))
+    except (ET.ParseError, ValueError) as exc:
+        raise UserError(f"{path} is not a Pascal VOC annotation ({exc}); fix or remove it") from None
+    if not all(labels) or not np.isfinite(np.array(boxes, dtype=np.float64)).all():
+        raise UserError(f"{path}: an object lacks a name or a numeric bndbox; fix or remove it")
+    return (tree.findtext("filename") or "").strip(), boxes, labels, width, height
+
+
+def _voc_image(root: Path, path: Path, stored_name: str) -> Path:
+    """The image an annotation names, or the one named like the annotation file."""
+    image_path = root / "JPEGImages" / stored_name if stored_name else None
+    if image_path is None or not image_path.is_file():
+        matches = sorted((root / "JPEGImages").glob(f"{glob.escape(path.stem)}.*"))
+        image_path = matches[0] if matches else None
+    if image_path is None:
+        raise UserError(f"{path}: image {stored_name or path.stem} not found in {root / 'JPEGImages'}")
+    return image_path
+
+
 def read_voc(root: Path) -> LabeledDataset:
     """Read a Pascal VOC folder (``Annotations/*.xml`` + ``JPEGImages/``). File names are
     URL-decoded (VoTT's exporter writes them encoded); class order comes from
@@ -132,28 +162,8 @@ def read_voc(root: Path) -> LabeledDataset:
     dataset = LabeledDataset(root.name, _read_label_map(root / "pascal_label_map.pbtxt"))
     splits = _split_of(root)
     for path in xml_files:
-        try:
-            tree = ET.parse(path).getroot()
-            stored_name = (tree.findtext("filename") or "").strip()
-            boxes, labels = [], []
-            for obj in tree.iter("object"):
-                bnd = obj.find("bndbox")
-                if bnd is None:
-                    continue
-                boxes.append([float(bnd.findtext(k) or "nan") for k in ("xmin", "ymin", "xmax", "ymax")])
-                labels.append((obj.findtext("name") or "").strip())
-            width = int(float(tree.findtext("size/width") or 0))
-            height = int(float(tree.findtext("size/height") or 0))
-        except (ET.ParseError, ValueError) as exc:
-            raise UserError(f"{path} is not a Pascal VOC annotation ({exc}); fix or remove it") from None
-        if not all(labels) or not np.isfinite(np.array(boxes, dtype=np.float64)).all():
-            raise UserError(f"{path}: an object lacks a name or a numeric bndbox; fix or remove it")
-        image_path = root / "JPEGImages" / stored_name if stored_name else None
-        if image_path is None or not image_path.is_file():
-            matches = sorted((root / "JPEGImages").glob(f"{glob.escape(path.stem)}.*"))
-            image_path = matches[0] if matches else None
-        if image_path is None:
-            raise UserError(f"{path}: image {stored_name or path.stem} not found in {root / 'JPEGImages'}")
+        stored_name, boxes, labels, width, height = _read_annotation(path)
+        image_path = _voc_image(root, path, stored_name)
         if not (width and height):
             width, height = image_size(image_path)
         dataset.add_classes(labels)
