@@ -102,21 +102,26 @@ class Detector:
         )
         self._class_filter = self._class_mask(settings.classes)
         self._class_thresholds = self._threshold_table(settings.class_thresholds)
+        self.preprocess = self._preprocessor()
+        self.input_height, self.input_width = self.preprocess.in_h, self.preprocess.in_w
+        if warm_up:
+            self._warm_up()
+
+    def _preprocessor(self) -> Preprocessor:
+        """The input pipeline the model card and the input tensor call for: letterbox for YOLO,
+        stretch for SSD, pixel normalisation (YOLO 0..1, SSD -1..1) for float inputs."""
         family = self.layout.family
-        fmt = card.input
+        fmt = self.spec.card.input
         letterbox = fmt.resize == "letterbox" or (fmt.resize == "auto" and family == "yolo")
-        default_norm = ([0.0], [255.0]) if family == "yolo" else ([127.5], [127.5])
-        mean = _as_list(fmt.mean)
-        std = _as_list(fmt.std)
+        default_mean, default_std = ([0.0], [255.0]) if family == "yolo" else ([127.5], [127.5])
+        mean, std = _as_list(fmt.mean), _as_list(fmt.std)
         dtype = np.dtype(self._input["dtype"])
-        if mean is None and std is None and dtype != np.uint8:
-            mean, std = default_norm
-        elif (mean is None) != (std is None):
-            mean = mean if mean is not None else default_norm[0]
-            std = std if std is not None else default_norm[1]
+        if not (mean is None and std is None and dtype == np.uint8):
+            mean = mean if mean is not None else default_mean
+            std = std if std is not None else default_std
         scale, zero_point = self._input.get("quantization", (0.0, 0))
         try:
-            self.preprocess = Preprocessor(
+            return Preprocessor(
                 tuple(int(d) for d in self._input["shape"]),  # type: ignore[arg-type]
                 dtype,
                 (float(scale), int(zero_point)),
@@ -127,9 +132,6 @@ class Detector:
             )
         except ValueError as exc:
             raise UserError(f"{self.spec.path}: {exc}") from None
-        self.input_height, self.input_width = self.preprocess.in_h, self.preprocess.in_w
-        if warm_up:
-            self._warm_up()
 
     @property
     def name(self) -> str:

@@ -97,15 +97,21 @@ def _not_a_detector(outputs: list[OutputTensor], model_name: str) -> UserError:
     )
 
 
+def _automl_roles(automl_order: list[str]) -> tuple[str, dict[str, int]] | None:
+    """The SSD output roles an AutoML ``tflite_metadata.json`` names, when it names all four."""
+    roles = [AUTOML_ROLE_NAMES.get(name) for name in automl_order]
+    if sorted(r for r in roles if r) != sorted(SSD_ROLES_TF1):
+        return None
+    kind = "ssd_tf1" if roles == list(SSD_ROLES_TF1) else "ssd_tf2"
+    return kind, {str(role): i for i, role in enumerate(roles)}
+
+
 def _ssd_roles(
     outputs: list[OutputTensor], forced: str, automl_order: list[str] | None
 ) -> tuple[str, dict[str, int]]:
-    if automl_order and forced == "auto":
-        roles = [AUTOML_ROLE_NAMES.get(name) for name in automl_order]
-        if sorted(r for r in roles if r) == sorted(SSD_ROLES_TF1):
-            mapping = {str(role): i for i, role in enumerate(roles)}
-            kind = "ssd_tf1" if [r for r in roles] == list(SSD_ROLES_TF1) else "ssd_tf2"
-            return kind, mapping
+    named = _automl_roles(automl_order) if automl_order and forced == "auto" else None
+    if named is not None:
+        return named
     if forced in ("ssd_tf1", "ssd_tf2"):
         order = SSD_ROLES_TF1 if forced == "ssd_tf1" else SSD_ROLES_TF2
         return forced, {role: i for i, role in enumerate(order)}
@@ -144,11 +150,18 @@ def detect_layout(
         return Layout(kind, postprocess_classes, ssd_roles=roles)
     if len(outputs) != 1 or len(outputs[0].shape) != 3 or outputs[0].shape[0] != 1:
         raise _not_a_detector(outputs, model_name)
-    _, a, b = outputs[0].shape
+    layout = _yolo_layout(outputs[0].shape[1], outputs[0].shape[2], forced, num_labels, input_hw)
+    if layout is None:
+        raise _not_a_detector(outputs, model_name)
+    return layout
+
+
+def _yolo_layout(
+    a: int, b: int, forced: str, num_labels: int | None, input_hw: tuple[int, int] | None
+) -> Layout | None:
+    """The layout of a single ``[1, a, b]`` output, or None when it is no YOLO head we know."""
     if forced == "yolo_end2end" or (forced == "auto" and _looks_end2end(a, b, num_labels, input_hw)):
-        if b != 6:
-            raise _not_a_detector(outputs, model_name)
-        return Layout("yolo_end2end", num_labels)
+        return Layout("yolo_end2end", num_labels) if b == 6 else None
     # without labels, [1, N, 5+nc] (YOLOv5) and channels-last [1, N, 4+nc] (YOLOv8) differ only in N
     anchor_free_rows = num_labels is None and input_hw is not None and a in _grid_rows(input_hw, 1)
     if forced == "yolov5" or (
@@ -157,16 +170,12 @@ def detect_layout(
         and not (num_labels is not None and num_labels == b - 4)
         and not anchor_free_rows
     ):
-        if b < 6:
-            raise _not_a_detector(outputs, model_name)
-        return Layout("yolov5", b - 5)
+        return Layout("yolov5", b - 5) if b >= 6 else None
     if forced in ("yolov8", "auto"):
         channels_first = a < b
         rows = a if channels_first else b
-        if rows < 5:
-            raise _not_a_detector(outputs, model_name)
-        return Layout("yolov8", rows - 4, channels_first=channels_first)
-    raise _not_a_detector(outputs, model_name)
+        return Layout("yolov8", rows - 4, channels_first=channels_first) if rows >= 5 else None
+    return None
 
 
 def _grid_rows(input_hw: tuple[int, int], per_cell: int) -> set[int]:
