@@ -5,6 +5,8 @@ that name a model by its catalog name."""
 from __future__ import annotations
 
 import hashlib
+import json
+import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,9 +14,10 @@ from pathlib import Path
 import pytest
 
 from agent.detect.catalog import load_catalog
+from agent.detect.model_store import models_dir, search_dirs
 from agent.detect.runtime import installed_runtimes
-from tests.helpers import CliResult, run_cli
-from tests.model_mirror import ModelMirror, Route
+from tests.helpers import REPO, CliResult, match_detections, run_cli
+from tests.model_mirror import ModelMirror, Route, closed_port_url
 
 # catalog name -> installed file name -> the upstream file in ../shared/models
 SHARED_FILES = {
@@ -109,3 +112,213 @@ def test_every_download_is_pinned_to_a_commit_or_a_storage_generation() -> None:
 
 
 # -- fetch, then use by name -----------------------------------------------------------------------
+
+
+def test_print3d_needs_the_license_accepted_then_installs_with_its_card(
+    shared_dir: Path, mirror: ModelMirror, env: dict[str, str], tmp_path: Path
+) -> None:
+    models = tmp_path / "models"
+    refused = fetch(env, "print3d", "--mirror", mirror.url)
+    assert refused.code == 2
+    line = one_error_line(refused)
+    assert "AGPL-3.0" in line and FETCH_PRINT3D in line
+    assert "license: AGPL-3.0" in refused.out  # shown before anything is fetched
+    assert snapshot(models) == {} and mirror.requests == {}
+
+    result = fetch(env, "print3d", "--accept-license", "--mirror", mirror.url)
+    assert result.code == 0, result.err
+    installed = snapshot(models)
+    assert set(installed) == {f"print3d/{f}" for f in (*SHARED_FILES["print3d"], "model.yaml")}
+    for file_name, upstream in SHARED_FILES["print3d"].items():
+        assert installed[f"print3d/{file_name}"] == sha256(shared_dir / "models" / upstream)
+    listing = json.loads(run_cli("models", "list", "--json", env=env).out)
+    row = next(m for m in listing["models"] if m["name"] == "print3d")
+    assert row["installed"] and row["where"] == str(models / "print3d" / "model.tflite")
+
+
+@pytest.fixture
+def print3d(mirror: ModelMirror, env: dict[str, str]) -> ModelMirror:
+    """print3d installed from the mirror; the mirror, to count its requests."""
+    result = fetch(env, "print3d", "--accept-license", "--mirror", mirror.url)
+    assert result.code == 0, result.err
+    return mirror
+
+
+def test_print3d_by_name_reproduces_the_reference_detections(
+    shared_dir: Path, print3d: ModelMirror, env: dict[str, str]
+) -> None:
+    ref = json.loads((shared_dir / f"models/print3d/reference/reference_print3d.{RUNTIME}.json").read_text())
+    images = [str(shared_dir / "models/print3d/images" / e["image"]) for e in ref["images"]]
+    detect = run_cli(
+        "detect", "--json", "--runtime", RUNTIME, "--threshold", "0", "--model", "print3d", *images, env=env
+    )
+    assert detect.code == 0, detect.err
+    for line, entry in zip(detect.json_lines(), ref["images"], strict=True):
+        assert line["model"] == "print3d"  # the card the catalog wrote
+        assert not match_detections(line["detections"], entry["detections"]), entry["image"]
+
+
+def test_an_installed_model_verifies_and_is_not_fetched_again(
+    print3d: ModelMirror, env: dict[str, str], tmp_path: Path
+) -> None:
+    verify = run_cli("models", "verify", "print3d", "--json", env=env)
+    assert verify.code == 0 and json.loads(verify.out)["ok"], verify.out
+    requests = dict(print3d.requests)
+    again = fetch(env, "print3d", "--accept-license", "--mirror", print3d.url)
+    assert again.code == 0 and "matches the catalog" in again.out
+    assert print3d.requests == requests
+    card = tmp_path / "models/print3d/model.yaml"  # a user's tuning is a note, not damage
+    card.write_text(card.read_text().replace("score_threshold: 0.5", "score_threshold: 0.6"))
+    edited = run_cli("models", "verify", "print3d", env=env)
+    assert edited.code == 0 and "note: model.yaml differs from the catalog's card" in edited.out
+
+
+def test_coco_model_needs_no_license_flag_and_its_card_maps_the_labels(
+    shared_dir: Path, mirror: ModelMirror, env: dict[str, str]
+) -> None:
+    result = fetch(env, "ssd-mobilenet-v1-coco", "--mirror", mirror.url)
+    assert result.code == 0, result.err
+    ref = json.loads(
+        (shared_dir / f"models/reference/reference_ssd_mobilenet_v1_coco_quant.{RUNTIME}.json").read_text()
+    )
+    images = [str(shared_dir / "models/images" / e["image"]) for e in ref["images"]]
+    detect = run_cli(
+        "detect", "--json", "--runtime", RUNTIME, "--threshold", "0", "--model", "ssd-mobilenet-v1-coco",
+        *images, env=env,
+    )  # fmt: skip
+    assert detect.code == 0, detect.err
+    for line, entry in zip(detect.json_lines(), ref["images"], strict=True):
+        assert not match_detections(line["detections"], entry["detections"]), entry["image"]
+
+
+def test_a_mirror_folder_from_the_environment_works_offline(
+    shared_dir: Path, env: dict[str, str], tmp_path: Path
+) -> None:
+    offline = tmp_path / "usb-stick"
+    for file_name, upstream in SHARED_FILES["print3d"].items():
+        (offline / "print3d").mkdir(parents=True, exist_ok=True)
+        (offline / "print3d" / file_name).symlink_to(shared_dir / "models" / upstream)
+    result = fetch({**env, "EDGE_AGENT_MODELS_MIRROR": str(offline)}, "print3d", "--accept-license")
+    assert result.code == 0, result.err
+    assert (tmp_path / "models/print3d/model.tflite").is_file()
+
+
+# -- failures: one line, an exit code, nothing half-written, the old model kept --------------------
+
+FAILURES = {
+    # mode: (how the mirror misbehaves, what the error line says)
+    "bad sha256": ("corrupt", "sha256 is"),
+    "HTTP 404": ("404", "answered HTTP 404"),
+    "404 on the last file": ("404-last", "answered HTTP 404"),
+    "refused connection": ("refused", "connection refused"),
+    "cut half-way": ("cut", "stopped after 1367560 of 2735121 bytes"),
+    "slow server": ("stall", "sent nothing for 1 s"),
+}
+
+
+def break_mirror(mirror: ModelMirror, how: str) -> str:
+    """Make the mirror fail ``how``; returns the mirror URL to fetch from."""
+    model = mirror.routes["/print3d/model.tflite"]
+    if how == "corrupt":  # same size, a few bytes changed
+        body = bytearray(model.body)
+        body[1000:1004] = bytes(255 - b for b in body[1000:1004])
+        mirror.routes["/print3d/model.tflite"] = Route(bytes(body))
+    elif how == "404":
+        del mirror.routes["/print3d/model.tflite"]
+    elif how == "404-last":
+        del mirror.routes["/print3d/tflite_metadata.json"]
+    elif how == "cut":
+        mirror.routes["/print3d/model.tflite"] = Route(model.body, mode="cut")
+    elif how == "stall":
+        mirror.routes["/print3d/model.tflite"] = Route(model.body, mode="stall")
+    return closed_port_url() if how == "refused" else mirror.url
+
+
+@pytest.mark.parametrize("installed_before", [False, True], ids=["first install", "replacing"])
+@pytest.mark.parametrize("failure", sorted(FAILURES))
+def test_a_failed_fetch_says_why_in_one_line_and_changes_nothing(
+    mirror: ModelMirror, env: dict[str, str], tmp_path: Path, failure: str, installed_before: bool
+) -> None:
+    models = tmp_path / "models"
+    if installed_before:
+        assert fetch(env, "print3d", "--accept-license", "--mirror", mirror.url).code == 0
+    before = snapshot(models)
+    how, says = FAILURES[failure]
+    url = break_mirror(mirror, how)
+    result = fetch(env, "print3d", "--accept-license", "--force", "--mirror", url, "--timeout-s", "1")
+    assert result.code == 1, result.err
+    line = one_error_line(result)
+    assert line.startswith("edge-agent: error: fetch print3d: ") and says in line, line
+    kept = f"{models / 'print3d'} is unchanged" if installed_before else "nothing was installed"
+    assert f"; {kept} (try again, or use --mirror)" in line, line
+    assert snapshot(models) == before  # no temp file, no half-written file, the old model whole
+
+
+def test_without_the_license_accepted_an_installed_model_is_kept(
+    mirror: ModelMirror, env: dict[str, str], tmp_path: Path
+) -> None:
+    assert fetch(env, "print3d", "--accept-license", "--mirror", mirror.url).code == 0
+    before = snapshot(tmp_path / "models")
+    result = fetch(env, "print3d", "--force", "--mirror", mirror.url)
+    assert result.code == 2 and "--accept-license" in one_error_line(result)
+    assert snapshot(tmp_path / "models") == before
+
+
+# -- configs that name a model; the DEMO model ----------------------------------------------------
+
+
+def test_a_model_that_is_not_installed_is_a_config_error_with_the_fetch_command(env: dict[str, str]) -> None:
+    image = str(REPO / "agent/data/sample_timelapse/frame_000001.jpg")
+    detect = run_cli("detect", "--model", "print3d", image, env=env)
+    assert detect.code == 2 and FETCH_PRINT3D in one_error_line(detect)
+    unknown = run_cli("detect", "--model", "print4d", image, env=env)
+    assert unknown.code == 2 and "print3d-demo" in one_error_line(unknown)  # names the known ones
+
+
+def test_verify_finds_a_damaged_copy_and_fetch_repairs_it(env: dict[str, str], tmp_path: Path) -> None:
+    assert fetch(env, "print3d-demo").code == 0  # copied from the package: no network, no license flag
+    model = tmp_path / "models/print3d-demo/model.tflite"
+    data = bytearray(model.read_bytes())
+    data[5000] ^= 0xFF
+    model.write_bytes(bytes(data))
+    verify = run_cli("models", "verify", env=env)
+    assert verify.code == 1
+    assert f"FAIL print3d-demo  {model}: model.tflite has the wrong sha256" in verify.out, verify.out
+    assert re.search(r"^OK +print3d-demo .*agent/data/print3d_guidance\.tflite", verify.out, re.M)
+    repaired = fetch(env, "print3d-demo")
+    assert repaired.code == 0 and "repaired print3d-demo" in repaired.out
+    assert run_cli("models", "verify", "print3d-demo", env=env).code == 0
+    missing = run_cli("models", "verify", "print3d", env=env)
+    assert missing.code == 1 and "fetch it with: " + FETCH_PRINT3D in one_error_line(missing)
+
+
+def test_fetch_list_and_verify_take_a_folder(env: dict[str, str], tmp_path: Path) -> None:
+    image_dir = tmp_path / "image-build/var/lib/edge-agent/models"  # as install-pi.sh --model does
+    assert fetch(env, "print3d-demo", "--dir", str(image_dir)).code == 0
+    listing = json.loads(run_cli("models", "list", "--dir", str(image_dir), "--json", env=env).out)
+    row = next(m for m in listing["models"] if m["name"] == "print3d-demo")
+    assert row["where"] == str(image_dir / "print3d-demo/model.tflite") and not row["bundled"]
+    verify = json.loads(run_cli("models", "verify", "--dir", str(image_dir), "--json", env=env).out)
+    assert [(c["where"], c["ok"]) for c in verify["copies"] if not c["bundled"]] == [(row["where"], True)]
+    assert not (tmp_path / "models").exists()  # the models folder was left alone
+
+
+def test_the_models_folder_rule(tmp_path: Path) -> None:
+    state = tmp_path / "var/lib/edge-agent"
+    env = {"HOME": str(tmp_path / "home")}
+    assert models_dir(env, state) == tmp_path / "home/.local/share/edge-agent/models"  # a user install
+    env["XDG_DATA_HOME"] = "relative/ignored"
+    assert models_dir(env, state) == tmp_path / "home/.local/share/edge-agent/models"
+    env["XDG_DATA_HOME"] = str(tmp_path / "xdg")
+    user = tmp_path / "xdg/edge-agent/models"
+    assert models_dir(env, state) == user and search_dirs(env, state) == [user]
+    state.mkdir(parents=True)  # the service's state folder, and we may write to it
+    user.mkdir(parents=True)
+    assert models_dir(env, state) == state / "models"
+    assert search_dirs(env, state) == [state / "models", user]
+    if os.geteuid() != 0:  # root may write anywhere
+        state.chmod(0o555)
+        assert models_dir(env, state) == user
+        state.chmod(0o755)
+    env["EDGE_AGENT_MODELS_DIR"] = str(tmp_path / "mine")
+    assert search_dirs(env, state) == [models_dir(env, state)] == [tmp_path / "mine"]

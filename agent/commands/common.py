@@ -15,7 +15,9 @@ from agent.sources.settings import SourceSettings
 def add_detector_arguments(parser: argparse.ArgumentParser, *, model_required: bool) -> None:
     """The flags that choose and tune the detector (they override the config file)."""
     group = parser.add_argument_group("detector")
-    group.add_argument("--model", required=model_required, help="the .tflite model")
+    group.add_argument(
+        "--model", required=model_required, help="a .tflite file, or a catalog name (edge-agent models list)"
+    )
     group.add_argument("--labels", help="labels file (default: the model's own)")
     group.add_argument(
         "--threshold", type=float, help="minimum score, 0..1 (default 0.25 or the model card's)"

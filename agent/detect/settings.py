@@ -83,5 +83,8 @@ class DetectorSettings(StrictModel):
         return interpreters, threads
 
     def model_path(self) -> Path:
-        """The model file to load (the bundled guidance model when ``model`` is unset)."""
-        return Path(self.model).expanduser() if self.model else BUNDLED_MODEL
+        """The model file to load: ``model`` as a path or a catalog name (``ConfigError`` with the
+        fetch command when that model is not installed); the bundled DEMO model when unset."""
+        from agent.detect.model_store import model_file
+
+        return model_file(self.model) if self.model else BUNDLED_MODEL
