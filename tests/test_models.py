@@ -173,6 +173,15 @@ def test_an_installed_model_verifies_and_is_not_fetched_again(
     assert edited.code == 0 and "note: model.yaml differs from the catalog's card" in edited.out
 
 
+def test_the_printer_configs_run_print3d_once_it_is_installed(
+    print3d: ModelMirror, env: dict[str, str]
+) -> None:
+    for name in ("printer-octoprint.yaml", "printer-moonraker.yaml"):
+        config = REPO / "configs" / name
+        check = run_cli("run", "--config", str(config), "--check", env=env)
+        assert check.code == 0 and f"{config}: ok" in check.out, check.err
+
+
 def test_coco_model_needs_no_license_flag_and_its_card_maps_the_labels(
     shared_dir: Path, mirror: ModelMirror, env: dict[str, str]
 ) -> None:
@@ -271,8 +280,28 @@ def test_a_model_that_is_not_installed_is_a_config_error_with_the_fetch_command(
     image = str(REPO / "agent/data/sample_timelapse/frame_000001.jpg")
     detect = run_cli("detect", "--model", "print3d", image, env=env)
     assert detect.code == 2 and FETCH_PRINT3D in one_error_line(detect)
+    for name in ("printer-octoprint.yaml", "printer-moonraker.yaml"):
+        check = run_cli("run", "--config", str(REPO / "configs" / name), "--check", env=env)
+        assert check.code == 2 and FETCH_PRINT3D in one_error_line(check), name
     unknown = run_cli("detect", "--model", "print4d", image, env=env)
     assert unknown.code == 2 and "print3d-demo" in one_error_line(unknown)  # names the known ones
+
+
+def test_fallback_model_runs_the_demo_with_a_warning_while_print3d_is_missing(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    config = tmp_path / "printer.yaml"
+    config.write_text(
+        "source: {url: '{bundled}/sample_timelapse'}\n"
+        "detector: {model: print3d, fallback_model: print3d-demo}\n"
+        f"output: {{dir: '{tmp_path / 'out'}'}}\n"
+        "mqtt: {enabled: false}\n"
+    )
+    result = run_cli("run", "--config", str(config), "--max-frames", "3", env=env)
+    assert result.code == 0, result.err
+    warnings = [line for line in result.err.splitlines() if "running the fallback model" in line]
+    assert len(warnings) == 1 and FETCH_PRINT3D in warnings[0], result.err
+    assert "processed 3 frames" in result.err
 
 
 def test_verify_finds_a_damaged_copy_and_fetch_repairs_it(env: dict[str, str], tmp_path: Path) -> None:

@@ -27,7 +27,7 @@ from typing import Any
 
 from agent.alerts import AlertEvent, AlertMonitor, AlertSettings, Sample, validate_failure_labels
 from agent.config import AgentConfig, load_config
-from agent.detect.detector import Detector
+from agent.detect.detector import open_detector
 from agent.errors import ConfigError, UserError
 from agent.frames import FrameResult, utc_iso
 from agent.pipeline import Pipeline, PipelineSettings
@@ -224,7 +224,7 @@ def replay_recording(
         raise ConfigError(f"--video-every-s must be more than 0 seconds, got {video_every_s:g}")
     source_settings = recording_settings(recording, video_every_s)
     settings = config.alerts.model_copy(update={"state_file": None})
-    detector = Detector(config.detector)
+    detector = open_detector(config.detector)
     validate_failure_labels(settings, detector.labels)
     source = open_source(source_settings)
     start = float(int(time.time()))

@@ -61,7 +61,7 @@ class Detector:
 
     def __init__(self, settings: DetectorSettings, *, warm_up: bool = True) -> None:
         self.settings = settings
-        self.fallback_reason: str | None = None  # set when this is the CPU fallback for a failed TPU
+        self.fallback_reason: str | None = None  # set when this is the fallback model
         self.spec: ModelSpec = resolve_model(settings.model_path(), settings.labels)
         card = self.spec.card
         self.interpreter, self.runtime = make_interpreter(
@@ -281,11 +281,23 @@ def _as_list(value: float | list[float] | None) -> list[float] | None:
     return [float(value)] if isinstance(value, int | float) else [float(v) for v in value]
 
 
+_warned: set[str] = set()
+
+
 def open_detector(settings: DetectorSettings) -> Detector:
-    """The configured detector; when its Edge TPU is missing or fails and ``fallback_model`` is set,
-    the fallback model on the CPU instead (logged, and reported by ``describe()``)."""
+    """The configured detector. With ``fallback_model`` set, that model runs on the CPU instead
+    when ``model`` names a catalog model that is not installed, or when the Edge TPU is missing or
+    fails (logged, and reported by ``describe()``)."""
+    from agent.detect.model_store import with_installed_model
+
+    settings, not_installed = with_installed_model(settings)
+    if not_installed and not_installed not in _warned:  # once, not once per interpreter
+        _warned.add(not_installed)
+        log.warning("%s", not_installed)
     try:
-        return Detector(settings)
+        detector = Detector(settings)
+        detector.fallback_reason = not_installed
+        return detector
     except UserError as exc:
         if not (settings.edgetpu and settings.fallback_model):
             raise
