@@ -702,7 +702,7 @@ def check_model(config: AgentConfig, options: DoctorOptions, frame: Frame | None
         f"{spec.path}: {detector.layout.kind} layout, {detector.input_width}x{detector.input_height} "
         f"{detector.preprocess.dtype.name} input, {labels} ({spec.labels_source}), loads on {detector.runtime}"
     )
-    checks = [_model_row(detail, [fallback], spec.path)]
+    checks = [_model_row(detail, [fallback, detector.demo_notice], spec.path)]
     tensor = detector.preprocess(frame.image)[0].copy() if frame is not None else None
 
     interpreters_now, threads_now = settings.parallelism()

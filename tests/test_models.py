@@ -301,7 +301,19 @@ def test_fallback_model_runs_the_demo_with_a_warning_while_print3d_is_missing(
     assert result.code == 0, result.err
     warnings = [line for line in result.err.splitlines() if "running the fallback model" in line]
     assert len(warnings) == 1 and FETCH_PRINT3D in warnings[0], result.err
+    assert "print3d-guidance [DEMO model" in result.err  # the start-up line
     assert "processed 3 frames" in result.err
+
+
+def test_the_default_run_and_the_doctor_name_the_demo_model(tmp_path: Path, env: dict[str, str]) -> None:
+    run = run_cli("run", "--max-frames", "2", "--no-mqtt", cwd=tmp_path, env=env)
+    assert run.code == 0, run.err
+    start = next(line for line in run.err.splitlines() if "agent.app" in line and " on " in line)
+    assert "DEMO model" in start and "edge-agent models fetch print3d --accept-license" in start
+    doctor = run_cli("doctor", "--json", "--invokes", "2", "--timeout", "10", cwd=tmp_path, env=env)
+    row = next(c for c in json.loads(doctor.out)["checks"] if c["name"] == "model")
+    assert row["status"] == "WARN" and "DEMO model" in row["detail"], row  # (the broker row fails here)
+    assert "edge-agent models fetch print3d --accept-license" in row["detail"]
 
 
 def test_verify_finds_a_damaged_copy_and_fetch_repairs_it(env: dict[str, str], tmp_path: Path) -> None:

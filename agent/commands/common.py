@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 
 from agent.detect.settings import DetectorSettings
 from agent.errors import ConfigError
 from agent.sources.settings import SourceSettings
+
+if TYPE_CHECKING:
+    from agent.detect.detector import Detector
 
 
 def add_detector_arguments(parser: argparse.ArgumentParser, *, model_required: bool) -> None:
@@ -66,3 +71,9 @@ def source_settings(url: str) -> SourceSettings:
     except ValidationError as exc:
         reasons = "; ".join(str(e.get("msg", "")).removeprefix("Value error, ") for e in exc.errors())
         raise ConfigError(f"SOURCE {url!r}: {reasons}") from None
+
+
+def note_demo_model(detector: Detector) -> None:
+    """Say on stderr when the model is the bundled DEMO model, with the command for the real one."""
+    if detector.demo_notice:
+        print(f"edge-agent: note: {detector.name} is a {detector.demo_notice}", file=sys.stderr)

@@ -7,7 +7,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from agent.commands.common import add_detector_arguments, detector_settings, source_settings
+from agent.commands.common import (
+    add_detector_arguments,
+    detector_settings,
+    note_demo_model,
+    source_settings,
+)
 from agent.detect.detector import Detector
 from agent.errors import ConfigError
 from agent.frames import FrameResult
@@ -64,6 +69,7 @@ def run_label(args: argparse.Namespace) -> int:
             "--out and the frames folder must differ: VoTT keeps project files apart from images"
         )
     detector = Detector(detector_settings(args))
+    note_demo_model(detector)
     sources = [open_source(source_settings(s)) for s in args.sources]
     project = VottProject(
         target,

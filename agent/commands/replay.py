@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.alerts import AlertEvent, AlertMonitor, AlertSettings, Sample, validate_failure_labels
+from agent.commands.common import note_demo_model
 from agent.config import AgentConfig, load_config
 from agent.detect.detector import open_detector
 from agent.errors import ConfigError, UserError
@@ -225,6 +226,7 @@ def replay_recording(
     source_settings = recording_settings(recording, video_every_s)
     settings = config.alerts.model_copy(update={"state_file": None})
     detector = open_detector(config.detector)
+    note_demo_model(detector)
     validate_failure_labels(settings, detector.labels)
     source = open_source(source_settings)
     start = float(int(time.time()))

@@ -136,6 +136,20 @@ class Detector:
         """The model's name (card ``name`` or file stem)."""
         return self.spec.name
 
+    @property
+    def demo_notice(self) -> str | None:
+        """A warning naming the bundled DEMO model and the command that fetches the real one;
+        None for any other model."""
+        from agent.detect.catalog import demo_notice
+
+        return demo_notice(self.spec.path)
+
+    @property
+    def display_name(self) -> str:
+        """The name for logs: the DEMO model says so, with the command that fetches the real one."""
+        notice = self.demo_notice
+        return f"{self.name} [{notice}]" if notice else self.name
+
     def describe(self) -> dict[str, Any]:
         """What runs where, for the stats message: model, runtime, Edge TPU device, fallback reason."""
         return {
