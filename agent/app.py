@@ -166,7 +166,7 @@ def build_agent(
     log.info(
         "%s on %s (%s, %dx%d input, %d interpreter%s x %d thread%s) -> %s",
         source.description,
-        detector.name,
+        detector.display_name,
         detector.runtime,
         detector.input_width,
         detector.input_height,

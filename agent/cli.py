@@ -27,6 +27,7 @@ COMMANDS: list[str] = [
     "export.cli:add_export_command",
     "export.cli:add_eval_command",
     "agent.commands.doctor:add_doctor_command",
+    "agent.commands.models:add_models_command",
 ]
 
 log = logging.getLogger("edge-agent")

@@ -43,6 +43,7 @@ from agent.config import AgentConfig
 from agent.config.mqtt import MqttSettings
 from agent.detect.edgetpu_probe import edgetpu_pair_checks
 from agent.detect.model import ModelSpec, resolve_model
+from agent.detect.model_store import configured_model, with_installed_model
 from agent.detect.runtime import (
     EDGETPU_LIBRARY,
     RUNTIME_PREFERENCE,
@@ -670,6 +671,14 @@ def time_model(
     return Timing(made[0][1], threads, edgetpu, statistics.median(times), invokes, interpreters, rate)
 
 
+def _model_row(detail: str, notices: list[str | None], path: Path) -> Check:
+    """The model row: OK, or WARN when what runs is a fallback or the DEMO model (the notices say)."""
+    notice = "; ".join(n for n in notices if n)
+    if notice:
+        return Check("model", Status.WARN, f"{notice}: {detail}", required=True, data={"path": str(path)})
+    return Check("model", Status.OK, detail, required=True, data={"path": str(path)})
+
+
 def check_model(config: AgentConfig, options: DoctorOptions, frame: Frame | None = None) -> list[Check]:
     """The model loads as a detector with the config's settings, then an invoke timing on every
     installed runtime and thread count (and the Edge TPU when configured), and the fastest."""
@@ -678,9 +687,9 @@ def check_model(config: AgentConfig, options: DoctorOptions, frame: Frame | None
     settings = config.detector
     if options.model:
         settings = settings.model_copy(update={"model": options.model})
-    path = settings.model_path()
     try:
-        spec = resolve_model(path, settings.labels)
+        settings, fallback = with_installed_model(settings)
+        spec = resolve_model(configured_model(settings), settings.labels)
     except UserError as exc:
         return [problem("model", True, str(exc))]
     tpu = settings.edgetpu
@@ -695,7 +704,7 @@ def check_model(config: AgentConfig, options: DoctorOptions, frame: Frame | None
         f"{spec.path}: {detector.layout.kind} layout, {detector.input_width}x{detector.input_height} "
         f"{detector.preprocess.dtype.name} input, {labels} ({spec.labels_source}), loads on {detector.runtime}"
     )
-    checks = [Check("model", Status.OK, detail, required=True, data={"path": str(spec.path)})]
+    checks = [_model_row(detail, [fallback, detector.demo_notice], spec.path)]
     tensor = detector.preprocess(frame.image)[0].copy() if frame is not None else None
 
     interpreters_now, threads_now = settings.parallelism()

@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 _temp_names = itertools.count()  # next() on it is atomic under the GIL: safe from any thread
 
 
-def _create_temp(target: Path) -> tuple[int, str]:
+def create_temp(target: Path) -> tuple[int, str]:
     """A new ``.<name>.<pid>-<n>.tmp`` beside ``target``, open for writing, with an ordinary file's
     permissions (0666 less the umask, as ``open()`` gives; ``mkstemp`` would give 0600, which hides
     kept frames and exports from a reviewer's sync or share running as another user)."""
@@ -38,7 +38,7 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, *, fsync: bool
     turn it off only for files that are cheap to regenerate.
     """
     target = Path(path)
-    fd, tmp = _create_temp(target)
+    fd, tmp = create_temp(target)
     try:
         try:
             view = memoryview(data)

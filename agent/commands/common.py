@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 
@@ -11,11 +13,16 @@ from agent.config.detector import DetectorSettings
 from agent.config.source import SourceSettings
 from agent.errors import ConfigError
 
+if TYPE_CHECKING:
+    from agent.detect.detector import Detector
+
 
 def add_detector_arguments(parser: argparse.ArgumentParser, *, model_required: bool) -> None:
     """The flags that choose and tune the detector (they override the config file)."""
     group = parser.add_argument_group("detector")
-    group.add_argument("--model", required=model_required, help="the .tflite model")
+    group.add_argument(
+        "--model", required=model_required, help="a .tflite file, or a catalog name (edge-agent models list)"
+    )
     group.add_argument("--labels", help="labels file (default: the model's own)")
     group.add_argument(
         "--threshold", type=float, help="minimum score, 0..1 (default 0.25 or the model card's)"
@@ -64,3 +71,9 @@ def source_settings(url: str) -> SourceSettings:
     except ValidationError as exc:
         reasons = "; ".join(str(e.get("msg", "")).removeprefix("Value error, ") for e in exc.errors())
         raise ConfigError(f"SOURCE {url!r}: {reasons}") from None
+
+
+def note_demo_model(detector: Detector) -> None:
+    """Say on stderr when the model is the bundled DEMO model, with the command for the real one."""
+    if detector.demo_notice:
+        print(f"edge-agent: note: {detector.name} is a {detector.demo_notice}", file=sys.stderr)

@@ -16,7 +16,12 @@ import json
 import sys
 from typing import Any
 
-from agent.commands.common import add_detector_arguments, detector_settings, source_settings
+from agent.commands.common import (
+    add_detector_arguments,
+    detector_settings,
+    note_demo_model,
+    source_settings,
+)
 from agent.detect.detector import Detector
 from agent.sources import open_source
 
@@ -51,6 +56,7 @@ def frame_record(frame: Any, detections: Any, detector: Detector) -> dict[str, A
 def run_detect(args: argparse.Namespace) -> int:
     """Detect in every source; returns 0, or 1 when a source yielded no frame at all."""
     detector = Detector(detector_settings(args))
+    note_demo_model(detector)
     settings = [source_settings(s) for s in args.sources]
     sources = [open_source(s) for s in settings]  # fail on a bad source before any work
     out = sys.stdout

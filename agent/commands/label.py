@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from agent.commands.common import add_detector_arguments, detector_settings, source_settings
+from agent.commands.common import add_detector_arguments, detector_settings, note_demo_model, source_settings
 from agent.commands.interrupts import Interrupts
 from agent.config.pipeline import PipelineSettings
 from agent.detect.detector import Detector
@@ -137,6 +137,7 @@ def run_label(args: argparse.Namespace) -> int:
     target = Path(args.out).expanduser().resolve()
     frames_dir, in_place = _frames_dir(args, target)
     detector = Detector(detector_settings(args))
+    note_demo_model(detector)
     sources = [open_source(source_settings(s)) for s in args.sources]
     project = VottProject(
         target,

@@ -27,11 +27,12 @@ from typing import Any
 
 from agent.alerts import AlertEvent, AlertMonitor, Sample, validate_failure_labels
 from agent.alerts.stage import AlertEvents, AlertStage, SteppedClock
+from agent.commands.common import note_demo_model
 from agent.config import AgentConfig, load_config
 from agent.config.alerts import AlertSettings
 from agent.config.pipeline import PipelineSettings
 from agent.config.source import IMAGE_SUFFIXES, SourceKind, SourceSettings
-from agent.detect.detector import Detector
+from agent.detect.detector import open_detector
 from agent.errors import ConfigError, UserError
 from agent.flow import Outputs, Stage
 from agent.frames import FrameResult
@@ -226,7 +227,8 @@ def replay_recording(
         raise ConfigError(f"--video-every-s must be more than 0 seconds, got {video_every_s:g}")
     source_settings = recording_settings(recording, video_every_s)
     settings = config.alerts.model_copy(update={"state_file": None})
-    detector = Detector(config.detector)
+    detector = open_detector(config.detector)
+    note_demo_model(detector)
     validate_failure_labels(settings, detector.labels)
     source = open_source(source_settings)
     start = float(int(time.time()))

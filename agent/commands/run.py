@@ -122,6 +122,11 @@ def run_run(args: argparse.Namespace) -> int:
     """Load, check, build and run the agent."""
     config = apply_overrides(load_config(args.config), args)
     if args.check:
+        from agent.detect.model_store import with_installed_model
+
+        _, fallback = with_installed_model(config.detector)  # a catalog model must be installed
+        if fallback:
+            log.warning("%s", fallback)
         where = args.config or "the bundled default config"
         print(f"{where}: ok")
         return 0

@@ -94,7 +94,3 @@ class DetectorSettings(StrictModel):
         interpreters = self.interpreters or (1 if self.edgetpu or self.num_threads or cores < 2 else 2)
         threads = self.num_threads or max(1, cores // interpreters)
         return interpreters, threads
-
-    def model_path(self) -> Path:
-        """The model file to load (the bundled guidance model when ``model`` is unset)."""
-        return Path(self.model).expanduser() if self.model else BUNDLED_MODEL

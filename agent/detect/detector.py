@@ -28,6 +28,7 @@ from agent.detect.layouts import (
     detect_layout,
 )
 from agent.detect.model import ModelSpec, resolve_model
+from agent.detect.model_store import configured_model
 from agent.detect.nms import nms
 from agent.detect.preprocess import InputTransform, Preprocessor
 from agent.detect.runtime import make_interpreter
@@ -61,8 +62,8 @@ class Detector:
 
     def __init__(self, settings: DetectorSettings, *, warm_up: bool = True) -> None:
         self.settings = settings
-        self.fallback_reason: str | None = None  # set when this is the CPU fallback for a failed TPU
-        self.spec: ModelSpec = resolve_model(settings.model_path(), settings.labels)
+        self.fallback_reason: str | None = None  # set when this is the fallback model
+        self.spec: ModelSpec = resolve_model(configured_model(settings), settings.labels)
         card = self.spec.card
         self.interpreter, self.runtime = make_interpreter(
             str(self.spec.path),
@@ -137,6 +138,20 @@ class Detector:
     def name(self) -> str:
         """The model's name (card ``name`` or file stem)."""
         return self.spec.name
+
+    @property
+    def demo_notice(self) -> str | None:
+        """A warning naming the bundled DEMO model and the command that fetches the real one;
+        None for any other model."""
+        from agent.detect.catalog import demo_notice
+
+        return demo_notice(self.spec.path)
+
+    @property
+    def display_name(self) -> str:
+        """The name for logs: the DEMO model says so, with the command that fetches the real one."""
+        notice = self.demo_notice
+        return f"{self.name} [{notice}]" if notice else self.name
 
     def describe(self) -> dict[str, Any]:
         """What runs where, for the stats message: model, runtime, Edge TPU device, fallback reason."""
@@ -279,11 +294,23 @@ def _as_list(value: float | list[float] | None) -> list[float] | None:
     return [float(value)] if isinstance(value, int | float) else [float(v) for v in value]
 
 
+_warned: set[str] = set()
+
+
 def open_detector(settings: DetectorSettings) -> Detector:
-    """The configured detector; when its Edge TPU is missing or fails and ``fallback_model`` is set,
-    the fallback model on the CPU instead (logged, and reported by ``describe()``)."""
+    """The configured detector. With ``fallback_model`` set, that model runs on the CPU instead
+    when ``model`` names a catalog model that is not installed, or when the Edge TPU is missing or
+    fails (logged, and reported by ``describe()``)."""
+    from agent.detect.model_store import with_installed_model
+
+    settings, not_installed = with_installed_model(settings)
+    if not_installed and not_installed not in _warned:  # once, not once per interpreter
+        _warned.add(not_installed)
+        log.warning("%s", not_installed)
     try:
-        return Detector(settings)
+        detector = Detector(settings)
+        detector.fallback_reason = not_installed
+        return detector
     except UserError as exc:
         if not (settings.edgetpu and settings.fallback_model):
             raise

@@ -32,12 +32,13 @@ from agent.detect.edgetpu_pairs import (
     pinned_summary,
     runtime_for_edgetpu,
 )
+from agent.detect.model_store import configured_model
 from agent.detect.runtime import EDGETPU_LIBRARY, choose_runtime
 from agent.detect.tflite_file import read_tflite_file
 from agent.errors import UserError
 
 if TYPE_CHECKING:
-    from agent.detect.settings import DetectorSettings
+    from agent.config.detector import DetectorSettings
     from agent.doctor import Check
 
 BUNDLED_MODEL = Path(__file__).resolve().parent.parent / "data" / "print3d_guidance.tflite"
@@ -121,7 +122,7 @@ def run_probe(
 def probe_model(detector: DetectorSettings) -> tuple[Path, bool]:
     """The model to try: the configured one when it is compiled for the Edge TPU, else the bundled
     CPU model (the delegate then attaches but runs nothing). Returns it and whether it is for the TPU."""
-    path = Path(detector.model_path())
+    path = Path(configured_model(detector))
     try:
         if read_tflite_file(str(path)).is_edgetpu:
             return path, True

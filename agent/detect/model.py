@@ -41,6 +41,7 @@ class ModelCard(StrictModel):
     version: str | None = None
     description: str | None = None
     license: str | None = None
+    source: str | None = None  # where the file was published (a URL pinned to a commit or release)
     layout: Layout = "auto"
     labels: list[str] | None = None
     labels_file: str | None = None
