@@ -23,7 +23,8 @@ from agent.config.mqtt import MqttSettings
 from agent.detections import Detections
 from agent.frames import Frame, FrameResult
 from agent.mqtt.client import MqttPublisher
-from agent.mqtt.outbox import Message, MessageClass, Outbox
+from agent.mqtt.messages import Message, MessageClass
+from agent.mqtt.outbox import Outbox
 from tests.mosquitto import free_port
 
 REPO = Path(__file__).resolve().parent.parent
@@ -149,7 +150,8 @@ def test_an_unreadable_outbox_file_is_set_aside_and_a_new_one_started(tmp_path, 
 
 WRITER = r"""
 import sys
-from agent.mqtt.outbox import Message, MessageClass, Outbox
+from agent.mqtt.messages import Message, MessageClass
+from agent.mqtt.outbox import Outbox
 box = Outbox(sys.argv[1], max_bytes=10**9, max_age_s=3600)
 i = 0
 while True:

@@ -19,7 +19,7 @@ from agent.flow import KeepDecision, Outputs
 from agent.frames import Frame, FrameResult
 from agent.mqtt.client import build_tls_context
 from agent.mqtt.homeassistant import discovery_messages
-from agent.mqtt.outbox import MessageClass
+from agent.mqtt.messages import MessageClass
 from agent.mqtt.publish_properties import PackedPublishProperties
 from agent.mqtt.topics import (
     Topics,

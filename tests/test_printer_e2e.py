@@ -44,7 +44,8 @@ import numpy as np
 import pytest
 import yaml
 
-from agent.mqtt.outbox import MessageClass, Outbox
+from agent.mqtt.messages import MessageClass
+from agent.mqtt.outbox import Outbox
 from tests.helpers import REPO
 from tests.printer_hosts import FakeOctoPrint
 

@@ -42,7 +42,8 @@ from agent.errors import ConfigError
 from agent.flow import EventBus, FrameSynced
 from agent.frames import FrameResult
 from agent.mqtt import homeassistant
-from agent.mqtt.outbox import Message, MessageClass, Outbox, StoredMessage
+from agent.mqtt.messages import Message, MessageClass, StoredMessage
+from agent.mqtt.outbox import Outbox
 from agent.mqtt.publish_properties import PackedPublishProperties
 from agent.mqtt.topics import (
     JSON_TYPE,

@@ -36,117 +36,64 @@ Bounds (every drop is counted by reason and class, see ``Outbox.stats``):
 Messages in flight are never dropped by the bounds (their PUBACK may be on its way).
 Times for age and expiry are wall-clock seconds (they must survive restarts).
 
-Frames as files: a message whose payload is already a file on the same file system (a kept
-frame's JPEG in the VoTT project) is stored as a hard link to that file in the folder beside the
-database (``<outbox>.files``) instead of a copy of its bytes in SQLite. Copying 50-200 kB into
-the WAL, again into the database at each checkpoint, and freeing the pages on acknowledgement
-was the largest cost of the output thread per kept frame; a link costs one ``link()`` and one
-``unlink()``. The link is made before the row is committed and removed after the row is
-deleted; links no row names (a crash between the two) are removed at start-up. The row keeps the
-payload's CRC-32 (SQLite checksums its own pages, not the linked file), checked before sending;
-``checkpoint()`` syncs the folder with the WAL. Where links are impossible (another file system,
-no permission) the bytes go into SQLite as before. The payloads of links made by this process stay
-in memory until taken (up to ``_IN_MEMORY_MAX_BYTES``), so the usual path, a frame sent milliseconds
-after it was stored, neither reads the file back nor checksums it again: the CRC guards against a
-power cut, which a process cannot live through.
+Frames as files: a kept frame's JPEG is stored as a hard link in ``<outbox>.files``, not a copy
+(``agent.mqtt.payload_links``); a link whose file is gone or damaged is dropped as ``missing``.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import errno
-import itertools
 import json
 import logging
-import os
 import sqlite3
 import threading
 import time
 import zlib
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
-from enum import IntEnum
 from pathlib import Path
 from typing import Any
 
-from agent.fsutil import fsync_dir
+from agent.mqtt.messages import (
+    COLUMNS,
+    DROP_REASONS,
+    EVICTION_ORDER,
+    Message,
+    MessageClass,
+    StoredMessage,
+    row_to_stored,
+)
+from agent.mqtt.payload_links import PayloadLinks
+from agent.sqlite_db import open_database
 
 log = logging.getLogger(__name__)
 
 _SCHEMA_VERSION = 2  # 2: payload_file, payload_crc
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS messages (
+    seq INTEGER PRIMARY KEY,
+    topic TEXT NOT NULL,
+    payload BLOB NOT NULL,
+    qos INTEGER NOT NULL,
+    retain INTEGER NOT NULL,
+    klass INTEGER NOT NULL,
+    content_type TEXT,
+    user_properties TEXT,
+    expiry_s INTEGER,
+    frame_id TEXT,
+    created REAL NOT NULL,
+    expires REAL,
+    size INTEGER NOT NULL,
+    payload_file TEXT,
+    payload_crc INTEGER
+);
+CREATE INDEX IF NOT EXISTS messages_klass_seq ON messages (klass, seq);
+CREATE INDEX IF NOT EXISTS messages_created ON messages (created);
+CREATE INDEX IF NOT EXISTS messages_expires ON messages (expires) WHERE expires IS NOT NULL;
+"""
 _SWEEP_INTERVAL_S = 5.0
 _DROP_LOG_INTERVAL_S = 60.0
 # payloads of links made by this process kept in memory until sent (the oldest give way first)
 _IN_MEMORY_MAX_BYTES = 4 * 1024 * 1024
-
-
-class MessageClass(IntEnum):
-    """Priority class: lower values are sent first and dropped last."""
-
-    ALERT = 0
-    DETECTION = 1
-    ANNOTATION = 2
-    FRAME = 3
-
-    @property
-    def label(self) -> str:
-        """Lower-case name used in stats (``alert``, ``detection``, ``annotation``, ``frame``)."""
-        return self.name.lower()
-
-
-# Order in which the size bound evicts: frames give way first, alerts last.
-EVICTION_ORDER = (MessageClass.FRAME, MessageClass.ANNOTATION, MessageClass.DETECTION, MessageClass.ALERT)
-DROP_REASONS = ("expired", "age", "size", "refused", "missing")
-
-
-@dataclass(frozen=True, slots=True)
-class Message:
-    """One message to publish. ``expiry_s`` is the MQTT 5 message expiry (None: none);
-    ``frame_id`` ties it to a frame (reported when the broker acknowledges a frame);
-    ``payload_file`` names a file holding exactly ``payload``, which the outbox may keep as a
-    hard link instead of copying the bytes."""
-
-    topic: str
-    payload: bytes
-    klass: MessageClass
-    qos: int = 1
-    retain: bool = False
-    content_type: str | None = None
-    user_properties: tuple[tuple[str, str], ...] = ()
-    expiry_s: int | None = None
-    frame_id: str | None = None
-    payload_file: str | Path | None = None
-
-    @property
-    def size(self) -> int:
-        """Bytes counted against the outbox bound: payload plus topic."""
-        return len(self.payload) + len(self.topic)
-
-
-@dataclass(frozen=True, slots=True)
-class StoredMessage:
-    """A message as stored: ``seq`` (sending order), wall-clock ``created`` and ``expires`` (s);
-    ``size`` the bytes it counts against the bound; ``link`` the name of its payload's hard link in
-    the outbox's files folder (None: the payload is in SQLite) and ``crc`` that payload's CRC-32."""
-
-    seq: int
-    message: Message
-    created: float
-    expires: float | None
-    size: int
-    link: str | None = None
-    crc: int | None = None
-
-    def with_payload(self, payload: bytes) -> StoredMessage:
-        """This message carrying ``payload`` (read from its link)."""
-        return dataclasses.replace(self, message=dataclasses.replace(self.message, payload=payload))
-
-    def remaining_expiry_s(self, now: float) -> int | None:
-        """Whole seconds left before expiry (at least 1), or None without expiry."""
-        if self.expires is None:
-            return None
-        return max(1, int(self.expires - now))
 
 
 class Outbox:
@@ -176,90 +123,22 @@ class Outbox:
         self._dirty = False
         self._last_sweep = 0.0
         self._last_drop_log: dict[str, float] = {}
-        self._linking = True  # False once a hard link failed for a lasting reason
-        self._links_unsynced = False  # links made since the files folder was last synced
-        # unique link names without a getrandom() per frame (uuid4 cost ~0.5 ms a frame on the bench)
-        self._link_prefix = f"{time.time_ns():x}"
-        self._link_count = itertools.count()
-        self._in_memory: dict[int, bytes] = {}  # seq -> payload of a link made by this process, not yet taken
-        self._in_memory_bytes = 0
-        self._db = self._open()
+        self._db = open_database(
+            self.path,
+            what="MQTT outbox",
+            schema=_SCHEMA,
+            version=_SCHEMA_VERSION,
+            older_versions=(0, 1),
+            added_columns=(("messages", "payload_file", "TEXT"), ("messages", "payload_crc", "INTEGER")),
+            companions=(".files",),  # the frames its rows link to go aside with it
+            clock=self._clock,
+        )
         self._load_totals()
-        self.files_dir.mkdir(exist_ok=True)
-        self._remove_orphan_links()
+        self.links = PayloadLinks(self.files_dir, what=str(self.path))
+        rows = self._db.execute("SELECT payload_file FROM messages WHERE payload_file IS NOT NULL")
+        self.links.remove_orphans({name for (name,) in rows})
 
     # ---- lifecycle -------------------------------------------------------------------------------------
-
-    def _open(self) -> sqlite3.Connection:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            return self._connect()
-        except sqlite3.DatabaseError as exc:
-            # A damaged file must not stop the agent from doing its main job: keep it for
-            # inspection and start an empty outbox.
-            aside = self.path.with_name(f"{self.path.name}.corrupt-{int(self._clock())}")
-            log.error(
-                "MQTT outbox %s is unreadable (%s); moved it to %s and started empty", self.path, exc, aside
-            )
-            for suffix in ("", "-wal", "-shm", ".files"):  # .files: the frames its rows link to
-                src = Path(f"{self.path}{suffix}")
-                if src.exists():
-                    src.replace(Path(f"{aside}{suffix}"))
-            return self._connect()
-
-    def _connect(self) -> sqlite3.Connection:
-        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30.0)
-        try:
-            db.execute("PRAGMA auto_vacuum = INCREMENTAL")  # effective only when the file is new
-            mode = db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-            if str(mode).lower() != "wal":
-                log.warning("MQTT outbox %s: WAL mode unavailable (journal_mode=%s)", self.path, mode)
-            db.execute("PRAGMA synchronous = NORMAL")
-            db.execute("PRAGMA journal_size_limit = 16777216")
-            version = db.execute("PRAGMA user_version").fetchone()[0]
-            if version not in (0, 1, _SCHEMA_VERSION):
-                raise sqlite3.DatabaseError(f"schema version {version}, expected {_SCHEMA_VERSION}")
-            db.executescript(
-                """
-                CREATE TABLE IF NOT EXISTS messages (
-                    seq INTEGER PRIMARY KEY,
-                    topic TEXT NOT NULL,
-                    payload BLOB NOT NULL,
-                    qos INTEGER NOT NULL,
-                    retain INTEGER NOT NULL,
-                    klass INTEGER NOT NULL,
-                    content_type TEXT,
-                    user_properties TEXT,
-                    expiry_s INTEGER,
-                    frame_id TEXT,
-                    created REAL NOT NULL,
-                    expires REAL,
-                    size INTEGER NOT NULL,
-                    payload_file TEXT,
-                    payload_crc INTEGER
-                );
-                CREATE INDEX IF NOT EXISTS messages_klass_seq ON messages (klass, seq);
-                CREATE INDEX IF NOT EXISTS messages_created ON messages (created);
-                CREATE INDEX IF NOT EXISTS messages_expires ON messages (expires) WHERE expires IS NOT NULL;
-                """
-            )
-            columns = {row[1] for row in db.execute("PRAGMA table_info(messages)")}
-            # A table of schema 1 (or one whose version was never stamped) gains the new columns; by
-            # what the table has, in one transaction with the version, so a crash half-way is harmless.
-            db.execute("BEGIN")
-            try:
-                for name, kind in (("payload_file", "TEXT"), ("payload_crc", "INTEGER")):
-                    if name not in columns:
-                        db.execute(f"ALTER TABLE messages ADD COLUMN {name} {kind}")
-                db.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-        except BaseException:
-            db.close()
-            raise
-        return db
 
     def _load_totals(self) -> None:
         rows = self._db.execute("SELECT klass, COUNT(*), COALESCE(SUM(size), 0) FROM messages GROUP BY klass")
@@ -268,22 +147,11 @@ class Outbox:
                 self._count[MessageClass(klass)] = int(count)
                 self._bytes[MessageClass(klass)] = int(size)
 
-    def _remove_orphan_links(self) -> None:
-        rows = self._db.execute("SELECT payload_file FROM messages WHERE payload_file IS NOT NULL")
-        named = {name for (name,) in rows}
-        orphans = [entry.name for entry in os.scandir(self.files_dir) if entry.name not in named]
-        if orphans:
-            log.info(
-                "MQTT outbox: removing %d file(s) no message names (a crash while storing)", len(orphans)
-            )
-            self._unlink(orphans)
-
     def close(self) -> None:
         """Checkpoint and close the file; messages not yet acknowledged stay for the next start."""
         with self._lock:
             self._inflight.clear()
-            self._in_memory.clear()
-            self._in_memory_bytes = 0
+            self.links.forget_memory()
             try:
                 self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             except sqlite3.Error as exc:
@@ -306,7 +174,10 @@ class Outbox:
         links: list[str | None] = []
         with self._lock:
             try:
-                links.extend(self._link(m) if m.payload_file is not None else None for m in messages)
+                links.extend(
+                    self.links.link(m.payload_file, m.payload) if m.payload_file is not None else None
+                    for m in messages
+                )
                 self._db.execute("BEGIN")
                 try:
                     seqs = [
@@ -321,16 +192,15 @@ class Outbox:
                     self._db.execute("ROLLBACK")
                     raise
             except BaseException:
-                self._unlink(link for link in links if link)
+                self.links.unlink(link for link in links if link)
                 raise
             for message, link, seq in zip(messages, links, seqs, strict=True):
                 self._count[message.klass] += 1
                 self._bytes[message.klass] += message.size
                 if link:
-                    self._keep_in_memory(seq, message.payload)
+                    self.links.keep_in_memory(seq, message.payload)
             self._stored_total += len(messages)
             self._dirty = True
-            self._links_unsynced |= any(links)
             if self.total_bytes > self.max_bytes:
                 self._evict_for_size()
         return seqs
@@ -360,67 +230,6 @@ class Outbox:
             ),
         )
 
-    def _link(self, message: Message) -> str | None:
-        """A hard link to the message's payload file in the files folder, by name; None: the bytes
-        go into SQLite (links impossible here, or the file no longer holds the payload)."""
-        if not self._linking or message.payload_file is None:
-            return None
-        name = f"{self._link_prefix}-{next(self._link_count)}"
-        target = self.files_dir / name
-        try:
-            os.link(message.payload_file, target)
-            size = target.stat().st_size
-        except OSError as exc:
-            if exc.errno in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EACCES):
-                self._linking = False
-                log.info(
-                    "MQTT outbox: frames are copied into %s (no hard link from %s possible: %s)",
-                    self.path,
-                    message.payload_file,
-                    exc.strerror,
-                )
-            self._unlink([name])
-            return None
-        if size != len(message.payload):  # the file was replaced since it was read
-            self._unlink([name])
-            return None
-        return name
-
-    def _keep_in_memory(self, seq: int, payload: bytes) -> None:
-        self._in_memory[seq] = payload
-        self._in_memory_bytes += len(payload)
-        while self._in_memory_bytes > _IN_MEMORY_MAX_BYTES:
-            self._pop_from_memory(next(iter(self._in_memory)))
-
-    def _pop_from_memory(self, seq: int) -> bytes | None:
-        payload = self._in_memory.pop(seq, None)
-        if payload is not None:
-            self._in_memory_bytes -= len(payload)
-        return payload
-
-    def _linked_payload(self, item: StoredMessage) -> bytes | None:
-        """The payload ``item``'s link holds: from memory when this process made the link, else read
-        from the file and checked against its CRC-32; None when gone or damaged."""
-        data = self._pop_from_memory(item.seq)
-        if data is not None:
-            return data
-        try:
-            data = (self.files_dir / str(item.link)).read_bytes()
-        except OSError:
-            return None
-        # a power cut before the frame reached the disk can leave it empty, short or full of zeros
-        # (file systems that log the size before the data)
-        return data if zlib.crc32(data) == item.crc else None
-
-    def _unlink(self, names: Iterable[str]) -> None:
-        for name in names:
-            try:
-                os.unlink(self.files_dir / name)
-            except FileNotFoundError:
-                pass
-            except OSError as exc:
-                log.warning("MQTT outbox: cannot remove %s: %s", self.files_dir / name, exc)
-
     # ---- sending ---------------------------------------------------------------------------------------
 
     def take(self, limit: int) -> list[StoredMessage]:
@@ -443,14 +252,14 @@ class Outbox:
                 if room <= 0:
                     break
                 rows = self._db.execute(
-                    f"SELECT {_COLUMNS} FROM messages"
+                    f"SELECT {COLUMNS} FROM messages"
                     f" WHERE {where} {not_inflight} {fresh} ORDER BY seq LIMIT ?",
                     (*exclude, now, room),
                 ).fetchall()
                 for row in rows:
-                    item = _row_to_stored(row)
+                    item = row_to_stored(row)
                     if item.link:
-                        data = self._linked_payload(item)
+                        data = self.links.payload(item.seq, str(item.link), item.crc)
                         if data is None:
                             missing.append(item)
                             continue
@@ -491,10 +300,10 @@ class Outbox:
         except BaseException:
             self._db.execute("ROLLBACK")
             raise
-        self._unlink(link for seq, _, _, link in rows if link and seq in deleted)
+        self.links.unlink(link for seq, _, _, link in rows if link and seq in deleted)
         for seq, klass, size, _ in rows:
             if seq in deleted:
-                self._pop_from_memory(seq)
+                self.links.pop_from_memory(seq)
                 self._count[MessageClass(klass)] -= 1
                 self._bytes[MessageClass(klass)] -= size
         self._dirty = True
@@ -598,9 +407,7 @@ class Outbox:
                 return
             self._dirty = False
             try:
-                if self._links_unsynced:  # the rows' links reach the disk with the WAL they are in
-                    self._links_unsynced = False
-                    fsync_dir(self.files_dir)
+                self.links.sync()  # the rows' links reach the disk with the WAL they are in
                 self._db.execute("PRAGMA wal_checkpoint(PASSIVE)")
                 free = self._db.execute("PRAGMA freelist_count").fetchone()[0]
                 if free > 2048:
@@ -641,56 +448,9 @@ class Outbox:
             }
 
 
-_COLUMNS = (
-    "seq, topic, payload, qos, retain, klass, content_type, user_properties, "
-    "expiry_s, frame_id, created, expires, size, payload_file, payload_crc"
-)
-
 _REASON_TEXT = {
     "expired": "past their message expiry",
     "age": "older than outbox.max_age_h",
     "size": "outbox over outbox.max_mb (frames go first, then annotations, detections, alerts)",
     "missing": "their frame file in the outbox's .files folder is gone (removed by hand?)",
 }
-
-
-def _row_to_stored(row: tuple[Any, ...]) -> StoredMessage:
-    """The stored message of a row (an empty payload when it is in a linked file)."""
-    (
-        seq,
-        topic,
-        payload,
-        qos,
-        retain,
-        klass,
-        content_type,
-        user_props,
-        expiry_s,
-        frame_id,
-        created,
-        expires,
-        size,
-        link,
-        crc,
-    ) = row
-    props = tuple((str(k), str(v)) for k, v in json.loads(user_props)) if user_props else ()
-    message = Message(
-        topic=topic,
-        payload=bytes(payload),
-        klass=MessageClass(klass),
-        qos=int(qos),
-        retain=bool(retain),
-        content_type=content_type,
-        user_properties=props,
-        expiry_s=expiry_s,
-        frame_id=frame_id,
-    )
-    return StoredMessage(
-        seq=int(seq),
-        message=message,
-        created=float(created),
-        expires=expires,
-        size=int(size),
-        link=link,
-        crc=crc,
-    )

@@ -26,7 +26,7 @@ import numpy as np
 
 from agent.encode import EncodedImage, encode_jpeg, fit_width
 from agent.frames import Frame, FrameResult
-from agent.mqtt.outbox import Message, MessageClass
+from agent.mqtt.messages import Message, MessageClass
 from agent.utc import utc_iso
 
 ONLINE = "online"
