@@ -840,7 +840,12 @@ def probe_broker(settings: MqttSettings, timeout_s: float) -> BrokerProbe:
     """
     import paho.mqtt.client as mqtt
 
-    from agent.mqtt.client import describe_exception, explain_refusal, explain_socket_failure, new_paho_client
+    from agent.mqtt.connection import (
+        describe_exception,
+        explain_refusal,
+        explain_socket_failure,
+        new_paho_client,
+    )
 
     host, port = settings.host, settings.effective_port
     where = f"{host}:{port}"
@@ -902,7 +907,7 @@ def probe_broker(settings: MqttSettings, timeout_s: float) -> BrokerProbe:
 
 def _explain_no_connack(settings: MqttSettings, error: str, timeout_s: float) -> str:
     """Why the broker closed the connection (or said nothing) before CONNACK, from paho's error log."""
-    from agent.mqtt.client import clean_socket_detail, explain_socket_failure
+    from agent.mqtt.connection import clean_socket_detail, explain_socket_failure
 
     where = f"{settings.host}:{settings.effective_port}"
     cause = clean_socket_detail(error)

@@ -17,7 +17,7 @@ from agent.encode import published_jpeg
 from agent.errors import ConfigError
 from agent.flow import KeepDecision, Outputs
 from agent.frames import Frame, FrameResult
-from agent.mqtt.client import build_tls_context
+from agent.mqtt.connection import build_tls_context
 from agent.mqtt.homeassistant import discovery_messages
 from agent.mqtt.messages import MessageClass
 from agent.mqtt.publish_properties import PackedPublishProperties

@@ -31,7 +31,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from agent.config.review import ReviewSettings
 from agent.fsutil import atomic_write_json
-from agent.mqtt.client import explain_refusal, new_paho_client
+from agent.mqtt.connection import explain_refusal, new_paho_client
 from agent.naming import safe_name
 from agent.review.checks import Rejected, check_jpeg, parse_annotation, parse_topic
 from agent.review.stats import ReviewStats
