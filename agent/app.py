@@ -129,16 +129,13 @@ def build_agent(config: AgentConfig, *, on_result: Any = None) -> Agent:
         group_sync=group_sync,
     )
     writer = VottStage(project, jpeg_quality=out.jpeg_quality)
-    keep: KeepStage
     harvester = Harvester(
-        config.harvest,
-        out.frames_dir(),
-        index_path=out.data_dir() / "harvest-index.jsonl",
-        on_evict=lambda frame_id, paths: keep.evict(frame_id, [str(p) for p in paths]),
+        config.harvest, out.frames_dir(), index_path=out.data_dir() / "harvest-index.sqlite3"
     )
-    keep = KeepStage(harvester, writer, summary_path=out.data_dir() / "harvest.json")
+    gate = ChangeGate(config.gate) if config.gate.enabled else None
+    keep = KeepStage(harvester, writer, summary_path=out.data_dir() / "harvest.json", gate=gate)
     source = open_source(printer_webcam(config))
-    publisher = create_publisher(mqtt_settings(config), on_frame_synced=keep.mark_synced)
+    publisher = create_publisher(mqtt_settings(config), on_frame_synced=keep.frame_synced)
     stages: list[Stage] = []
     if alerts_on:
         alert_settings = config.alerts
@@ -167,7 +164,6 @@ def build_agent(config: AgentConfig, *, on_result: Any = None) -> Agent:
         source.decode_hint = DecodeHint(
             detector.input_width, detector.input_height, either=detector.preprocess.letterbox
         )
-    gate = ChangeGate(config.gate) if config.gate.enabled else None
     pipeline = Pipeline(
         source,
         detectors,

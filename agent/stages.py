@@ -3,8 +3,8 @@
 Each stage sees every ``FrameResult`` on the output thread (see ``agent.pipeline``):
 
 - ``KeepStage``: asks the harvest policy whether to keep the frame, has the labeller write
-  it, then counts its files against the disk quota (evicting old frames through the
-  labeller, so the VoTT project never lists a frame that is gone).
+  it, then counts its files against the disk quota (evicted frames leave the VoTT project
+  first, then the store deletes their files, so the project never lists a frame that is gone).
 - ``MqttStage``: publishes every frame's detections and each kept frame's JPEG and VoTT
   annotation (through the on-disk outbox).
 - ``AlertStage``: feeds the failure score to the alert monitor with the printer's state,
@@ -14,6 +14,7 @@ Each stage sees every ``FrameResult`` on the output thread (see ``agent.pipeline
 from __future__ import annotations
 
 import logging
+import queue
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -21,7 +22,8 @@ from typing import Any
 
 from agent.alerts import AlertEvent, AlertMonitor, alert_payload, run_action
 from agent.frames import FrameResult
-from agent.harvest import Harvester
+from agent.gate import ChangeGate
+from agent.harvest import Eviction, Harvester
 from agent.labeler import VottStage
 from agent.mqtt.client import MqttPublisher
 from agent.printer import PrinterClient, PrinterWatcher
@@ -31,24 +33,30 @@ log = logging.getLogger(__name__)
 
 
 class KeepStage:
-    """Harvest decision, VoTT writing and the disk quota, in that order."""
+    """Harvest decision, VoTT writing and the disk quota, in that order, on the output thread."""
 
     name = "harvest"
 
-    def __init__(self, harvester: Harvester, writer: VottStage, summary_path: Path | None = None) -> None:
+    def __init__(
+        self,
+        harvester: Harvester,
+        writer: VottStage,
+        summary_path: Path | None = None,
+        gate: ChangeGate | None = None,
+    ) -> None:
         self.harvester = harvester
         self.writer = writer
         self.summary_path = summary_path
-        self.harvester.maintain()
+        self.gate = gate
+        self._synced: queue.SimpleQueue[str] = queue.SimpleQueue()  # frame ids the broker acknowledged
+        self._evict(self.harvester.maintain())
 
     def handle(self, result: FrameResult) -> None:
-        """Decide, write when kept, account the files."""
+        """Decide, write when kept, account the files, carry out the evictions."""
+        self._take_synced()
         decision = self.harvester.decide(result, time.monotonic())
         result.keep = decision.keep
         result.keep_reasons = list(decision.reasons)
-        if result.alerts and not result.keep:
-            # the frame an alert points at must reach the reviewer, whatever the policy says
-            result.keep, result.keep_reasons = True, ["alert"]
         if not result.keep:
             return
         self.writer.handle(result)
@@ -58,25 +66,49 @@ class KeepStage:
         if result.asset_id:
             project = self.writer.project
             paths += [str(project.asset_file(result.asset_id)), str(project.scores_file(result.asset_id))]
-        self.harvester.record_kept(result.frame.frame_id, paths)
+        self._evict(self.harvester.record_kept(result.frame.frame_id, paths))
 
-    def evict(self, frame_id: str, paths: list[str]) -> None:
-        """Called by the harvest store for each evicted frame: drop it from the VoTT project."""
-        if paths:
-            self.writer.remove(paths[0])
-        log.debug("evicted %s", frame_id)
+    def _evict(self, evictions: list[Eviction]) -> None:
+        """Take evicted frames out of the VoTT project, then let the store delete what is left."""
+        for eviction in evictions:
+            try:
+                if eviction.paths:
+                    self.writer.remove(eviction.paths[0])
+            except Exception:
+                log.exception(
+                    "removing evicted %s from the project failed; deleting its files", eviction.frame_id
+                )
+            log.debug("evicted %s (%s)", eviction.frame_id, eviction.cause)
+        if evictions:
+            self.harvester.confirm_evicted(evictions)
 
-    def mark_synced(self, frame_id: str) -> None:
-        """The broker acknowledged this kept frame."""
-        self.harvester.mark_synced(frame_id)
+    def frame_synced(self, frame_id: str) -> None:
+        """The broker acknowledged this kept frame (called on the MQTT sender's thread: only queues
+        it; the output thread hands it to the harvester)."""
+        self._synced.put(frame_id)
+
+    def _take_synced(self) -> None:
+        while True:
+            try:
+                frame_id = self._synced.get_nowait()
+            except queue.Empty:
+                return
+            self.harvester.mark_synced(frame_id)
+
+    def _count_gate(self) -> None:
+        if self.gate is not None:
+            self.harvester.count_gate(self.gate.stats())
 
     def summary_line(self) -> str:
         """The harvest counts for the periodic log line."""
+        self._count_gate()
         return self.harvester.summary_line()
 
     def close(self) -> None:
         """Save the project, the harvest index and the summary."""
+        self._take_synced()  # the publisher closed first: its last acknowledgements are queued
         self.writer.close()
+        self._count_gate()
         if self.summary_path is not None:
             self.harvester.write_summary(self.summary_path)
         log.info("%s", self.harvester.summary_line())
@@ -84,6 +116,7 @@ class KeepStage:
 
     def stats(self) -> dict[str, Any]:
         """Harvest counters plus the writer's."""
+        self._count_gate()
         return {**self.harvester.stats(), "vott": self.writer.stats()}
 
 
