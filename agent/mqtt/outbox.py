@@ -5,7 +5,8 @@ here *before* it is handed to paho and deleted only when its PUBACK arrives, so 
 outages, network loss and agent restarts (SIGKILL included) lose nothing: on start-up
 and on reconnect the sender drains the table again.
 
-Storage: one SQLite file in WAL mode with ``synchronous=NORMAL``. Why not ``FULL``:
+Storage: one SQLite file (opened by ``agent.sqlitedb``, as the harvest index is) in WAL mode with
+``synchronous=NORMAL``. Why not ``FULL``:
 
 - A commit in WAL/NORMAL is a ``write()`` into the WAL file, i.e. into the kernel's page
   cache. A killed process (SIGKILL, OOM, crash) loses nothing that was committed, because
@@ -71,10 +72,37 @@ from pathlib import Path
 from typing import Any
 
 from agent.fsutil import fsync_dir
+from agent.sqlitedb import Schema, open_database
 
 log = logging.getLogger(__name__)
 
-_SCHEMA_VERSION = 2  # 2: payload_file, payload_crc
+_SCHEMA = Schema(
+    version=2,  # 2: payload_file, payload_crc
+    create="""
+    CREATE TABLE IF NOT EXISTS messages (
+        seq INTEGER PRIMARY KEY,
+        topic TEXT NOT NULL,
+        payload BLOB NOT NULL,
+        qos INTEGER NOT NULL,
+        retain INTEGER NOT NULL,
+        klass INTEGER NOT NULL,
+        content_type TEXT,
+        user_properties TEXT,
+        expiry_s INTEGER,
+        frame_id TEXT,
+        created REAL NOT NULL,
+        expires REAL,
+        size INTEGER NOT NULL,
+        payload_file TEXT,
+        payload_crc INTEGER
+    );
+    CREATE INDEX IF NOT EXISTS messages_klass_seq ON messages (klass, seq);
+    CREATE INDEX IF NOT EXISTS messages_created ON messages (created);
+    CREATE INDEX IF NOT EXISTS messages_expires ON messages (expires) WHERE expires IS NOT NULL;
+    """,
+    # a table of schema 1 (or one whose version was never stamped) gains these
+    added_columns=(("messages", "payload_file", "TEXT"), ("messages", "payload_crc", "INTEGER")),
+)
 _SWEEP_INTERVAL_S = 5.0
 _DROP_LOG_INTERVAL_S = 60.0
 # payloads of links made by this process kept in memory until sent (the oldest give way first)
@@ -183,83 +211,14 @@ class Outbox:
         self._link_count = itertools.count()
         self._in_memory: dict[int, bytes] = {}  # seq -> payload of a link made by this process, not yet taken
         self._in_memory_bytes = 0
-        self._db = self._open()
+        self._db = open_database(
+            self.path, _SCHEMA, what="MQTT outbox", aside_suffixes=(".files",), clock=self._clock
+        )  # .files: the frames its rows link to are set aside with it
         self._load_totals()
         self.files_dir.mkdir(exist_ok=True)
         self._remove_orphan_links()
 
     # ---- lifecycle -------------------------------------------------------------------------------------
-
-    def _open(self) -> sqlite3.Connection:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            return self._connect()
-        except sqlite3.DatabaseError as exc:
-            # A damaged file must not stop the agent from doing its main job: keep it for
-            # inspection and start an empty outbox.
-            aside = self.path.with_name(f"{self.path.name}.corrupt-{int(self._clock())}")
-            log.error(
-                "MQTT outbox %s is unreadable (%s); moved it to %s and started empty", self.path, exc, aside
-            )
-            for suffix in ("", "-wal", "-shm", ".files"):  # .files: the frames its rows link to
-                src = Path(f"{self.path}{suffix}")
-                if src.exists():
-                    src.replace(Path(f"{aside}{suffix}"))
-            return self._connect()
-
-    def _connect(self) -> sqlite3.Connection:
-        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30.0)
-        try:
-            db.execute("PRAGMA auto_vacuum = INCREMENTAL")  # effective only when the file is new
-            mode = db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-            if str(mode).lower() != "wal":
-                log.warning("MQTT outbox %s: WAL mode unavailable (journal_mode=%s)", self.path, mode)
-            db.execute("PRAGMA synchronous = NORMAL")
-            db.execute("PRAGMA journal_size_limit = 16777216")
-            version = db.execute("PRAGMA user_version").fetchone()[0]
-            if version not in (0, 1, _SCHEMA_VERSION):
-                raise sqlite3.DatabaseError(f"schema version {version}, expected {_SCHEMA_VERSION}")
-            db.executescript(
-                """
-                CREATE TABLE IF NOT EXISTS messages (
-                    seq INTEGER PRIMARY KEY,
-                    topic TEXT NOT NULL,
-                    payload BLOB NOT NULL,
-                    qos INTEGER NOT NULL,
-                    retain INTEGER NOT NULL,
-                    klass INTEGER NOT NULL,
-                    content_type TEXT,
-                    user_properties TEXT,
-                    expiry_s INTEGER,
-                    frame_id TEXT,
-                    created REAL NOT NULL,
-                    expires REAL,
-                    size INTEGER NOT NULL,
-                    payload_file TEXT,
-                    payload_crc INTEGER
-                );
-                CREATE INDEX IF NOT EXISTS messages_klass_seq ON messages (klass, seq);
-                CREATE INDEX IF NOT EXISTS messages_created ON messages (created);
-                CREATE INDEX IF NOT EXISTS messages_expires ON messages (expires) WHERE expires IS NOT NULL;
-                """
-            )
-            columns = {row[1] for row in db.execute("PRAGMA table_info(messages)")}
-            # A table of schema 1 (or one whose version was never stamped) gains the new columns; by
-            # what the table has, in one transaction with the version, so a crash half-way is harmless.
-            db.execute("BEGIN")
-            try:
-                for name, kind in (("payload_file", "TEXT"), ("payload_crc", "INTEGER")):
-                    if name not in columns:
-                        db.execute(f"ALTER TABLE messages ADD COLUMN {name} {kind}")
-                db.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-        except BaseException:
-            db.close()
-            raise
-        return db
 
     def _load_totals(self) -> None:
         rows = self._db.execute("SELECT klass, COUNT(*), COALESCE(SUM(size), 0) FROM messages GROUP BY klass")
