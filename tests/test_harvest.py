@@ -392,6 +392,10 @@ def test_settings_explain_mistakes() -> None:
         HarvestSettings(policies=["interval", "interval"])
     with pytest.raises(ValidationError, match="swap them"):
         HarvestSettings.model_validate({"uncertainty": {"min_score": 0.7, "max_score": 0.4}})
+    with pytest.raises(ValidationError, match=r"classes\.spaghetti: min_score 0\.6 is above max_score 0\.5"):
+        HarvestSettings.model_validate({"uncertainty": {"classes": {"spaghetti": [0.6, 0.5]}}})
+    with pytest.raises(ValidationError, match="scores are between 0 and 1"):
+        HarvestSettings.model_validate({"uncertainty": {"classes": {"spaghetti": [0.2, 1.5]}}})
     with pytest.raises(ValidationError):
         HarvestSettings.model_validate({"policies": ["random"]})
     with pytest.raises(ValidationError):

@@ -4,7 +4,7 @@ long they stay (the policies themselves: agent.harvest)."""
 from __future__ import annotations
 
 from collections import Counter
-from typing import Annotated, Literal
+from typing import Literal
 
 from pydantic import Field, model_validator
 
@@ -17,9 +17,6 @@ REASON_POLICIES: tuple[str, ...] = ("all", "detection", "uncertainty", "change")
 
 
 VETO_POLICIES: tuple[str, ...] = ("interval", "duplicate", "class_balance")
-
-
-Score = Annotated[float, Field(ge=0.0, le=1.0)]
 
 
 def _check_band(where: str, low: float, high: float) -> None:
@@ -57,7 +54,7 @@ class UncertaintyPolicy(StrictModel):
     """Keep frames with a detection scored at least this (classes without a band of their own)."""
     max_score: float = Field(0.6, ge=0.0, le=1.0)
     """And at most this."""
-    classes: dict[str, tuple[Score, Score]] = Field(default_factory=dict)
+    classes: dict[str, tuple[float, float]] = Field(default_factory=dict)
     """A band per class, e.g. {spaghetti: [0.2, 0.5]}: [min_score, max_score] for that label."""
     max_reported: int = Field(3, ge=1, le=100)
     """harvest.json names at most this many of a kept frame's unsure detections (lowest score first)."""
@@ -66,6 +63,8 @@ class UncertaintyPolicy(StrictModel):
     def _range(self) -> UncertaintyPolicy:
         _check_band("", self.min_score, self.max_score)
         for label, (low, high) in self.classes.items():
+            if not (0.0 <= low <= 1.0 and 0.0 <= high <= 1.0):
+                raise ValueError(f"classes.{label}: scores are between 0 and 1, got [{low}, {high}]")
             _check_band(f"classes.{label}: ", low, high)
         return self
 
@@ -120,7 +119,7 @@ class HarvestSettings(StrictModel):
     max_age_days: float = Field(0.0, ge=0.0, description="evict kept frames older than this; 0 keeps them")
     min_free_mb: float = Field(200.0, ge=0.0, description="stop keeping frames below this free space")
     report_frames: int = Field(100, ge=0, le=100_000)
-    """harvest.json says why each of the most recent this many kept frames still on disk was kept."""
+    """harvest.json says why the newest this many kept frames still on disk were kept."""
 
     @model_validator(mode="after")
     def _policies_make_sense(self) -> HarvestSettings:
