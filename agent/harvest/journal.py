@@ -1,6 +1,6 @@
 """Reading the JSONL journal that held the harvest index before it moved into SQLite.
 
-Versions up to 0.x wrote ``harvest-index.jsonl``: one JSON line per event, ``kept`` (the frame's
+Earlier versions wrote ``harvest-index.jsonl``: one JSON line per event, ``kept`` (the frame's
 files, sizes, labels, hash, synced flag), ``synced`` and ``evicted``. ``read_journal`` replays it
 into the frames it left on disk, oldest first; a damaged line (a power cut mid-write) is skipped
 with a warning. ``import_journal`` copies them into the SQLite index once, in one transaction that

@@ -72,11 +72,6 @@ class Judgement:
     signature: Signature
     dhash: int | None
 
-    @property
-    def overridden(self) -> bool:
-        """Kept for an alert although the policies said no."""
-        return self.decision.keep and self.decision.reasons == (REASON_ALERT,)
-
 
 class KeepPolicy:
     """Applies the configured reasons and vetoes to each frame; not thread-safe (the caller locks)."""
