@@ -27,7 +27,8 @@ from agent.flow import EventBus, Stage
 from agent.fsutil import GroupSync
 from agent.gate import ChangeGate
 from agent.harvest import Harvester
-from agent.harvest_stage import KeepStage, QuotaStage
+from agent.harvest.harvester import INDEX_NAME
+from agent.harvest.stage import KeepStage, QuotaStage
 from agent.mqtt.client import create_publisher
 from agent.mqtt.stage import MqttStage
 from agent.naming import safe_name
@@ -128,18 +129,12 @@ def build_agent(
     stages: list[Stage] = []
     if config.alerts.enabled:
         stages.append(_alert_stage(config, live=source.live))
-    quota: QuotaStage
-    harvester = Harvester(
-        config.harvest,
-        out.frames_dir(),
-        index_path=out.data_dir() / "harvest-index.jsonl",
-        on_evict=lambda frame_id, paths: quota.evicted(frame_id, list(paths)),
-    )
-    quota = QuotaStage(harvester, events)
+    harvester = Harvester(config.harvest, out.frames_dir(), index_path=out.data_dir() / INDEX_NAME)
+    gate = ChangeGate(config.gate) if config.gate.enabled else None
     stages += [
-        KeepStage(harvester, summary_path=out.data_dir() / "harvest.json"),
-        VottStage(project, jpeg_quality=out.jpeg_quality),
-        quota,
+        KeepStage(harvester, gate=gate, summary_path=out.data_dir() / "harvest.json"),
+        VottStage(project, jpeg_quality=out.jpeg_quality, events=events),
+        QuotaStage(harvester, events),
     ]
     if publisher is not None:
         stages.append(MqttStage(publisher, reviewer_path=project.reviewer_path))
@@ -150,7 +145,6 @@ def build_agent(
         source.decode_hint = DecodeHint(
             detector.input_width, detector.input_height, either=detector.preprocess.letterbox
         )
-    gate = ChangeGate(config.gate) if config.gate.enabled else None
     pipeline = Pipeline(
         source,
         detectors,

@@ -23,15 +23,6 @@ T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
-class KeepDecision:
-    """Whether a frame is kept for labelling (written to the VoTT project, published with its
-    picture) and why: the policies that fired, or what stopped it."""
-
-    keep: bool
-    reasons: tuple[str, ...]
-
-
-@dataclass(frozen=True, slots=True)
 class FrameSynced:
     """Event: the broker acknowledged a kept frame's picture (posted by the MQTT sender)."""
 

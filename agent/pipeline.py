@@ -31,8 +31,9 @@ from typing import Any, Protocol
 
 from agent.config.pipeline import PipelineSettings
 from agent.detections import Detections
-from agent.flow import EventBus, KeepDecision, Outputs, Stage, check_stage_order
+from agent.flow import EventBus, Outputs, Stage, check_stage_order
 from agent.frames import Frame, FrameResult
+from agent.harvest.decision import KeepDecision
 
 log = logging.getLogger(__name__)
 

@@ -765,7 +765,7 @@ def child_main(spec_path: Path) -> int:
 
     from agent.app import build_agent
     from agent.config import AgentConfig
-    from agent.flow import KeepDecision
+    from agent.harvest.decision import KeepDecision
     from agent.pipeline import HandledFrame
 
     config = AgentConfig.model_validate(spec["config"])

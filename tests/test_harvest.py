@@ -18,7 +18,7 @@ from pydantic import ValidationError
 from agent.config.harvest import HarvestSettings
 from agent.detections import Detections
 from agent.frames import Frame, FrameResult
-from agent.harvest import Harvester, dhash64, hamming_distances
+from agent.harvest import Eviction, Harvester, KeepDecision, dhash64, hamming_distances
 
 LABELS = ("person", "dog", "cat")
 WALL = 1.7e9  # epoch seconds of the first frame
@@ -77,6 +77,18 @@ def _settings(**kwargs: object) -> HarvestSettings:
     return HarvestSettings.model_validate(kwargs)
 
 
+def _said(decision: KeepDecision) -> tuple[bool, list[str]]:
+    return decision.keep, list(decision.reasons)
+
+
+def _carry_out(harvester: Harvester, evictions: list[Eviction], removed: list[str] | None = None) -> None:
+    """The VoTT writer's part of an eviction: take the frame out of its project (here: note it),
+    then let the store delete the files."""
+    if removed is not None:
+        removed.extend(e.frame_id for e in evictions)
+    harvester.confirm_evicted(evictions)
+
+
 # --------------------------------------------------------------------------- quota and eviction
 
 
@@ -87,19 +99,20 @@ def test_quota_holds_over_10000_frames_and_synced_frames_go_first(tmp_path: Path
     synced_on_disk: set[str] = set()  # frames the broker acknowledged that are still kept
     evicted: list[tuple[str, bool]] = []  # (frame id, was it synced)
 
-    def on_evict(frame_id: str, paths: list[Path]) -> None:
-        # The VoTT writer's part: take the frame out of the project and delete its files.
-        was_synced = frame_id in synced_on_disk
+    def on_evict(eviction: Eviction) -> None:
+        # The VoTT writer's part: take the frame out of the project (files stay until confirmed).
+        was_synced = eviction.frame_id in synced_on_disk
         if not was_synced:
-            assert not synced_on_disk, f"unsynced {frame_id} evicted while synced frames remain"
-        synced_on_disk.discard(frame_id)
-        evicted.append((frame_id, was_synced))
-        for path in paths:
+            assert not synced_on_disk, f"unsynced {eviction.frame_id} evicted while synced frames remain"
+        assert eviction.synced is was_synced
+        synced_on_disk.discard(eviction.frame_id)
+        evicted.append((eviction.frame_id, was_synced))
+        assert all(Path(p).exists() for p in eviction.paths), "files go only after confirmation"
+        for path in eviction.paths:
             on_disk.pop(str(path), None)
-            path.unlink()
 
     rng = np.random.default_rng(11)
-    harvester = Harvester(_settings(quota_mb=0.25), frames_dir, on_evict=on_evict)
+    harvester = Harvester(_settings(quota_mb=0.25), frames_dir)
     acks: list[tuple[int, str]] = []  # (frame index when the broker acknowledges, frame id)
     outages = [(2000, 3500), (6000, 8000)]  # broker away: acknowledgements wait
     largest_frame = 0
@@ -108,8 +121,7 @@ def test_quota_holds_over_10000_frames_and_synced_frames_go_first(tmp_path: Path
         image = rng.integers(0, 256, (side, side * 4 // 3, 3), dtype=np.uint8)
         labels = [LABELS[int(rng.integers(0, 3))]]
         result = _result(image, index, [(labels[0], 0.8)])
-        keep, reasons = harvester.decide(result, now=index * 0.1)
-        assert keep and reasons == ["all"]
+        assert _said(harvester.decide(result, index * 0.1)) == (True, ["all"])
         frame_id = result.frame.frame_id
         paths = _write_frame(frames_dir, frame_id, image, labels)
         frame_bytes = sum(os.stat(p).st_size for p in paths)
@@ -117,7 +129,11 @@ def test_quota_holds_over_10000_frames_and_synced_frames_go_first(tmp_path: Path
         on_disk.update({str(p): os.stat(p).st_size for p in paths})
         # While the new frame is written and not yet accounted: at most one frame over.
         assert sum(on_disk.values()) <= quota_bytes + frame_bytes
-        harvester.record_kept(frame_id, paths, labels, now=WALL + index * 0.1)
+        evictions = harvester.record_kept(frame_id, paths, labels, now=WALL + index * 0.1)
+        for eviction in evictions:
+            on_evict(eviction)
+        harvester.confirm_evicted(evictions)
+        assert not any(Path(p).exists() for e in evictions for p in e.paths)
         assert sum(on_disk.values()) <= quota_bytes
         assert all(p.exists() for p in paths)
 
@@ -129,7 +145,7 @@ def test_quota_holds_over_10000_frames_and_synced_frames_go_first(tmp_path: Path
                     synced_on_disk.add(acked)
 
         if index % 1000 == 999:  # the real folder agrees with the bookkeeping
-            real = sum(e.stat().st_size for e in os.scandir(frames_dir) if not e.name.startswith("harvest-"))
+            real = sum(f.stat().st_size for f in os.scandir(frames_dir) if not f.name.startswith("harvest-"))
             assert real == sum(on_disk.values()) == harvester.store.total_bytes
 
     unsynced_evictions = sum(1 for _, was_synced in evicted if not was_synced)
@@ -153,17 +169,20 @@ def test_retention_by_age(tmp_path: Path) -> None:
     for index in range(4):
         image = _noisy(_scene(seed=index), rng)
         result = _result(image, index)
-        assert harvester.decide(result, now=float(index)).keep
-        harvester.record_kept(
+        assert harvester.decide(result, float(index)).keep
+        evictions = harvester.record_kept(
             result.frame.frame_id,
             _write_frame(tmp_path, result.frame.frame_id, image, []),
             now=WALL + index * day / 2,
         )
+        _carry_out(harvester, evictions)
     # Recording the 4th frame (1.5 days in) evicted the 1st (older than a day).
     assert [e.frame_id for e in harvester.store.frames()] == ["cam_000001", "cam_000002", "cam_000003"]
     evictions = harvester.maintain(now=WALL + 2.2 * day)
-    assert [e.frame.frame_id for e in evictions] == ["cam_000001", "cam_000002"]
+    assert [e.frame_id for e in evictions] == ["cam_000001", "cam_000002"]
     assert {e.cause for e in evictions} == {"age"}
+    assert (tmp_path / "cam_000001.jpg").exists(), "the files stay until the caller confirms"
+    _carry_out(harvester, evictions)
     assert not (tmp_path / "cam_000001.jpg").exists()
     assert harvester.stats()["disk"]["evicted_by"] == {"age": 3}
 
@@ -172,7 +191,7 @@ def test_free_space_floor_stops_keeping_but_not_deciding(tmp_path: Path) -> None
     free_mb = shutil.disk_usage(tmp_path).free / (1024 * 1024)
     image = _scene()
     starved = Harvester(_settings(min_free_mb=free_mb + 1000), tmp_path / "a")
-    decisions = [starved.decide(_result(image, i, [("person", 0.9)]), now=float(i)) for i in range(5)]
+    decisions = [_said(starved.decide(_result(image, i, [("person", 0.9)]), float(i))) for i in range(5)]
     assert decisions == [(False, ["low_disk"])] * 5
     stats = starved.stats()
     assert stats["disk"]["low_disk"] is True
@@ -181,7 +200,7 @@ def test_free_space_floor_stops_keeping_but_not_deciding(tmp_path: Path) -> None
     assert "LOW DISK" in starved.summary_line()
 
     roomy = Harvester(_settings(min_free_mb=1), tmp_path / "b")
-    assert roomy.decide(_result(image, 0, [("person", 0.9)]), now=0.0) == (True, ["all"])
+    assert _said(roomy.decide(_result(image, 0, [("person", 0.9)]), 0.0)) == (True, ["all"])
 
 
 def test_restart_rebuilds_the_index_and_keeps_eviction_order(tmp_path: Path) -> None:
@@ -192,7 +211,7 @@ def test_restart_rebuilds_the_index_and_keeps_eviction_order(tmp_path: Path) -> 
     for index in range(10):
         image = _noisy(_scene(seed=100 + index), rng)
         result = _result(image, index, [("dog", 0.7)])
-        assert first.decide(result, now=float(index)).keep
+        assert first.decide(result, float(index)).keep
         first.record_kept(
             result.frame.frame_id,
             _write_frame(tmp_path, result.frame.frame_id, image, ["dog"]),
@@ -202,29 +221,32 @@ def test_restart_rebuilds_the_index_and_keeps_eviction_order(tmp_path: Path) -> 
     assert first.mark_synced(ids[3]) and first.mark_synced(ids[5])
     assert not first.mark_synced(ids[3])  # already synced
     first.close()
-    # A frame deleted by hand while stopped, and a journal line cut by a power cut.
+    # While stopped: a frame deleted by hand, and another's image replaced by a bigger one.
     for path in tmp_path.glob(f"{ids[7]}*"):
         path.unlink()
-    with open(tmp_path / "harvest-index.jsonl", "a") as journal:
-        journal.write('{"op":"kept","id":"cam_half')
+    with open(tmp_path / f"{ids[8]}.jpg", "ab") as image_file:
+        image_file.write(bytes(5000))
 
     real_bytes = sum(p.stat().st_size for p in tmp_path.iterdir() if not p.name.startswith("harvest-"))
     quota = _settings(policies=["duplicate"], quota_mb=(real_bytes - 1) / (1024 * 1024))
     evicted: list[str] = []
-    second = Harvester(quota, tmp_path, on_evict=lambda frame_id, paths: evicted.append(frame_id))
+    second = Harvester(quota, tmp_path)
     assert len(second.store) == 9
     assert ids[7] not in second.store
     assert second.store.total_bytes == real_bytes
     assert [e.frame_id for e in second.store.frames() if e.synced] == [ids[3], ids[5]]
     # The first eviction after the restart is the oldest synced frame.
-    second.maintain(now=WALL + 20)
+    _carry_out(second, second.maintain(now=WALL + 20), evicted)
     assert evicted == [ids[3]]
     second.store.quota_bytes = real_bytes // 2
-    second.maintain(now=WALL + 21)
+    _carry_out(second, second.maintain(now=WALL + 21), evicted)
     assert evicted[:3] == [ids[3], ids[5], ids[0]]
+    assert second.store.total_bytes == sum(
+        p.stat().st_size for p in tmp_path.iterdir() if not p.name.startswith("harvest-")
+    )
     # The duplicate window came back too: the scene of a kept frame is not kept again.
     again = _result(_noisy(_scene(seed=109), rng), 50, [("dog", 0.7)])
-    assert second.decide(again, now=100.0) == (False, ["duplicate"])
+    assert _said(second.decide(again, 100.0)) == (False, ["duplicate"])
     second.close()
 
 
@@ -237,20 +259,20 @@ def test_near_duplicates_are_dropped_and_uncertain_frames_kept(tmp_path: Path) -
     room = _scene(seed=21)
 
     first = _result(_noisy(room, rng), 0, [("person", 0.45)])
-    assert harvester.decide(first, now=0.0) == (True, ["uncertainty"])
+    assert _said(harvester.decide(first, 0.0)) == (True, ["uncertainty"])
     for index in range(1, 30):  # the same view, new sensor noise, the same unsure person
         again = _result(_noisy(room, rng), index, [("person", 0.47)])
-        assert harvester.decide(again, now=float(index)) == (False, ["duplicate"])
+        assert _said(harvester.decide(again, float(index))) == (False, ["duplicate"])
 
     # The same view, but the detector now also (unsurely) sees a dog: not a duplicate.
     dog = _result(_noisy(room, rng), 30, [("person", 0.46), ("dog", 0.4)])
-    assert harvester.decide(dog, now=30.0) == (True, ["uncertainty"])
+    assert _said(harvester.decide(dog, 30.0)) == (True, ["uncertainty"])
     # A different view with an unsure detection is kept; a confident one has no reason to be.
     moved = room.copy()
     cv2.rectangle(moved, (100, 40), (260, 200), (250, 250, 250), -1)
-    assert harvester.decide(_result(_noisy(moved, rng), 31, [("cat", 0.55)]), now=31.0).keep
+    assert harvester.decide(_result(_noisy(moved, rng), 31, [("cat", 0.55)]), 31.0).keep
     sure = _result(_noisy(_scene(seed=22), rng), 32, [("cat", 0.95)])
-    assert harvester.decide(sure, now=32.0) == (False, ["no_reason"])
+    assert _said(harvester.decide(sure, 32.0)) == (False, ["no_reason"])
 
     counts = harvester.stats()["policy_counts"]
     assert counts["duplicate"] == {"dropped": 29}
@@ -272,9 +294,9 @@ def test_hash_distances() -> None:
 def test_default_keeps_every_inferred_frame_but_not_gate_skipped_ones(tmp_path: Path) -> None:
     harvester = Harvester(None, tmp_path)
     image = _scene()
-    assert harvester.decide(_result(image, 0), now=0.0) == (True, ["all"])
-    assert harvester.decide(_result(image, 1), now=0.1) == (True, ["all"])
-    assert harvester.decide(_result(image, 2, skipped=True), now=0.2) == (False, ["gate_skipped"])
+    assert _said(harvester.decide(_result(image, 0), 0.0)) == (True, ["all"])
+    assert _said(harvester.decide(_result(image, 1), 0.1)) == (True, ["all"])
+    assert _said(harvester.decide(_result(image, 2, skipped=True), 0.2)) == (False, ["gate_skipped"])
     frames = harvester.stats()["frames"]
     assert frames["seen"] == 3 and frames["skipped_inference"] == 1 and frames["selected"] == 2
 
@@ -283,9 +305,7 @@ def test_interval_is_per_source_and_alone_means_one_frame_every_interval(tmp_pat
     harvester = Harvester(_settings(policies=["interval"], interval={"interval_s": 10}), tmp_path)
     image = _scene()
     kept = {
-        source: [
-            t for t in range(60) if harvester.decide(_result(image, t, source=source), now=float(t)).keep
-        ]
+        source: [t for t in range(60) if harvester.decide(_result(image, t, source=source), float(t)).keep]
         for source in ("door", "yard")
     }
     assert kept == {"door": [0, 10, 20, 30, 40, 50], "yard": [0, 10, 20, 30, 40, 50]}
@@ -303,7 +323,7 @@ def test_detection_policy_filters_labels_and_scores(tmp_path: Path) -> None:
         (("person", 0.9), ("dog", 0.6)): True,
     }
     for index, (dets, expected) in enumerate(cases.items()):
-        assert harvester.decide(_result(image, index, dets), now=float(index)).keep is expected
+        assert harvester.decide(_result(image, index, dets), float(index)).keep is expected
 
 
 def test_change_policy_fires_when_counts_or_classes_change(tmp_path: Path) -> None:
@@ -318,7 +338,7 @@ def test_change_policy_fires_when_counts_or_classes_change(tmp_path: Path) -> No
         [],
         [],
     ]
-    kept = [harvester.decide(_result(image, i, d), now=float(i)).keep for i, d in enumerate(sequence)]
+    kept = [harvester.decide(_result(image, i, d), float(i)).keep for i, d in enumerate(sequence)]
     assert kept == [True, False, True, False, True, True, False]
 
 
@@ -327,13 +347,13 @@ def test_class_balance_caps_common_labels_but_keeps_rare_ones(tmp_path: Path) ->
         _settings(policies=["class_balance"], class_balance={"max_per_label_per_hour": 2}), tmp_path
     )
     image = _scene()
-    person = [harvester.decide(_result(image, i, [("person", 0.9)]), now=float(i)) for i in range(4)]
+    person = [harvester.decide(_result(image, i, [("person", 0.9)]), float(i)) for i in range(4)]
     assert [d.keep for d in person] == [True, True, False, False]
-    assert person[2].reasons == ["class_balance"]
+    assert person[2].reasons == ("class_balance",)
     # A frame that also has a dog is kept for the dog; an hour later people are welcome again.
-    assert harvester.decide(_result(image, 4, [("person", 0.9), ("dog", 0.6)]), now=4.0).keep
-    assert not harvester.decide(_result(image, 5, [("person", 0.9)]), now=5.0).keep
-    assert harvester.decide(_result(image, 6, [("person", 0.9)]), now=3601.5).keep
+    assert harvester.decide(_result(image, 4, [("person", 0.9), ("dog", 0.6)]), 4.0).keep
+    assert not harvester.decide(_result(image, 5, [("person", 0.9)]), 5.0).keep
+    assert harvester.decide(_result(image, 6, [("person", 0.9)]), 3601.5).keep
 
 
 def test_summary_file_has_counts_per_label_and_policy(tmp_path: Path) -> None:
@@ -342,7 +362,7 @@ def test_summary_file_has_counts_per_label_and_policy(tmp_path: Path) -> None:
     for index in range(20):
         image = _noisy(_scene(seed=index), rng)
         result = _result(image, index, [("cat", 0.5 if index % 2 else 0.9)])
-        if harvester.decide(result, now=index * 3.0).keep:
+        if harvester.decide(result, index * 3.0).keep:
             harvester.record_kept(
                 result.frame.frame_id, _write_frame(tmp_path, result.frame.frame_id, image, ["cat"]), ["cat"]
             )
@@ -372,6 +392,10 @@ def test_settings_explain_mistakes() -> None:
         HarvestSettings(policies=["interval", "interval"])
     with pytest.raises(ValidationError, match="swap them"):
         HarvestSettings.model_validate({"uncertainty": {"min_score": 0.7, "max_score": 0.4}})
+    with pytest.raises(ValidationError, match=r"classes\.spaghetti: min_score 0\.6 is above max_score 0\.5"):
+        HarvestSettings.model_validate({"uncertainty": {"classes": {"spaghetti": [0.6, 0.5]}}})
+    with pytest.raises(ValidationError, match="scores are between 0 and 1"):
+        HarvestSettings.model_validate({"uncertainty": {"classes": {"spaghetti": [0.2, 1.5]}}})
     with pytest.raises(ValidationError):
         HarvestSettings.model_validate({"policies": ["random"]})
     with pytest.raises(ValidationError):
@@ -389,15 +413,11 @@ def test_vott_project_stays_valid_after_evictions(tmp_path: Path, shared_dir: Pa
     target, frames_dir = tmp_path / "target", tmp_path / "frames"
     rng = np.random.default_rng(4)
     with VottProject(target, frames_dir, tags=LABELS) as project:
-        harvester = Harvester(
-            _settings(quota_mb=0.05),
-            frames_dir,
-            on_evict=lambda frame_id, paths: project.remove_frame(paths[0]),
-        )
+        harvester = Harvester(_settings(quota_mb=0.05), frames_dir)
         for index in range(120):
             image = _noisy(_scene(seed=index % 9, width=160, height=120), rng)
             result = _result(image, index, [(LABELS[index % 3], 0.8)])
-            assert harvester.decide(result, now=float(index)).keep
+            assert harvester.decide(result, float(index)).keep
             image_path = frames_dir / f"{result.frame.frame_id}.jpg"
             assert cv2.imwrite(str(image_path), image)
             aid = project.add_frame(
@@ -405,7 +425,10 @@ def test_vott_project_stays_valid_after_evictions(tmp_path: Path, shared_dir: Pa
             ).asset_id
             assert aid is not None
             paths = [image_path, project.asset_file(aid), project.scores_file(aid)]
-            harvester.record_kept(result.frame.frame_id, paths, now=WALL + index)
+            evictions = harvester.record_kept(result.frame.frame_id, paths, now=WALL + index)
+            for eviction in evictions:
+                assert project.remove_frame(eviction.paths[0])
+            harvester.confirm_evicted(evictions)
         harvester.close()
         assert 0 < len(project) == len(harvester.store) < 120
     assert len(list(target.glob("*-asset.json"))) == len(harvester.store)

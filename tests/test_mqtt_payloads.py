@@ -15,8 +15,9 @@ from agent.config.mqtt import MqttSettings, default_device_id
 from agent.detections import Detections
 from agent.encode import published_jpeg
 from agent.errors import ConfigError
-from agent.flow import KeepDecision, Outputs
+from agent.flow import Outputs
 from agent.frames import Frame, FrameResult
+from agent.harvest.decision import KeepDecision
 from agent.mqtt.connection import build_tls_context
 from agent.mqtt.homeassistant import discovery_messages
 from agent.mqtt.messages import MessageClass

@@ -19,8 +19,9 @@ from agent.commands.interrupts import Interrupts
 from agent.config.pipeline import PipelineSettings
 from agent.detect.detector import Detector
 from agent.errors import ConfigError
-from agent.flow import KeepDecision, Outputs, Stage
+from agent.flow import Outputs, Stage
 from agent.frames import FrameResult
+from agent.harvest.decision import KeepDecision
 from agent.pipeline import HandledFrame, Pipeline
 from agent.sources import FrameSource, open_source
 from agent.sources.folder import FolderSource

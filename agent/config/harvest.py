@@ -19,6 +19,11 @@ REASON_POLICIES: tuple[str, ...] = ("all", "detection", "uncertainty", "change")
 VETO_POLICIES: tuple[str, ...] = ("interval", "duplicate", "class_balance")
 
 
+def _check_band(where: str, low: float, high: float) -> None:
+    if low > high:
+        raise ValueError(f"{where}min_score {low} is above max_score {high}; swap them")
+
+
 class DetectionPolicy(StrictModel):
     """Keep frames with a detection of one of ``labels`` (any label when empty) scored in range."""
 
@@ -28,31 +33,44 @@ class DetectionPolicy(StrictModel):
     """Lowest score that counts."""
     max_score: float = Field(1.0, ge=0.0, le=1.0)
     """Highest score that counts."""
+    max_reported: int = Field(3, ge=1, le=100)
+    """harvest.json names at most this many of a kept frame's matching detections (highest score first)."""
 
     @model_validator(mode="after")
     def _range(self) -> DetectionPolicy:
-        if self.min_score > self.max_score:
-            raise ValueError(f"min_score {self.min_score} is above max_score {self.max_score}; swap them")
+        _check_band("", self.min_score, self.max_score)
         return self
 
 
 class UncertaintyPolicy(StrictModel):
-    """Keep frames whose highest detection score lies in ``[min_score, max_score]``.
+    """Keep frames where the detector is unsure: any detection (not only the best one) scored
+    within its class's band, ``[min_score, max_score]`` unless ``classes`` gives the class its own.
 
-    ``min_score`` should be at or above the detector's own score threshold, or the band's
-    lower part never sees a detection.
+    A band's lower end should be at or above the detector's own score threshold
+    (``detector.score_threshold`` or the model card's), or its lower part never sees a detection.
     """
 
     min_score: float = Field(0.3, ge=0.0, le=1.0)
-    """Keep frames whose highest score is at least this."""
+    """Keep frames with a detection scored at least this (classes without a band of their own)."""
     max_score: float = Field(0.6, ge=0.0, le=1.0)
     """And at most this."""
+    classes: dict[str, tuple[float, float]] = Field(default_factory=dict)
+    """A band per class, e.g. {spaghetti: [0.2, 0.5]}: [min_score, max_score] for that label."""
+    max_reported: int = Field(3, ge=1, le=100)
+    """harvest.json names at most this many of a kept frame's unsure detections (lowest score first)."""
 
     @model_validator(mode="after")
     def _range(self) -> UncertaintyPolicy:
-        if self.min_score > self.max_score:
-            raise ValueError(f"min_score {self.min_score} is above max_score {self.max_score}; swap them")
+        _check_band("", self.min_score, self.max_score)
+        for label, (low, high) in self.classes.items():
+            if not (0.0 <= low <= 1.0 and 0.0 <= high <= 1.0):
+                raise ValueError(f"classes.{label}: scores are between 0 and 1, got [{low}, {high}]")
+            _check_band(f"classes.{label}: ", low, high)
         return self
+
+    def band(self, label: str) -> tuple[float, float]:
+        """The ``(min_score, max_score)`` band of ``label``."""
+        return self.classes.get(label, (self.min_score, self.max_score))
 
 
 class IntervalPolicy(StrictModel):
@@ -100,6 +118,8 @@ class HarvestSettings(StrictModel):
     quota_mb: float = Field(1024.0, ge=0.0, description="kept frames + annotations; 0 means no quota")
     max_age_days: float = Field(0.0, ge=0.0, description="evict kept frames older than this; 0 keeps them")
     min_free_mb: float = Field(200.0, ge=0.0, description="stop keeping frames below this free space")
+    report_frames: int = Field(100, ge=0, le=100_000)
+    """harvest.json says why the newest this many kept frames still on disk were kept."""
 
     @model_validator(mode="after")
     def _policies_make_sense(self) -> HarvestSettings:

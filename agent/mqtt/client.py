@@ -370,6 +370,8 @@ class MqttPublisher:
     def _finish(self) -> None:
         deadline = time.monotonic() + self.settings.close_timeout_s
         try:
+            if self._link_up:  # the final stats, set just before closing (sent ahead of the status)
+                self._send_latest()
             # Connected: drain what is queued (a recording that just ended), not only what is in flight.
             while self._link_up and len(self._outbox) and time.monotonic() < deadline:
                 self._fill_window()

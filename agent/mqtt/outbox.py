@@ -63,12 +63,14 @@ from agent.mqtt.messages import (
     row_to_stored,
 )
 from agent.mqtt.payload_links import PayloadLinks
-from agent.sqlite_db import open_database
+from agent.sqlitedb import Schema, checkpoint, open_database, transaction
 
 log = logging.getLogger(__name__)
 
-_SCHEMA_VERSION = 2  # 2: payload_file, payload_crc
-_SCHEMA = """
+_SCHEMA = Schema(
+    version=2,  # 2: payload_file, payload_crc
+    added_columns=(("messages", "payload_file", "TEXT"), ("messages", "payload_crc", "INTEGER")),
+    create="""
 CREATE TABLE IF NOT EXISTS messages (
     seq INTEGER PRIMARY KEY,
     topic TEXT NOT NULL,
@@ -89,7 +91,8 @@ CREATE TABLE IF NOT EXISTS messages (
 CREATE INDEX IF NOT EXISTS messages_klass_seq ON messages (klass, seq);
 CREATE INDEX IF NOT EXISTS messages_created ON messages (created);
 CREATE INDEX IF NOT EXISTS messages_expires ON messages (expires) WHERE expires IS NOT NULL;
-"""
+""",
+)
 _SWEEP_INTERVAL_S = 5.0
 _DROP_LOG_INTERVAL_S = 60.0
 # payloads of links made by this process kept in memory until sent (the oldest give way first)
@@ -125,12 +128,9 @@ class Outbox:
         self._last_drop_log: dict[str, float] = {}
         self._db = open_database(
             self.path,
+            _SCHEMA,
             what="MQTT outbox",
-            schema=_SCHEMA,
-            version=_SCHEMA_VERSION,
-            older_versions=(0, 1),
-            added_columns=(("messages", "payload_file", "TEXT"), ("messages", "payload_crc", "INTEGER")),
-            companions=(".files",),  # the frames its rows link to go aside with it
+            aside_suffixes=(".files",),  # the frames its rows link to go aside with it
             clock=self._clock,
         )
         self._load_totals()
@@ -178,8 +178,7 @@ class Outbox:
                     self.links.link(m.payload_file, m.payload) if m.payload_file is not None else None
                     for m in messages
                 )
-                self._db.execute("BEGIN")
-                try:
+                with transaction(self._db):
                     seqs = [
                         int(
                             self._insert(m, link, now, now + m.expiry_s if m.expiry_s else None).lastrowid
@@ -187,10 +186,6 @@ class Outbox:
                         )
                         for m, link in zip(messages, links, strict=True)
                     ]
-                    self._db.execute("COMMIT")
-                except BaseException:
-                    self._db.execute("ROLLBACK")
-                    raise
             except BaseException:
                 self.links.unlink(link for link in links if link)
                 raise
@@ -291,15 +286,10 @@ class Outbox:
         """Every deletion goes through here: rows ``(seq, klass, size, link)`` in one transaction, then
         their payload links, then the counters. Returns the sequence numbers deleted."""
         deleted: set[int] = set()
-        self._db.execute("BEGIN")
-        try:
+        with transaction(self._db):
             for seq, *_ in rows:
                 if self._db.execute("DELETE FROM messages WHERE seq = ?", (seq,)).rowcount:
                     deleted.add(seq)
-            self._db.execute("COMMIT")
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
         self.links.unlink(link for seq, _, _, link in rows if link and seq in deleted)
         for seq, klass, size, _ in rows:
             if seq in deleted:
@@ -408,12 +398,9 @@ class Outbox:
             self._dirty = False
             try:
                 self.links.sync()  # the rows' links reach the disk with the WAL they are in
-                self._db.execute("PRAGMA wal_checkpoint(PASSIVE)")
-                free = self._db.execute("PRAGMA freelist_count").fetchone()[0]
-                if free > 2048:
-                    self._db.execute(f"PRAGMA incremental_vacuum({int(free)})")
-            except (sqlite3.Error, OSError) as exc:
-                log.debug("MQTT outbox checkpoint failed: %s", exc)
+            except OSError as exc:
+                log.debug("MQTT outbox: syncing %s failed: %s", self.files_dir, exc)
+            checkpoint(self._db, "MQTT outbox")
 
     @property
     def total_bytes(self) -> int:

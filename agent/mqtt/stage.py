@@ -10,8 +10,9 @@ from typing import Any
 
 from agent.alerts.events import alert_payload
 from agent.alerts.stage import AlertEvents
-from agent.flow import KeepDecision, Outputs, Stage
+from agent.flow import Outputs, Stage
 from agent.frames import FrameResult
+from agent.harvest.decision import KeepDecision
 from agent.mqtt.client import MqttPublisher
 from agent.vott import annotation_json
 from agent.vott.stage import StoredFrame

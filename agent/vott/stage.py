@@ -15,9 +15,7 @@ left exactly as the reviewer saved it, picture and all.
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -25,8 +23,9 @@ from pathlib import Path
 from typing import Any
 
 from agent.encode import EncodedImage, stored_image
-from agent.flow import KeepDecision, Outputs, Stage
+from agent.flow import Outputs, Stage
 from agent.frames import Frame, FrameResult
+from agent.harvest.decision import EvictionDone, FrameEvicted, KeepDecision
 from agent.vott.writer import AssetWrite, VottProject, WriteOutcome
 
 log = logging.getLogger(__name__)
@@ -44,14 +43,6 @@ class StoredFrame:
     files: tuple[Path, ...] = ()
 
 
-@dataclass(frozen=True, slots=True)
-class FrameEvicted:
-    """Event: the disk quota dropped a kept frame; its files (picture first) must go."""
-
-    frame_id: str
-    paths: tuple[Path, ...]
-
-
 NOT_STORED = StoredFrame(None, None, None)
 _AGENT_ASSETS = (WriteOutcome.ADDED, WriteOutcome.UPDATED)
 
@@ -65,14 +56,19 @@ class VottStage(Stage):
     listens = (FrameEvicted,)
 
     def __init__(
-        self, project: VottProject, *, jpeg_quality: int = 90, in_place_folder: Path | None = None
+        self,
+        project: VottProject,
+        *,
+        jpeg_quality: int = 90,
+        in_place_folder: Path | None = None,
+        events: EventBus | None = None,
     ) -> None:
         self.project = project
+        self.events = events
         self.frames_dir = project.frames_dir
         self.jpeg_quality = jpeg_quality
         self.in_place_folder = in_place_folder.resolve() if in_place_folder else None
         self.counts: Counter[str] = Counter()
-        self.write_ms_total = 0.0
 
     def image_path_for(self, frame: Frame) -> Path | None:
         """Where the frame already is when it comes from the in-place folder, else None."""
@@ -108,21 +104,18 @@ class VottStage(Stage):
         return StoredFrame(path, image, asset, files)
 
     def on_event(self, event: object) -> None:
-        """A frame evicted by the disk quota: out of the project first, then its files; a frame
-        the reviewer touched stays."""
+        """A frame the disk quota evicted: out of the project (its files go when the store confirms);
+        a frame the reviewer touched stays, files and all."""
         assert isinstance(event, FrameEvicted)
-        if not event.paths:
-            return
-        image = event.paths[0]
-        if self.project.reviewed(image):
+        eviction = event.eviction
+        reviewed = bool(eviction.paths) and self.project.reviewed(eviction.paths[0])
+        if reviewed:
             self.counts["evictions_kept_reviewed"] += 1
-            return
-        self.project.remove_frame(image)
-        in_place = self.in_place_folder is not None and image.parent.resolve() == self.in_place_folder
-        for path in event.paths[1:] if in_place else event.paths:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(path)
-        log.debug("evicted %s", event.frame_id)
+        elif eviction.paths:
+            self.project.remove_frame(eviction.paths[0])
+        log.debug("evicted %s (%s)", eviction.frame_id, eviction.cause)
+        if self.events is not None:
+            self.events.post(EvictionDone(eviction, keep_files=reviewed))
 
     def tick(self) -> None:
         """Save the project when a change has waited long enough."""
