@@ -8,14 +8,23 @@ In one run, on the same frames and models, it measures:
 - the end-to-end rate of the agent (``build_agent`` in a child process, so its RSS is its own)
   from a folder of JPEGs through detection, the VoTT writer and the MQTT outbox to a local
   Mosquitto that the bench starts (outbox only when Mosquitto is missing), in ``--rounds`` (3)
-  interleaved rounds per frame size, each run followed by the best limit once more;
-- per-stage medians and p95: decode (the same files decoded as the folder source decodes them),
-  preprocess, invoke, postprocess (decode + NMS), write (VoTT), publish (outbox);
+  interleaved rounds per frame size, each run followed by the best limit and the agent's own
+  interpreters x threads, bare, once more; a run during which the limit moved by more than
+  ``--limit-threshold`` is run again (``--repeats``), then flagged;
+- the overhead per frame: CPU ms per frame of the whole agent process over the steady state less
+  the CPU of a bare ``invoke()`` with the agent's plan, and where it goes, part by part
+  (``benchlib.overhead``);
+- per-stage medians and p95 (wall time, as the agent records them): decode (the same files
+  decoded as the folder source decodes them), preprocess, invoke, postprocess (decode + NMS),
+  write (VoTT), publish (outbox);
 - decode + NMS of a real YOLOv8n ``[1,84,8400]`` output alone;
-- the child's peak RSS (``VmHWM`` from /proc);
-- the ratio end-to-end / limit per model and frame size (target >= 0.85): each run against the
-  higher of the limits measured just before and after it (the shared machine's speed drifts), each
-  size reported by its median round.
+- the child's start-up time and peak RSS (``VmHWM`` from /proc);
+- the ratio end-to-end / limit per model and frame size: each run against the higher of the
+  limits measured just before and after it (the shared machine's speed drifts), each size
+  reported by its median round;
+- with ``--peer-python``, Ultralytics' own predict on the same YOLOv8n model and frames in the
+  same rounds (``benchlib.peer``): throughput ratio, start-up, peak RSS, detections matched;
+- the checks of issue 24 (``benchlib.checks``), with the machine named above every table.
 
 With ``--detect-only`` each size is also run with no output stages (capture and detection only),
 which shows what the VoTT writer, harvest, alerts and MQTT cost end to end. The tables also give
@@ -37,24 +46,18 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import gc
-import getpass
 import json
 import logging
 import math
 import os
 import platform
-import resource
 import shlex
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -64,7 +67,14 @@ import numpy as np
 import yaml
 from benchlib import agent_seam
 from benchlib.agent_child import child_main
-from benchlib.checks import OLD_RATIO_TARGET, TARGET_DECODE_NMS_MS, build_checks, load_baseline
+from benchlib.bare import (
+    installed_runtimes,
+    measure_decode,
+    measure_invoke,
+    measure_yolo_decode_nms,
+    summarize_ms,
+)
+from benchlib.checks import OLD_RATIO_TARGET, build_checks, load_baseline
 from benchlib.overhead import overhead_per_frame
 from benchlib.peer import (
     PEER_MODEL,
@@ -83,6 +93,14 @@ from benchlib.stability import (
     StableRun,
     load_avg_1m,
     run_stable,
+)
+from benchlib.workload import (
+    Broker,
+    make_frames,
+    maybe_broker,
+    parse_size,
+    read_bgr,
+    source_images,
 )
 from numpy.typing import NDArray
 
@@ -104,26 +122,25 @@ YOLO_NMS_IMAGE = "models/images/kite_and_cold.jpg"
 
 log = logging.getLogger("bench")
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-__all__ = ["child_main", "table"]  # for scripts/soak.py and the tests
-
-
-# ----------------------------------------------------------------------------------------- statistics
-
-
-def summarize_ms(values: Sequence[float]) -> dict[str, Any]:
-    """``n``, ``median_ms``, ``p95_ms``, ``mean_ms``, ``min_ms``, ``max_ms`` of durations in ms
-    (None figures when there are no values)."""
-    if not values:
-        return {"n": 0, "median_ms": None, "p95_ms": None, "mean_ms": None, "min_ms": None, "max_ms": None}
-    a = np.asarray(values, dtype=np.float64)
-    return {
-        "n": int(a.size),
-        "median_ms": round(float(np.median(a)), 3),
-        "p95_ms": round(float(np.percentile(a, 95)), 3),
-        "mean_ms": round(float(a.mean()), 3),
-        "min_ms": round(float(a.min()), 3),
-        "max_ms": round(float(a.max()), 3),
-    }
+# what scripts/soak.py and the tests use of the bench, wherever it lives
+__all__ = [
+    "agent_config",
+    "child_environment",
+    "child_main",
+    "e2e_rate",
+    "machine_info",
+    "make_frames",
+    "maybe_broker",
+    "measure_yolo_decode_nms",
+    "median_run",
+    "parse_overrides",
+    "parse_size",
+    "resolve_models",
+    "run_child",
+    "source_images",
+    "table",
+    "unit_environment",
+]
 
 
 # ----------------------------------------------------------------------------------------- machine
@@ -221,314 +238,6 @@ def resolve_models(spec: str, shared: Path) -> list[ModelEntry]:
             else:
                 entries.append(ModelEntry(item, None, f"{path} does not exist"))
     return entries
-
-
-# ----------------------------------------------------------------------------------------- frames
-
-
-def source_images(shared: Path) -> list[NDArray[np.uint8]]:
-    """The pictures frames are cut from: the shared photos and printer frames, else a pattern."""
-    paths = sorted((shared / "models" / "images").glob("*")) + sorted(
-        (shared / "models" / "print3d" / "images").glob("*.jpg")
-    )
-    images = [img for img in (read_bgr(p) for p in paths) if img is not None]
-    if images:
-        return images
-    rng = np.random.default_rng(0)
-    base = cv2.resize(rng.integers(0, 255, (45, 80, 3), dtype=np.uint8), (1280, 720))
-    return [np.asarray(cv2.GaussianBlur(base, (0, 0), 3), dtype=np.uint8)]
-
-
-def read_bgr(path: Path) -> NDArray[np.uint8] | None:
-    """An image file as BGR uint8, or None when OpenCV cannot read it."""
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    return None if image is None else np.asarray(image, dtype=np.uint8)
-
-
-def parse_size(text: str) -> tuple[int, int]:
-    """``"640x480"`` -> ``(640, 480)``."""
-    try:
-        w, h = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise SystemExit(f"bench: size {text!r} must look like 640x480") from None
-    if w < 32 or h < 32:
-        raise SystemExit(f"bench: size {text!r} is too small")
-    return w, h
-
-
-def make_frames(
-    folder: Path, images: Sequence[NDArray[np.uint8]], width: int, height: int, count: int, quality: int = 90
-) -> list[Path]:
-    """``count`` different JPEG frames of ``width`` x ``height`` in ``folder`` (reused when already
-    there): frame i is a crop (85-100 % of the area, position varying) of image ``i % len(images)``."""
-    folder.mkdir(parents=True, exist_ok=True)
-    stamp = folder / ".complete"
-    wanted = [folder / f"frame_{i:05d}.jpg" for i in range(count)]
-    if stamp.exists() and stamp.read_text() == f"{count} {quality}" and all(p.exists() for p in wanted):
-        return wanted
-    for old in folder.glob("frame_*.jpg"):
-        old.unlink()
-    rng = np.random.default_rng(count * 7919 + width)
-    for i, path in enumerate(wanted):
-        img = images[i % len(images)]
-        h, w = img.shape[:2]
-        # crop to the target aspect ratio, 85-100 % of the largest such crop, at a random place
-        aspect = width / height
-        cw, ch = (w, round(w / aspect)) if w / h < aspect else (round(h * aspect), h)
-        f = float(rng.uniform(0.85, 1.0))
-        cw, ch = max(8, int(cw * f)), max(8, int(ch * f))
-        x = int(rng.integers(0, w - cw + 1))
-        y = int(rng.integers(0, h - ch + 1))
-        frame = cv2.resize(img[y : y + ch, x : x + cw], (width, height), interpolation=cv2.INTER_AREA)
-        ok, buf = cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, quality])
-        if not ok:
-            raise RuntimeError("OpenCV cannot encode JPEG")
-        path.write_bytes(buf.tobytes())
-    stamp.write_text(f"{count} {quality}")
-    return wanted
-
-
-# ----------------------------------------------------------------------------------------- broker
-
-
-def mosquitto_binary() -> str | None:
-    """Path of the Mosquitto broker, or None when it is not installed."""
-    return shutil.which("mosquitto") or next(
-        (p for p in ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto") if os.access(p, os.X_OK)), None
-    )
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-class Broker:
-    """A throw-away Mosquitto on 127.0.0.1 (no persistence, anonymous), for the duration of a bench."""
-
-    def __init__(self, binary: str, folder: Path) -> None:
-        self.binary = binary
-        self.folder = folder
-        self.folder.mkdir(parents=True, exist_ok=True)
-        self.port = _free_port()
-        lines = [
-            f"listener {self.port} 127.0.0.1",
-            "allow_anonymous true",
-            "persistence false",
-            f"log_dest file {self.folder / 'mosquitto.log'}",
-            "log_type error",
-            "log_type warning",
-            "max_queued_messages 100000",
-        ]
-        if os.geteuid() == 0:
-            lines.append(f"user {getpass.getuser()}")
-        self.config = self.folder / "mosquitto.conf"
-        self.config.write_text("\n".join(lines) + "\n")
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def version(self) -> str:
-        """``mosquitto version 2.0.11`` or similar."""
-        out = subprocess.run([self.binary, "-h"], capture_output=True, text=True, check=False)
-        first = (out.stdout or out.stderr).splitlines()
-        return first[0].strip() if first else "mosquitto"
-
-    def start(self, timeout_s: float = 10.0) -> None:
-        """Start and wait until the port accepts connections."""
-        self.proc = subprocess.Popen(
-            [self.binary, "-c", str(self.config)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            cwd=self.folder,
-        )
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"mosquitto exited with {self.proc.returncode}; see {self.folder}")
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
-                    return
-            except OSError:
-                time.sleep(0.05)
-        self.stop()
-        raise RuntimeError(f"mosquitto did not listen on port {self.port} within {timeout_s} s")
-
-    def cpu_s(self) -> float:
-        """CPU seconds (user + system) the broker has used so far (0 when unknown)."""
-        if self.proc is None:
-            return 0.0
-        try:
-            fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            return 0.0
-        return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
-
-    def stop(self) -> None:
-        """SIGTERM, then SIGKILL after 5 s."""
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        self.proc = None
-
-
-@contextlib.contextmanager
-def maybe_broker(enabled: bool, folder: Path) -> Iterator[Broker | None]:
-    """A started broker when ``enabled`` and Mosquitto is installed, else None (said on stderr)."""
-    if not enabled:
-        yield None
-        return
-    binary = mosquitto_binary()
-    if binary is None:
-        print(
-            "bench: Mosquitto is not installed (apt-get install mosquitto); benching with the outbox only "
-            "(messages wait on disk, none is sent)",
-            file=sys.stderr,
-        )
-        yield None
-        return
-    broker = Broker(binary, folder)
-    broker.start()
-    try:
-        yield broker
-    finally:
-        broker.stop()
-
-
-# ----------------------------------------------------------------------------------------- the limit
-
-
-def measure_invoke(
-    model: Path,
-    runtime: str,
-    threads: int,
-    frame: NDArray[np.uint8],
-    seconds: float,
-    max_invokes: int = 1000,
-    interpreters: int = 1,
-) -> dict[str, Any]:
-    """Back-to-back ``invoke()`` on the model's input for ``frame`` (preprocessed once): median and
-    p95 ms per call, and calls per second over the whole loop (``rate_fps``). With ``interpreters``
-    > 1, that many interpreters invoke at once, each on its own thread (the agent's parallel mode),
-    and the rate is their sum. ``runtime`` may be ``auto``: the result names the one it chose."""
-    detectors = [agent_seam.open_detector(model, runtime, threads) for _ in range(interpreters)]
-    for detector in detectors:
-        tensor, _ = detector.preprocess(frame)
-        detector.interpreter.set_tensor(detector._input["index"], tensor.copy())
-        detector.interpreter.invoke()  # one more warm-up beyond the detector's own
-    times: list[list[float]] = [[] for _ in detectors]
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    start = time.perf_counter()
-    deadline = start + seconds
-    per_interpreter = max(5, max_invokes // interpreters)
-
-    def loop(i: int) -> None:
-        interpreter, mine = detectors[i].interpreter, times[i]
-        while len(mine) < per_interpreter and (len(mine) < 5 or time.perf_counter() < deadline):
-            t0 = time.perf_counter()
-            interpreter.invoke()
-            mine.append((time.perf_counter() - t0) * 1000.0)
-
-    workers = [threading.Thread(target=loop, args=(i,)) for i in range(interpreters)]
-    for w in workers:
-        w.start()
-    for w in workers:
-        w.join()
-    total_s = time.perf_counter() - start
-    usage_end = resource.getrusage(resource.RUSAGE_SELF)
-    cpu_s = usage_end.ru_utime + usage_end.ru_stime - usage.ru_utime - usage.ru_stime
-    labels = list(detectors[0].labels)
-    runtime = str(detectors[0].runtime)
-    detectors.clear()
-    gc.collect()
-    all_times = [t for mine in times for t in mine]
-    summary = summarize_ms(all_times)
-    return {
-        "runtime": runtime,
-        "threads": threads,
-        "interpreters": interpreters,
-        "invokes": len(all_times),
-        "median_ms": summary["median_ms"],
-        "p95_ms": summary["p95_ms"],
-        "rate_fps": round(len(all_times) / total_s, 2),
-        "cpu_ms_per_invoke": round(cpu_s * 1000.0 / len(all_times), 2),
-        "labels": labels,
-    }
-
-
-def installed_runtimes(wanted: Sequence[str]) -> tuple[list[str], list[str]]:
-    """(installed, missing) among ``wanted``."""
-    have = set(agent_seam.installed_runtimes())
-    return [r for r in wanted if r in have], [r for r in wanted if r not in have]
-
-
-# ----------------------------------------------------------------------------------------- decode + NMS
-
-
-def measure_decode(files: Sequence[Path], model: Path, limit: int = 200) -> dict[str, Any]:
-    """JPEG decode as the folder source does it for ``model`` (at reduced size when the model's
-    input allows), per file."""
-    decode = agent_seam.reduced_decoder(agent_seam.open_detector(model, threads=1, warm_up=False))
-    datas = [p.read_bytes() for p in files[:limit]]
-    times = []
-    reduced = 0
-    for data in datas:
-        t0 = time.perf_counter()
-        decoded = decode(data)
-        times.append((time.perf_counter() - t0) * 1000.0)
-        reduced += decoded is not None and decoded[1] is not None
-    return {**summarize_ms(times), "reduced": reduced == len(datas)}
-
-
-def measure_yolo_decode_nms(model: Path, image: Path, repeats: int = 300) -> dict[str, Any]:
-    """Decode + NMS of a real YOLOv8n output (captured once from ``image``): ``decode_yolo`` + ``nms``
-    alone, and the detector's whole postprocess (filter, NMS, box mapping, ``Detections``)."""
-    detector = agent_seam.open_detector(model)
-    frame = read_bgr(image)
-    if frame is None:
-        raise RuntimeError(f"cannot read {image}")
-    tensor, transform = detector.preprocess(frame)
-    raw = [r.copy() for r in detector.invoke(tensor)]
-    p = detector.params
-    output = detector.outputs[0]
-    decode_nms = agent_seam.yolo_decode_and_nms(detector)
-
-    def decode_and_nms() -> int:
-        return decode_nms(raw[0])
-
-    def timed(fn: Callable[[], Any]) -> list[float]:
-        for _ in range(10):
-            fn()
-        out = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            fn()
-            out.append((time.perf_counter() - t0) * 1000.0)
-        return out
-
-    candidates = agent_seam.yolo_candidates(detector, raw[0])
-    kept = decode_and_nms()
-    alone = summarize_ms(timed(decode_and_nms))
-    whole = summarize_ms(timed(lambda: detector.decode(raw, transform)))
-    return {
-        "model": model.name,
-        "image": image.name,
-        "output_shape": list(output.shape),
-        "output_dtype": str(output.dtype),
-        "score_threshold": p.score_threshold,
-        "iou_threshold": p.iou_threshold,
-        "candidates": candidates,
-        "kept": kept,
-        "decode_nms": alone,
-        "postprocess_total": whole,
-        "target_median_ms": TARGET_DECODE_NMS_MS,
-        "ok": bool(alone["median_ms"] is not None and alone["median_ms"] < TARGET_DECODE_NMS_MS),
-    }
 
 
 # ----------------------------------------------------------------------------------------- end to end
@@ -1149,6 +858,73 @@ def _peer_settings(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     return {"ultralytics": version, "python": str(args.peer_python), "model": PEER_MODEL}
 
 
+def _csv(text: str) -> list[str]:
+    return [item.strip() for item in text.split(",") if item.strip()]
+
+
+def _runtimes_and_threads(args: argparse.Namespace) -> tuple[list[str], list[int]]:
+    """The limit sweep's runtimes (those installed; the others said on stderr) and thread counts."""
+    threads = [int(t) for t in _csv(args.threads)] or list(range(1, (os.cpu_count() or 1) + 1))
+    runtimes, missing = installed_runtimes(_csv(args.runtimes))
+    for name in missing:
+        print(f"bench: runtime {name} is not installed; left out of the limit sweep", file=sys.stderr)
+    if not runtimes:
+        raise SystemExit("bench: none of the requested runtimes is installed (pip install ai-edge-litert)")
+    return runtimes, threads
+
+
+def _frame_sets(args: argparse.Namespace, sizes: Sequence[str], work: Path) -> dict[str, list[Path]]:
+    print(f"bench: making {args.frames} frames per size in {work}", file=sys.stderr)
+    images = source_images(args.shared)
+    frame_sets: dict[str, list[Path]] = {}
+    for size in sizes:
+        w, h = parse_size(size)
+        frame_sets[size] = make_frames(work / f"frames-{size}-{args.frames}", images, w, h, args.frames)
+    return frame_sets
+
+
+def _settings(
+    args: argparse.Namespace, sizes: list[str], runtimes: list[str], threads: list[int], broker: Broker | None
+) -> dict[str, Any]:
+    return {
+        "frames": args.frames,
+        "rounds": args.rounds,
+        "sizes": sizes,
+        "runtimes": runtimes,
+        "threads": threads,
+        "limit_seconds": args.limit_seconds,
+        "limit_threshold": args.limit_threshold,
+        "repeats": args.repeats,
+        "agent_runtime": args.agent_runtime,
+        "agent_threads": args.agent_threads,
+        "overrides": list(args.set),
+        "agent_env": child_environment(),
+        "broker": broker.version() if broker else None,
+        "mqtt": broker is not None,
+    }
+
+
+def _decode_nms(args: argparse.Namespace) -> dict[str, Any]:
+    yolo = args.shared / KNOWN_MODELS[YOLO_NMS_MODEL][0]
+    image = args.shared / YOLO_NMS_IMAGE
+    if not (yolo.is_file() and image.is_file()):
+        return {"skipped": f"{yolo} or {image} is absent"}
+    print("bench: YOLOv8n decode+NMS", file=sys.stderr)
+    return measure_yolo_decode_nms(yolo, image)
+
+
+def _finish(report: dict[str, Any], args: argparse.Namespace, argv: Sequence[str] | None) -> dict[str, Any]:
+    """The report with its time, command and checks, its keys in the order a reader wants them."""
+    report["machine"]["load_avg_1m_end"] = load_avg_1m()
+    report["created"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    report["command"] = ["scripts/bench.py", *(argv if argv is not None else sys.argv[1:])]
+    baseline = load_baseline(args.overhead_baseline) if args.overhead_baseline else None
+    source = str(args.overhead_baseline) if baseline is not None else None
+    report["checks"] = build_checks(report, baseline, source)
+    order = ("schema", "created", "command", "machine", "settings", "peer", "models", "decode_nms", "checks")
+    return {k: report[k] for k in order if k in report}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the bench; prints the tables, writes ``--json``; exit 0 (1 when no model could run)."""
     args = parse_args(argv)
@@ -1156,52 +932,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         return child_main(args.child)
     logging.basicConfig(level=logging.WARNING)
     _check_args(args)
-    sizes = [s.strip() for s in args.sizes.split(",") if s.strip()]
-    threads = (
-        [int(t) for t in args.threads.split(",") if t.strip()]
-        if args.threads
-        else list(range(1, (os.cpu_count() or 1) + 1))
-    )
-    runtimes, missing = installed_runtimes([r.strip() for r in args.runtimes.split(",") if r.strip()])
-    for name in missing:
-        print(f"bench: runtime {name} is not installed; left out of the limit sweep", file=sys.stderr)
-    if not runtimes:
-        raise SystemExit("bench: none of the requested runtimes is installed (pip install ai-edge-litert)")
+    sizes = _csv(args.sizes)
+    runtimes, threads = _runtimes_and_threads(args)
     overrides = parse_overrides(args.set)
-    work = args.work_dir or Path(tempfile.gettempdir()) / "edge-agent-bench"
-    work = work.resolve()
+    work = (args.work_dir or Path(tempfile.gettempdir()) / "edge-agent-bench").resolve()
     work.mkdir(parents=True, exist_ok=True)
-    machine = machine_info()
     models = resolve_models(args.models, args.shared)
     for entry in models:
         if entry.skipped:
             print(f"bench: skipping {entry.name}: {entry.skipped}", file=sys.stderr)
-    report: dict[str, Any] = {"schema": SCHEMA, "models": [], "peer": _peer_settings(args, work)}
-
-    print(f"bench: making {args.frames} frames per size in {work}", file=sys.stderr)
-    images = source_images(args.shared)
-    frame_sets: dict[str, list[Path]] = {}
-    for size in sizes:
-        w, h = parse_size(size)
-        frame_sets[size] = make_frames(work / f"frames-{size}-{args.frames}", images, w, h, args.frames)
-
+    report: dict[str, Any] = {"schema": SCHEMA, "machine": machine_info(), "models": []}
+    report["peer"] = _peer_settings(args, work)
+    frame_sets = _frame_sets(args, sizes, work)
     with maybe_broker(not args.no_mqtt, work / "broker") as broker:
-        report["settings"] = {
-            "frames": args.frames,
-            "rounds": args.rounds,
-            "sizes": sizes,
-            "runtimes": runtimes,
-            "threads": threads,
-            "limit_seconds": args.limit_seconds,
-            "limit_threshold": args.limit_threshold,
-            "repeats": args.repeats,
-            "agent_runtime": args.agent_runtime,
-            "agent_threads": args.agent_threads,
-            "overrides": list(args.set),
-            "agent_env": child_environment(),
-            "broker": broker.version() if broker else None,
-            "mqtt": broker is not None,
-        }
+        report["settings"] = _settings(args, sizes, runtimes, threads, broker)
         for entry in models:
             if entry.skipped:
                 report["models"].append({"name": entry.name, "path": None, "skipped": entry.skipped})
@@ -1210,37 +954,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 bench_model(entry, args, runtimes, threads, frame_sets, broker, work, overrides)
             )
     if not args.no_decode_nms:
-        yolo = args.shared / KNOWN_MODELS[YOLO_NMS_MODEL][0]
-        image = args.shared / YOLO_NMS_IMAGE
-        if yolo.is_file() and image.is_file():
-            print("bench: YOLOv8n decode+NMS", file=sys.stderr)
-            report["decode_nms"] = measure_yolo_decode_nms(yolo, image)
-        else:
-            report["decode_nms"] = {"skipped": f"{yolo} or {image} is absent"}
-    machine["load_avg_1m_end"] = load_avg_1m()
-    report["machine"] = machine
-    report["created"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    report["command"] = ["scripts/bench.py", *(argv if argv is not None else sys.argv[1:])]
-    baseline = load_baseline(args.overhead_baseline) if args.overhead_baseline else None
-    report["checks"] = build_checks(
-        report, baseline, str(args.overhead_baseline) if baseline is not None else None
-    )
-    # key order for readers of the JSON
-    ordered: dict[str, Any] = {
-        k: report[k]
-        for k in (
-            "schema",
-            "created",
-            "command",
-            "machine",
-            "settings",
-            "peer",
-            "models",
-            "decode_nms",
-            "checks",
-        )
-        if k in report
-    }
+        report["decode_nms"] = _decode_nms(args)
+    ordered = _finish(report, args, argv)
     print(format_report(ordered))
     if args.json:
         args.json.write_text(json.dumps(ordered, indent=2, default=str) + "\n")

@@ -157,6 +157,16 @@ class Probes:
         return {name: tally.read() for name, tally in self.tallies.items()}
 
 
+def probe_cost_us(calls: int = 2000) -> float:
+    """CPU microseconds one probed call adds (the wrapper and its two CPU-clock reads), measured
+    on a call that does nothing: the share of the overhead that is the probes' own."""
+    timed = _Timed(lambda: None, CpuTally())
+    t0 = time.thread_time()
+    for _ in range(calls):
+        timed()
+    return (time.thread_time() - t0) / calls * 1e6
+
+
 def _detectors(agent: Any) -> list[Any]:
     """Every interpreter's detector (the pipeline keeps them per worker; private, bench only)."""
     workers = getattr(agent.pipeline, "_workers", None)
@@ -233,6 +243,7 @@ class SteadyState:
             "last": self.last,
             "snapshots": self.snapshots,
             "probed": self.probes.installed,
+            "probe_cost_us": round(probe_cost_us(), 3),
         }
 
 
