@@ -4,6 +4,14 @@ The bench drives the agent as a user does (a config, ``build_agent``, ``run``) a
 interpreters the way the agent opens them. Keeping those imports here means a restructuring of
 ``agent/`` has one file of the bench to follow. Imports are inside the functions: the peer's
 Python, which has no edge-agent, imports nothing of this module's.
+
+What the bench reads or wraps of the agent's objects (attributes, not imports): ``Agent.pipeline``,
+``.detector``, ``.run()``; ``Pipeline.source``, ``.gate``, ``.stages`` (wrapped by the CPU probes,
+their interfaces unchanged); ``Pipeline._workers[i].detector``, ``._capture_q``, ``._result_q``
+(private, bench only); ``Detector.preprocess`` / ``.invoke`` / ``.decode`` (wrapped per instance),
+``.params``, ``.runtime``, ``.name``, ``.labels``; the harvest stage's ``writer.handle`` (the VoTT
+writer, wrapped); ``FrameResult.timings_ms``, ``.keep``, ``.detections`` (``xyxy``, ``score``,
+``class_id``) and ``.frame.name``.
 """
 
 from __future__ import annotations
@@ -95,14 +103,3 @@ def yolo_candidates(detector: Any, raw: Any) -> int:
     from agent.detect.layouts import decode_yolo
 
     return len(decode_yolo(raw, detector.outputs[0], detector.layout, detector.params.score_threshold).score)
-
-
-# what the bench reads of the agent's objects (attributes, not imports), for the report
-ATTRIBUTES_USED = (
-    "Agent.pipeline, Agent.detector, Agent.run()",
-    "Pipeline.source, Pipeline.gate, Pipeline.stages (wrapped by the CPU probes, interfaces unchanged)",
-    "Pipeline._workers[i].detector, Pipeline._capture_q, Pipeline._result_q (private; bench only)",
-    "Detector.preprocess / invoke / decode (wrapped per instance), Detector.params, .runtime, .name",
-    "KeepStage.writer.handle (the VoTT writer inside the harvest stage, wrapped)",
-    "FrameResult.timings_ms, .keep, .detections (xyxy, score, class_id), .frame.name",
-)
