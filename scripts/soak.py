@@ -111,7 +111,7 @@ def format_report(report: dict[str, Any]) -> str:
         f, kb = report["samples"][-1]
         if not rows or rows[-1][0] != str(f):
             rows.append([str(f), f"{kb / 1024:.1f}"])
-    lines += [bench._table(["frame", "VmRSS MB"], rows), ""]
+    lines += [bench.table(["frame", "VmRSS MB"], rows), ""]
     if g.get("growth_mb") is None:
         lines.append("RSS: too few samples for a growth figure")
     else:

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.encode import EncodedImage, stored_image
-from agent.flow import Outputs, Stage
+from agent.flow import EventBus, Outputs, Stage
 from agent.frames import Frame, FrameResult
 from agent.harvest.decision import EvictionDone, FrameEvicted, KeepDecision
 from agent.vott.writer import AssetWrite, VottProject, WriteOutcome
