@@ -5,10 +5,14 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import shutil
+import sys
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
+from agent.commands.interrupts import Interrupts, JobInterrupted
 from agent.errors import ConfigError
 from agent.fsutil import atomic_write_json
 from agent.vott import LoadedProject, load_project
@@ -95,10 +99,26 @@ def run_export(args: argparse.Namespace) -> int:
     dataset = from_vott(project)
     assign_splits(dataset, fractions, args.seed)
     out = prepare_out_dir(args.out)
-    if fmt == "automl-csv":
-        write_automl(dataset, out, args.path_prefix)
-    else:
-        EXPORT_FORMATS[fmt](dataset, out)
+    # all or nothing: written beside OUT and renamed onto it, so an interrupted export leaves OUT empty
+    partial = out.with_name(f".{out.name}.partial-{os.getpid()}")
+    try:
+        with Interrupts():
+            partial.mkdir()
+            if fmt == "automl-csv":
+                write_automl(dataset, partial, args.path_prefix)
+            elif fmt == "yolo":
+                write_yolo(dataset, partial, final_dir=out)
+            else:
+                EXPORT_FORMATS[fmt](dataset, partial)
+            os.replace(partial, out)
+    except JobInterrupted as stop:
+        shutil.rmtree(partial, ignore_errors=True)
+        print(f"interrupted by {stop.signal.name}: nothing was written to {out} (an export is all or nothing); "
+              "run the same command again", file=sys.stderr)  # fmt: skip
+        return stop.exit_code
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
     counts = Counter(i.split for i in dataset.images)
     boxes = sum(len(i.labels) for i in dataset.images)
     split_text = ", ".join(f"{s} {counts[s]}" for s in SPLITS if counts[s])
@@ -122,9 +142,20 @@ def _run_import(args: argparse.Namespace) -> int:
     dataset = IMPORT_FORMATS[fmt](in_path)
     project = Path(args.project)
     frames = Path(args.frames_dir) if args.frames_dir else project.parent / f"{project.name}-frames"
-    written, skipped = into_vott(
-        dataset, project, frames, name=args.name, local_root=args.local_root, reviewer_root=args.reviewer_root
-    )
+    try:
+        with Interrupts():
+            written, skipped = into_vott(
+                dataset,
+                project,
+                frames,
+                name=args.name,
+                local_root=args.local_root,
+                reviewer_root=args.reviewer_root,
+            )
+    except JobInterrupted as stop:
+        print(f"interrupted by {stop.signal.name}: the images imported so far are saved in {project}; run the "
+              "same command again to import the rest", file=sys.stderr)  # fmt: skip
+        return stop.exit_code
     print(
         f"imported {written} images with {sum(len(i.labels) for i in dataset.images)} boxes into {project} "
         f"(frames in {frames}; {skipped} images without boxes left unlabelled)"

@@ -41,8 +41,9 @@ def label_lines(image: LabeledImage, class_index: dict[str, int]) -> list[str]:
     ]
 
 
-def write_yolo(dataset: LabeledDataset, out: Path) -> list[Path]:
-    """Write the YOLO layout into ``out``; returns the label files."""
+def write_yolo(dataset: LabeledDataset, out: Path, *, final_dir: Path | None = None) -> list[Path]:
+    """Write the YOLO layout into ``out``; returns the label files. ``final_dir``: where ``out`` will
+    be moved when complete (``data.yaml``'s ``path`` names it; default ``out``)."""
     class_index = dataset.class_index()
     stems: dict[str, str] = {}
     written = []
@@ -66,7 +67,7 @@ def write_yolo(dataset: LabeledDataset, out: Path) -> list[Path]:
             atomic_write_text(out / f"{split}.txt", "".join(f"./images/{n}\n" for n in names), fsync=False)
             lists[split] = f"{split}.txt"
     data: dict[str, Any] = {
-        "path": str(out.resolve()),
+        "path": str((final_dir or out).resolve()),
         "train": lists.get("train") or lists.get("val") or lists.get("test"),
         "val": lists.get("val") or lists.get("train") or lists.get("test"),
     }

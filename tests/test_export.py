@@ -346,3 +346,37 @@ def test_import_checks_its_input(tmp_path: Path, run_cli: Run) -> None:
     (tmp_path / "y" / "labels" / "a.txt").write_text("3 0.5 0.5 0.1 0.1\n")
     code, _, err = run_cli("export", "--from", "yolo", "--in", tmp_path / "y", "--project", tmp_path / "p")
     assert code == 1 and "a.txt:1" in err
+
+
+def test_an_interrupted_export_leaves_nothing_half_written(tmp_path: Path, run_cli: Run) -> None:
+    """SIGINT while an export copies images: exit 130, OUT stays empty, no partial folder is left,
+    and the same command then succeeds (an export is all or nothing)."""
+    import signal
+    import time
+
+    frames, target = tmp_path / "frames", tmp_path / "vott"
+    frames.mkdir()
+    data = cv2.imencode(".jpg", np.full((48, 64, 3), 90, np.uint8))[1].tobytes()
+    boxes = Detections.create([[4, 4, 40, 30]], [0.9], [0], ["person"])
+    with VottProject(target, frames, flush_every=0, fsync=False) as project:
+        for i in range(1500):
+            (frames / f"f{i:04d}.jpg").write_bytes(data)
+            project.add_frame(frames / f"f{i:04d}.jpg", 64, 48, boxes)
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "agent.cli", "export", "--project", str(target), "--format", "coco",
+               "--out", str(out)]  # fmt: skip
+    proc = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, cwd=Path(__file__).parent.parent)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and proc.poll() is None and not list(tmp_path.glob(".out.partial-*")):
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    if proc.returncode == 0:
+        pytest.skip("the export finished before the signal arrived")
+    assert proc.returncode == 130, err
+    assert "nothing was written" in err
+    assert not out.exists() or not any(out.iterdir())
+    assert not list(tmp_path.glob(".out.partial-*"))
+    code, _, stderr = run_cli("export", "--project", str(target), "--format", "coco", "--out", str(out))
+    assert code == 0, stderr
+    assert len(list((out / "images").iterdir())) == 1500

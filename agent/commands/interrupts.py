@@ -1,8 +1,10 @@
 """SIGINT and SIGTERM during a long job: finish cleanly, keep what was written, say how to go on.
 
 The first signal asks the job to stop (a pipeline finishes the frames already queued and closes
-every stage, so projects and records are saved); a second SIGINT stops at once. The command then
-exits with 128 + the signal's number (130 for SIGINT, 143 for SIGTERM), as shells expect.
+every stage, so projects and records are saved); a second SIGINT stops at once. A job that runs on
+the main thread (an export) is stopped by ``JobInterrupted``, raised where it is, which unwinds it
+through its ``with`` blocks and atomic writes. The command then exits with 128 + the signal's
+number (130 for SIGINT, 143 for SIGTERM), as shells expect.
 """
 
 from __future__ import annotations
@@ -16,10 +18,20 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 
-class Interrupts:
-    """A context in which SIGINT/SIGTERM call ``stop`` (once) instead of killing the job."""
+class JobInterrupted(BaseException):
+    """A signal stopped a job that runs on the main thread (``Interrupts`` without ``stop``)."""
 
-    def __init__(self, stop: Callable[[], None]) -> None:
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signal = signal.Signals(signum)
+        self.exit_code = 128 + signum
+
+
+class Interrupts:
+    """A context in which SIGINT/SIGTERM call ``stop`` (once) instead of killing the job; without
+    ``stop`` they raise ``JobInterrupted`` in the main thread."""
+
+    def __init__(self, stop: Callable[[], None] | None = None) -> None:
         self.stop = stop
         self.signal: signal.Signals | None = None
         self._previous: dict[int, Any] = {}
@@ -41,6 +53,8 @@ class Interrupts:
                 raise KeyboardInterrupt  # a second Ctrl-C: stop now
             return
         self.signal = signal.Signals(signum)
+        if self.stop is None:
+            raise JobInterrupted(signum)
         log.info("received %s: finishing the frames under way and saving", self.signal.name)
         self.stop()
 
