@@ -95,16 +95,22 @@ def status_line(pipeline: Pipeline) -> str:
 def supervise(pipeline: Pipeline, check_s: float = 1.0) -> Iterator[sdnotify.Watchdog]:
     """Tell systemd we are ready, and beat its watchdog while the pipeline progresses.
 
-    A thread checks ``pipeline.progressing()`` every ``check_s`` seconds and beats the watchdog
-    only then; a frame stuck in the detector or an output stage stops the pings.
+    A thread asks the pipeline what is stuck every ``check_s`` seconds and beats the watchdog
+    only while nothing is: a frame stuck in a detector (or a replacement being built), a source
+    read that never returns, or a stuck output stage stops the pings (``agent.stall``).
     """
     watchdog = sdnotify.Watchdog(lambda: status_line(pipeline))
     done = threading.Event()
 
     def check() -> None:
+        reported: list[str] = []
         while not done.wait(check_s):
-            if pipeline.progressing():
+            stuck = pipeline.stalled_parts()
+            if not stuck:
                 watchdog.beat()
+            elif [part.split(" (")[0] for part in stuck] != reported:
+                log.error("stuck: %s; the systemd watchdog pings stop", ", ".join(stuck))
+            reported = [part.split(" (")[0] for part in stuck]
 
     checker = threading.Thread(target=check, name="watchdog-check", daemon=True)
     watchdog.beat()

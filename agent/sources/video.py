@@ -118,6 +118,7 @@ class VideoFileSource(FrameSource):
             if capture is None:
                 return
             while not self._stop.is_set():
+                self.heartbeats.beat()  # frames the interval passes over yield nothing
                 if not capture.grab():
                     break
                 media_s = index / self.fps if self.fps > 0 else capture.get(cv2.CAP_PROP_POS_MSEC) / 1000.0
