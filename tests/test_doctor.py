@@ -387,7 +387,7 @@ def test_advice_against_the_config_needs_every_round_to_agree():
     other = Plan("ai_edge_litert", 2, 1)
     noisy = advise([_timing(config, (100, 100, 100)), _timing(other, (130, 102, 125))], config.key)
     assert noisy.best.plan == other and not noisy.sure  # faster by the median, not in every round
-    assert "1.25x (1.02-1.30x over 3 interleaved rounds)" == noisy.spread()
+    assert noisy.spread() == "1.25x (1.02-1.30x over 3 interleaved rounds)"
     clear = advise([_timing(config, (100, 90, 110)), _timing(other, (130, 120, 125))], config.key)
     assert clear.sure
     once = advise([_timing(config, (100,)), _timing(other, (200,))], config.key)

@@ -19,10 +19,12 @@ from typing import Any
 from pydantic import ValidationError
 
 from agent import sdnotify
+from agent.commands.alerts_choice import alerts_for_model
 from agent.commands.interrupts import Interrupts
 from agent.config import AgentConfig, load_config
 from agent.errors import ConfigError
 from agent.pipeline import Pipeline
+from agent.startup_check import BEFORE_RUN, run_startup_checks
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +38,12 @@ def add_run_command(subparsers: Any) -> None:
         "publish over MQTT until the source ends or SIGINT/SIGTERM.",
     )
     parser.add_argument("--config", "-c", help="YAML config file (default: the bundled demo config)")
-    parser.add_argument("--check", action="store_true", help="validate the config and exit")
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="open everything run opens at start-up (secrets, TLS files, output folders, model, source) "
+        "without running a frame, and exit",
+    )
     parser.add_argument("--source", help="override source.url (folder, video, /dev/videoN, URL)")
     parser.add_argument("--watch", action="store_true", help="folder source: keep waiting for new files")
     parser.add_argument(
@@ -47,6 +54,9 @@ def add_run_command(subparsers: Any) -> None:
     parser.add_argument("--output-dir", help="override output.dir")
     parser.add_argument("--max-frames", type=int, help="stop after this many frames")
     parser.add_argument("--no-mqtt", action="store_true", help="do not connect to a broker (outbox off)")
+    parser.add_argument(
+        "--no-alerts", action="store_true", help="no printer alerts (failure score, warn, pause) this run"
+    )
     parser.add_argument(
         "--from-start",
         action="store_true",
@@ -127,10 +137,13 @@ def supervise(pipeline: Pipeline, check_s: float = 1.0) -> Iterator[sdnotify.Wat
 def run_run(args: argparse.Namespace) -> int:
     """Load, check, build and run the agent."""
     config = apply_overrides(load_config(args.config), args)
+    config = alerts_for_model(config, from_default_config=args.config is None, no_alerts=args.no_alerts)
     if args.check:
-        where = args.config or "the bundled default config"
-        print(f"{where}: ok")
+        for line in run_startup_checks(config):
+            print(line)
+        print(f"{args.config or 'the bundled default config'}: ok")
         return 0
+    run_startup_checks(config, BEFORE_RUN)
     from agent.app import build_agent
 
     agent = build_agent(config, from_start=args.from_start)
