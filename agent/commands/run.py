@@ -21,7 +21,10 @@ from pydantic import ValidationError
 from agent import sdnotify
 from agent.commands.alerts_choice import alerts_for_model
 from agent.commands.interrupts import Interrupts
+from agent.commands.values import like, one_line
 from agent.config import AgentConfig, load_config
+from agent.config.pipeline import PipelineSettings
+from agent.config.source import SourceSettings
 from agent.errors import ConfigError
 from agent.pipeline import Pipeline
 from agent.startup_check import BEFORE_RUN, run_startup_checks
@@ -47,12 +50,16 @@ def add_run_command(subparsers: Any) -> None:
     parser.add_argument("--source", help="override source.url (folder, video, /dev/videoN, URL)")
     parser.add_argument("--watch", action="store_true", help="folder source: keep waiting for new files")
     parser.add_argument(
-        "--interval-s", type=float, help="override source.interval_s (seconds between frames)"
+        "--interval-s",
+        type=like(SourceSettings, "interval_s"),
+        help="override source.interval_s (seconds between frames)",
     )
-    parser.add_argument("--max-fps", type=float, help="override source.max_fps")
+    parser.add_argument("--max-fps", type=like(SourceSettings, "max_fps"), help="override source.max_fps")
     parser.add_argument("--model", help="override detector.model")
     parser.add_argument("--output-dir", help="override output.dir")
-    parser.add_argument("--max-frames", type=int, help="stop after this many frames")
+    parser.add_argument(
+        "--max-frames", type=like(PipelineSettings, "max_frames"), help="stop after this many frames"
+    )
     parser.add_argument("--no-mqtt", action="store_true", help="do not connect to a broker (outbox off)")
     parser.add_argument(
         "--no-alerts", action="store_true", help="no printer alerts (failure score, warn, pause) this run"
@@ -88,8 +95,7 @@ def apply_overrides(config: AgentConfig, args: argparse.Namespace) -> AgentConfi
     try:
         return AgentConfig.model_validate(data)
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        raise ConfigError(f"invalid command-line option: {problems}") from None
+        raise ConfigError(f"invalid command-line option: {one_line(exc)}") from None
 
 
 def status_line(pipeline: Pipeline) -> str:

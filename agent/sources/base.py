@@ -20,7 +20,13 @@ from agent.config.source import SourceSettings
 from agent.errors import UserError
 from agent.frames import Frame, live_frame_name
 from agent.liveness import Heartbeats, StopEvent
-from agent.sources.decode import DecodeHint, decode_for_detector, decode_image, sniff_format
+from agent.pixel_cap import ImageTooLarge
+from agent.sources.decode import (
+    DecodeHint,
+    decode_for_detector,
+    decode_image,
+    sniff_format,
+)
 from agent.sources.pacing import Backoff, RateLimiter
 from agent.sources.resume import ResumePoint
 
@@ -205,7 +211,11 @@ class FrameSource(ABC):
     def _decoded_frame(self, data: bytes, *, timestamp: float, what: str) -> Frame | None:
         """A Frame of the image in ``data`` (kept as ``encoded``), or None when it does not decode
         (counted and logged as a corrupt ``what``, e.g. "part")."""
-        decoded = self._decode(data)
+        try:
+            decoded = self._decode(data)
+        except ImageTooLarge as exc:
+            self._skip_corrupt(f"a {len(data)}-byte {what}: {exc}")
+            return None
         if decoded is None:
             self._skip_corrupt(f"a {len(data)}-byte {what}")
             return None
