@@ -38,7 +38,11 @@ def native_stderr_to_log() -> Iterator[None]:
     block that hangs holds nothing back)."""
     with _fd2_lock:
         sys.stderr.flush()
-        saved = os.dup(2)
+        try:
+            saved = os.dup(2)
+        except OSError:  # no stderr at all (a daemon started with fd 2 closed): nothing to keep clean
+            yield
+            return
         read_end, write_end = os.pipe()
         os.dup2(write_end, 2)
         os.close(write_end)
