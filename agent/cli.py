@@ -11,11 +11,14 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
 from agent import __version__
+from agent.commands.values import AgentArgumentParser, number
 from agent.errors import EXIT_RUNTIME, UserError
+from agent.pixel_cap import DEFAULT_MAX_MEGAPIXELS, MAX_MEGAPIXELS_ENV, set_max_pixels
 
 # "module:function" that registers a sub-command; imported in this order.
 COMMANDS: list[str] = [
@@ -35,7 +38,7 @@ log = logging.getLogger("edge-agent")
 
 def build_parser() -> argparse.ArgumentParser:
     """The top-level parser with every registered sub-command."""
-    parser = argparse.ArgumentParser(
+    parser = AgentArgumentParser(
         prog="edge-agent",
         description="Edge inference agent: detect objects in camera frames, write VoTT pre-labels, "
         "publish over MQTT.",
@@ -46,6 +49,13 @@ def build_parser() -> argparse.ArgumentParser:
         default="INFO",
         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
         help="logging verbosity (default INFO)",
+    )
+    parser.add_argument(
+        "--max-megapixels",
+        type=number(float, gt=0),
+        metavar="MP",
+        help=f"refuse images larger than this, for every command (default ${MAX_MEGAPIXELS_ENV}, "
+        f"else {DEFAULT_MAX_MEGAPIXELS:g}: sized for a Pi's memory)",
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for spec in COMMANDS:
@@ -71,6 +81,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(args_list)
     setup_logging(args.log_level)
+    from_environment = os.environ.get(MAX_MEGAPIXELS_ENV)
+    if args.max_megapixels is None and from_environment:
+        try:
+            args.max_megapixels = number(float, gt=0)(from_environment)
+        except argparse.ArgumentTypeError as exc:
+            print(f"edge-agent: error: ${MAX_MEGAPIXELS_ENV}: {exc}", file=sys.stderr)
+            return 2
+    set_max_pixels(args.max_megapixels)
     handler = getattr(args, "handler", None)
     if handler is None:
         parser.print_help()

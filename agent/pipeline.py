@@ -34,6 +34,7 @@ from agent.detections import Detections
 from agent.flow import EventBus, Outputs, Stage, check_stage_order
 from agent.frames import Frame, FrameResult
 from agent.harvest.decision import KeepDecision
+from agent.stall import Part, stalled
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +103,9 @@ class _Worker:
     detector: DetectorLike
     generation: int = 0  # bumped when a hung detector is replaced; the old thread then quits
     since: float | None = None  # monotonic start of the running inference
+    # monotonic time this slot began work it has not finished: kept across a replacement, so
+    # building and warming the new detector counts towards a stall (cleared by a finished frame)
+    busy_since: float | None = None
     seq: int | None = None  # sequence number of the frame being detected
     # guards generation/since/seq between the worker thread and the hang check
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -112,6 +116,7 @@ class _Worker:
             if generation != self.generation:
                 return False
             self.seq, self.since = seq, time.monotonic()
+            self.busy_since = self.busy_since or self.since
             return True
 
     def finish(self, generation: int) -> bool:
@@ -119,8 +124,20 @@ class _Worker:
         with self.lock:
             if generation != self.generation:
                 return False
-            self.since = None
+            self.since = self.busy_since = None
             return True
+
+    def busy(self, generation: int) -> None:
+        """This slot works on something other than a frame (re-opening its detector)."""
+        with self.lock:
+            if generation == self.generation:
+                self.busy_since = self.busy_since or time.monotonic()
+
+    def idle(self, generation: int) -> None:
+        """This slot waits for a frame: nothing is stuck in it."""
+        with self.lock:
+            if generation == self.generation and self.since is None:
+                self.busy_since = None
 
     def replace_if_stuck(self, limit_s: float) -> int | None:
         """When the running inference has taken over ``limit_s``: retire the thread (its
@@ -274,13 +291,17 @@ class Pipeline:
         )
 
     def progressing(self) -> bool:
-        """False when a frame has been stuck in a detector or the output stages for longer than
-        ``stall_timeout_s``: the systemd watchdog pings stop and systemd restarts the agent. An
-        idle pipeline (waiting for a camera, between samples) is progressing."""
-        now = time.monotonic()
-        limit = self.settings.stall_timeout_s
-        since = [w.since for w in self._workers] + [self._output_since, self._reorder_since]
-        return all(t is None or now - t < limit for t in since)
+        """False when a part of the pipeline has been stuck for ``stall_timeout_s``: the systemd
+        watchdog pings stop and systemd restarts the agent (see ``agent.stall``). An idle pipeline
+        (waiting for a camera, between samples) is progressing."""
+        return not self.stalled_parts()
+
+    def stalled_parts(self) -> list[str]:
+        """The parts stuck for ``stall_timeout_s`` or more (empty while the pipeline progresses)."""
+        parts = [Part(f"interpreter {w.slot}", w.busy_since) for w in self._workers]
+        parts += [Part("output stages", self._output_since), Part("reorder", self._reorder_since)]
+        heartbeats = getattr(self.source, "heartbeats", None)
+        return stalled(parts, heartbeats, self.settings.stall_timeout_s)
 
     def _guard(self, loop: Callable[[], None]) -> Callable[[], None]:
         def run() -> None:
@@ -307,7 +328,7 @@ class Pipeline:
                 if self.live:
                     self._put_dropping_oldest(frame)
                 else:
-                    self._put_waiting(self._capture_q, frame)
+                    self._put_waiting(self._capture_q, frame, on_wait=self._source_beat)
                 if limit and self.counters.captured >= limit:
                     break
         finally:
@@ -326,7 +347,7 @@ class Pipeline:
                 except queue.Empty:
                     pass
 
-    def _put_waiting(self, q: queue.Queue[Any], item: Any) -> None:
+    def _put_waiting(self, q: queue.Queue[Any], item: Any, on_wait: Callable[[], None] | None = None) -> None:
         while True:
             try:
                 q.put(item, timeout=0.5)
@@ -334,6 +355,13 @@ class Pipeline:
             except queue.Full:
                 if self._fatal is not None:
                     return
+                if on_wait is not None:
+                    on_wait()  # the capture thread waits for the detector: alive, not stuck
+
+    def _source_beat(self) -> None:
+        heartbeats = getattr(self.source, "heartbeats", None)
+        if heartbeats is not None:
+            heartbeats.beat()
 
     def _abandon(self, seq: int) -> None:
         """Frame ``seq`` will never have a result: the output loop stops waiting for it."""
@@ -341,30 +369,36 @@ class Pipeline:
             if seq >= self._next_out:  # an already skipped number stays out of the set
                 self._abandoned.add(seq)
 
-    def _take(self) -> tuple[int, Any]:
+    def _take(self, worker: _Worker, generation: int) -> tuple[int, Any]:
         """The next frame the gate lets through and its sequence number (or ``_END``, left in
         place for the other workers). The gate runs here, under the lock, so it sees frames in
-        capture order and only those a live source did not drop."""
-        with self._take_lock:
-            while True:
-                frame = self._capture_q.get()
+        capture order and only those a live source did not drop. While no frame waits, the
+        worker's slot counts as idle."""
+        while True:
+            with self._take_lock:
+                try:
+                    frame = self._capture_q.get(timeout=0.2)
+                except queue.Empty:
+                    frame = None
                 if frame is _END:
                     _put_end(self._capture_q)  # never blocks: for the other workers
                     return -1, _END
-                if self.gate is not None:
+                if frame is not None and self.gate is not None:
                     run_it, _reason = self.gate.should_infer(frame, time.monotonic())
                     if not run_it:
                         self.counters.skipped += 1
-                        continue
-                seq = self._next_seq
-                self._next_seq += 1
-                return seq, frame
+                        frame = None
+                if frame is not None:
+                    seq = self._next_seq
+                    self._next_seq += 1
+                    return seq, frame
+            worker.idle(generation)
 
     def _inference_loop(self, worker: _Worker, generation: int) -> None:
         errors_in_row = 0
         detector = worker.detector
         while True:
-            seq, frame = self._take()
+            seq, frame = self._take(worker, generation)
             if frame is _END:
                 break
             timings: dict[str, float] = {}
@@ -385,7 +419,9 @@ class Pipeline:
                     # a failing device (an unplugged Coral): open the detector again, or its fallback
                     self.counters.detector_restarts += 1
                     log.error("the detector failed %d times in a row: opening it again", errors_in_row)
+                    worker.busy(generation)  # opening and warming it up is not progress
                     detector = worker.detector = self.detector_factory()  # type: ignore[misc]
+                    worker.idle(generation)
                     errors_in_row = 0
                 elif errors_in_row >= self.settings.max_consecutive_errors:
                     raise RuntimeError(
@@ -494,12 +530,14 @@ class Pipeline:
 
     def _idle(self) -> None:
         """No result for a while: let the stages do their periodic work, deliver events."""
+        self._output_since = time.monotonic()  # a stage stuck in its periodic work is a stall too
         for stage in self.stages:
             try:
                 stage.tick()
             except Exception:
                 log.exception("%s failed in its periodic work", stage.name)
         self._deliver_events()
+        self._output_since = None
 
     def _deliver_events(self) -> None:
         try:

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from agent.commands.interrupts import Interrupts, JobInterrupted
+from agent.commands.values import number
 from agent.errors import ConfigError
 from agent.fsutil import atomic_write_json
 from agent.vott import LoadedProject, load_project
@@ -62,7 +63,9 @@ def add_export_command(subparsers: argparse._SubParsersAction[argparse.ArgumentP
     parser.add_argument(
         "--split", default="0.8,0.1,0.1", help="train,val,test fractions (default 0.8,0.1,0.1)"
     )
-    parser.add_argument("--seed", type=int, default=0, help="seed of the split shuffle (default 0)")
+    parser.add_argument(
+        "--seed", type=number(int, ge=0), default=0, help="seed of the split shuffle (default 0)"
+    )
     parser.add_argument(
         "--source-folder",
         help="folder holding the project's frames (needed when VoTT saved the project: its paths are encrypted)",
@@ -176,7 +179,10 @@ def add_eval_command(subparsers: argparse._SubParsersAction[argparse.ArgumentPar
     parser.add_argument("--truth", required=True, help="VoTT target folder with the reviewed labels")
     parser.add_argument("--json", help="also write the report as JSON to this file")
     parser.add_argument(
-        "--iou", type=float, default=0.5, help="IoU for a match in precision/recall (default 0.5)"
+        "--iou",
+        type=number(float, gt=0, le=1),
+        default=0.5,
+        help="IoU for a match in precision/recall (default 0.5)",
     )
     parser.set_defaults(handler=run_eval)
 

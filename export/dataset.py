@@ -24,6 +24,8 @@ from agent.boxes import area, as_boxes, clip_xyxy
 from agent.detections import Detections
 from agent.errors import ConfigError, UserError
 from agent.fsutil import atomic_write_bytes
+from agent.pixel_cap import ImageTooLarge
+from agent.sources.decode import check_pixels
 from agent.vott import LoadedProject, VottProject, asset_format
 
 log = logging.getLogger(__name__)
@@ -75,7 +77,14 @@ class LabeledDataset:
 def image_size(path: Path) -> tuple[int, int]:
     """Width and height in pixels of an image file as stored (EXIF orientation ignored, as VoTT
     2.2.0's image element reports it)."""
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+    try:
+        data = path.read_bytes()
+        check_pixels(data)
+    except OSError as exc:
+        raise UserError(f"cannot read the image {path} ({exc.strerror}); replace or remove it") from None
+    except ImageTooLarge as exc:
+        raise UserError(f"{path}: {exc}") from None
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
     if image is None:
         raise UserError(f"cannot read the image {path}; replace or remove it")
     return int(image.shape[1]), int(image.shape[0])

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
 
 from agent.config import AgentConfig, load_config
+from agent.config.loading import BUNDLED_DATA
 from agent.errors import ConfigError
 from tests.helpers import REPO, run_cli
 
@@ -57,7 +59,10 @@ def test_broken_yaml_says_where(tmp_path: Path) -> None:
 
 
 def test_check_flag_validates_and_exits(tmp_path: Path) -> None:
-    good = write(tmp_path, "source:\n  url: /tmp\n")
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    shutil.copy(next((BUNDLED_DATA / "sample_timelapse").glob("*.jpg")), frames)
+    good = write(tmp_path, f"source:\n  url: {frames}\n")
     assert run_cli("run", "--config", str(good), "--check").code == 0
     bad = tmp_path / "bad.yaml"
     bad.write_text("mqtt:\n  port: 70000\n")

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from agent.jpeg import jpeg_info
+from agent.pixel_cap import ImageTooLarge
 from agent.sources import decode
 from agent.sources.decode import DecodeHint, decode_for_detector, decode_image
 
@@ -187,8 +188,10 @@ def test_a_jpeg_declaring_a_billion_pixels_is_refused_without_allocating_them() 
     sof = data.index(b"\xff\xc0")
     data[sof + 5 : sof + 9] = (40000).to_bytes(2, "big") * 2  # height, width
     assert (jpeg_info(bytes(data)).width, jpeg_info(bytes(data)).height) == (40000, 40000)
-    assert decode_image(bytes(data)) is None
-    assert decode_for_detector(bytes(data), DecodeHint(320, 320)) is None
+    with pytest.raises(ImageTooLarge, match="40000x40000 pixels is over the cap"):
+        decode_image(bytes(data))
+    with pytest.raises(ImageTooLarge):
+        decode_for_detector(bytes(data), DecodeHint(320, 320))
 
 
 def test_damaged_scan_data_is_decoded_as_leniently_as_opencv(decoder: str) -> None:

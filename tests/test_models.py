@@ -176,10 +176,17 @@ def test_an_installed_model_verifies_and_is_not_fetched_again(
 def test_the_printer_configs_run_print3d_once_it_is_installed(
     print3d: ModelMirror, env: dict[str, str]
 ) -> None:
+    """The printer configs name the catalog's print3d: with it installed, their detector and alert
+    settings run (``replay``: no printer host or API key needed, unlike ``run --check``)."""
+    sample = REPO / "agent" / "data" / "sample_timelapse"
     for name in ("printer-octoprint.yaml", "printer-moonraker.yaml"):
         config = REPO / "configs" / name
-        check = run_cli("run", "--config", str(config), "--check", env=env)
-        assert check.code == 0 and f"{config}: ok" in check.out, check.err
+        replay = run_cli(
+            "replay", "--config", str(config), "--max-frames", "12", "--json", str(sample), env=env
+        )
+        assert replay.code == 0, replay.err
+        summary = json.loads(replay.out.splitlines()[-1])["summary"]
+        assert summary["model"] == "print3d" and summary["frames"] == 12, summary
 
 
 def test_coco_model_needs_no_license_flag_and_its_card_maps_the_labels(
@@ -276,12 +283,21 @@ def test_without_the_license_accepted_an_installed_model_is_kept(
 # -- configs that name a model; the DEMO model ----------------------------------------------------
 
 
-def test_a_model_that_is_not_installed_is_a_config_error_with_the_fetch_command(env: dict[str, str]) -> None:
+def test_a_model_that_is_not_installed_is_a_config_error_with_the_fetch_command(
+    env: dict[str, str], tmp_path: Path
+) -> None:
     image = str(REPO / "agent/data/sample_timelapse/frame_000001.jpg")
     detect = run_cli("detect", "--model", "print3d", image, env=env)
     assert detect.code == 2 and FETCH_PRINT3D in one_error_line(detect)
+    key = tmp_path / "printer.key"
+    key.write_text("0123456789abcdef\n")
     for name in ("printer-octoprint.yaml", "printer-moonraker.yaml"):
-        check = run_cli("run", "--config", str(REPO / "configs" / name), "--check", env=env)
+        # the installed layout: the API key file exists (run --check reads secrets before the model)
+        config = tmp_path / name
+        config.write_text(
+            (REPO / "configs" / name).read_text().replace("/etc/edge-agent/octoprint.key", str(key))
+        )
+        check = run_cli("run", "--config", str(config), "--check", env=env)
         assert check.code == 2 and FETCH_PRINT3D in one_error_line(check), name
     unknown = run_cli("detect", "--model", "print4d", image, env=env)
     assert unknown.code == 2 and "print3d-demo" in one_error_line(unknown)  # names the known ones

@@ -205,7 +205,10 @@ def test_video_every_s_samples_a_real_time_recording(tmp_path: Path, model: Path
 
 
 def run_in_process(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
-    code = main(["replay", *args])
+    try:
+        code = main(["replay", *args])
+    except SystemExit as exc:  # a value refused while the options are parsed
+        code = int(exc.code or 0)
     return code, capsys.readouterr().err
 
 
@@ -220,7 +223,7 @@ def test_bad_inputs_are_refused_with_the_fix(
         (("http://octopi.local/webcam/?action=stream",), 2, "is a live source; replay reads recordings"),
         ((), 2, "give FOLDER_OR_VIDEO: source.url"),
         ((str(empty),), 1, "no images (.jpg, .jpeg, .png, .bmp) in"),
-        ((str(empty), "--interval-s", "0"), 2, "--interval-s must be more than 0 seconds"),
+        ((str(empty), "--interval-s", "0"), 2, "--interval-s: must be more than 0 and at most 86400, got 0"),
         ((str(tmp_path), "--video-every-s", "5"), 2, "--video-every-s applies to video files only"),
         ((str(tmp_path), "--plot", "curve.jpg"), 2, "give a file name ending in .png"),
     ]

@@ -9,12 +9,24 @@ from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 
+from agent.commands.values import like, one_line
 from agent.config.detector import DetectorSettings
 from agent.config.source import SourceSettings
 from agent.errors import ConfigError
 
 if TYPE_CHECKING:
     from agent.detect.detector import Detector
+# The config keys the detector flags override, named as the user typed them in error messages.
+FLAGS = {
+    "score_threshold": "--threshold",
+    "iou_threshold": "--iou",
+    "max_detections": "--max-detections",
+    "num_threads": "--threads",
+    "model": "--model",
+    "labels": "--labels",
+    "runtime": "--runtime",
+    "edgetpu": "--edgetpu",
+}
 
 
 def add_detector_arguments(parser: argparse.ArgumentParser, *, model_required: bool) -> None:
@@ -25,16 +37,28 @@ def add_detector_arguments(parser: argparse.ArgumentParser, *, model_required: b
     )
     group.add_argument("--labels", help="labels file (default: the model's own)")
     group.add_argument(
-        "--threshold", type=float, help="minimum score, 0..1 (default 0.25 or the model card's)"
+        "--threshold",
+        type=like(DetectorSettings, "score_threshold"),
+        help="minimum score, 0..1 (default 0.25 or the model card's)",
     )
-    group.add_argument("--iou", type=float, help="NMS IoU threshold for YOLO models, 0..1")
-    group.add_argument("--max-detections", type=int, help="at most this many detections per frame")
+    group.add_argument(
+        "--iou", type=like(DetectorSettings, "iou_threshold"), help="NMS IoU threshold for YOLO models, 0..1"
+    )
+    group.add_argument(
+        "--max-detections",
+        type=like(DetectorSettings, "max_detections"),
+        help="at most this many detections per frame",
+    )
     group.add_argument(
         "--runtime",
         choices=["auto", "ai_edge_litert", "tflite_runtime", "tensorflow"],
         help="TFLite runtime (default auto: the fastest installed)",
     )
-    group.add_argument("--threads", type=int, help="interpreter threads (default: all cores)")
+    group.add_argument(
+        "--threads",
+        type=like(DetectorSettings, "num_threads"),
+        help="interpreter threads (default: all cores)",
+    )
     group.add_argument("--edgetpu", help="run on a Coral: usb, usb:N, pci or pci:N")
 
 
@@ -56,12 +80,8 @@ def detector_settings(args: argparse.Namespace, base: DetectorSettings | None = 
         data["model"] = str(Path(data["model"]).expanduser())
     try:
         return DetectorSettings.model_validate(data)
-    except ValueError as exc:
-        flags = {"score_threshold": "--threshold", "iou_threshold": "--iou", "num_threads": "--threads"}
-        text = str(exc)
-        for key, flag in flags.items():
-            text = text.replace(key, flag)
-        raise ConfigError(f"invalid detector option: {text}") from None
+    except ValidationError as exc:
+        raise ConfigError(one_line(exc, FLAGS)) from None
 
 
 def source_settings(url: str) -> SourceSettings:

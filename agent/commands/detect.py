@@ -16,12 +16,8 @@ import json
 import sys
 from typing import Any
 
-from agent.commands.common import (
-    add_detector_arguments,
-    detector_settings,
-    note_demo_model,
-    source_settings,
-)
+from agent.commands.common import add_detector_arguments, detector_settings, note_demo_model, source_settings
+from agent.commands.values import number
 from agent.detect.detector import Detector
 from agent.sources import open_source
 
@@ -36,7 +32,9 @@ def add_detect_command(subparsers: Any) -> None:
     )
     add_detector_arguments(parser, model_required=True)
     parser.add_argument("--json", action="store_true", help="one JSON object per frame on stdout")
-    parser.add_argument("--max-frames", type=int, default=0, help="stop after this many frames per source")
+    parser.add_argument(
+        "--max-frames", type=number(int, ge=0), default=0, help="stop after this many frames per source"
+    )
     parser.add_argument("sources", nargs="+", metavar="SOURCE")
     parser.set_defaults(handler=run_detect)
 

@@ -19,9 +19,9 @@ import textwrap
 from collections import Counter
 from typing import Any, TextIO
 
+from agent.commands.values import number
 from agent.config import load_config
 from agent.doctor import Check, DoctorOptions, Status, exit_code, run_checks
-from agent.errors import ConfigError
 
 NAME_WIDTH = 26
 STATUS_WIDTH = 6
@@ -40,11 +40,14 @@ def add_doctor_command(subparsers: Any) -> None:
     parser.add_argument("--config", "-c", help="YAML config file (default: the bundled demo config)")
     parser.add_argument("--json", action="store_true", help="print one JSON document instead of the table")
     parser.add_argument(
-        "--invokes", type=int, default=20, help="timed invokes per runtime and thread count (default 20)"
+        "--invokes",
+        type=number(int, ge=1),
+        default=20,
+        help="timed invokes per runtime and thread count, in up to 5 interleaved rounds (default 20)",
     )
     parser.add_argument(
         "--timeout",
-        type=float,
+        type=number(float, gt=0),
         default=20.0,
         help="seconds to wait for the source's first frame and for the broker (default 20)",
     )
@@ -93,10 +96,6 @@ class TablePrinter:
 def run_doctor(args: argparse.Namespace) -> int:
     """Load the config (exit 2 when it is invalid), run every check, print them; 1 when one failed."""
     config = load_config(args.config)
-    if args.invokes < 1:
-        raise ConfigError("--invokes must be at least 1")
-    if args.timeout <= 0:
-        raise ConfigError("--timeout must be more than 0 seconds")
     options = DoctorOptions(invokes=args.invokes, timeout_s=args.timeout, model=args.model)
     name = args.config or "the bundled default config"
     if args.json:

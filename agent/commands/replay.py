@@ -28,6 +28,7 @@ from typing import Any
 from agent.alerts import AlertEvent, AlertMonitor, Sample, validate_failure_labels
 from agent.alerts.stage import AlertEvents, AlertStage, SteppedClock
 from agent.commands.common import note_demo_model
+from agent.commands.values import number
 from agent.config import AgentConfig, load_config
 from agent.config.alerts import AlertSettings
 from agent.config.pipeline import PipelineSettings
@@ -66,18 +67,20 @@ def add_replay_command(subparsers: Any) -> None:
     )
     parser.add_argument(
         "--interval-s",
-        type=float,
+        type=number(float, gt=0, le=86400),
         metavar="S",
         help="simulated seconds between frames (default: --video-every-s, else source.interval_s, else 10)",
     )
     parser.add_argument(
         "--video-every-s",
-        type=float,
+        type=number(float, gt=0, le=86400),
         metavar="S",
         help="for a real-time video: take one frame per S seconds of video (default: every frame, "
         "as in a timelapse video)",
     )
-    parser.add_argument("--max-frames", type=int, default=0, metavar="N", help="stop after N frames")
+    parser.add_argument(
+        "--max-frames", type=number(int, ge=0), default=0, metavar="N", help="stop after N frames"
+    )
     parser.add_argument("--plot", metavar="PNG", help="also draw the curve into this PNG (needs matplotlib)")
     parser.add_argument(
         "--json", action="store_true", help="one JSON object per frame on stdout, then a summary"

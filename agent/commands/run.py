@@ -19,10 +19,15 @@ from typing import Any
 from pydantic import ValidationError
 
 from agent import sdnotify
+from agent.commands.alerts_choice import alerts_for_model
 from agent.commands.interrupts import Interrupts
+from agent.commands.values import like, one_line
 from agent.config import AgentConfig, load_config
+from agent.config.pipeline import PipelineSettings
+from agent.config.source import SourceSettings
 from agent.errors import ConfigError
 from agent.pipeline import Pipeline
+from agent.startup_check import BEFORE_RUN, run_startup_checks
 
 log = logging.getLogger(__name__)
 
@@ -36,17 +41,29 @@ def add_run_command(subparsers: Any) -> None:
         "publish over MQTT until the source ends or SIGINT/SIGTERM.",
     )
     parser.add_argument("--config", "-c", help="YAML config file (default: the bundled demo config)")
-    parser.add_argument("--check", action="store_true", help="validate the config and exit")
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="open everything run opens at start-up (secrets, TLS files, output folders, model, source) "
+        "without running a frame, and exit",
+    )
     parser.add_argument("--source", help="override source.url (folder, video, /dev/videoN, URL)")
     parser.add_argument("--watch", action="store_true", help="folder source: keep waiting for new files")
     parser.add_argument(
-        "--interval-s", type=float, help="override source.interval_s (seconds between frames)"
+        "--interval-s",
+        type=like(SourceSettings, "interval_s"),
+        help="override source.interval_s (seconds between frames)",
     )
-    parser.add_argument("--max-fps", type=float, help="override source.max_fps")
+    parser.add_argument("--max-fps", type=like(SourceSettings, "max_fps"), help="override source.max_fps")
     parser.add_argument("--model", help="override detector.model")
     parser.add_argument("--output-dir", help="override output.dir")
-    parser.add_argument("--max-frames", type=int, help="stop after this many frames")
+    parser.add_argument(
+        "--max-frames", type=like(PipelineSettings, "max_frames"), help="stop after this many frames"
+    )
     parser.add_argument("--no-mqtt", action="store_true", help="do not connect to a broker (outbox off)")
+    parser.add_argument(
+        "--no-alerts", action="store_true", help="no printer alerts (failure score, warn, pause) this run"
+    )
     parser.add_argument(
         "--from-start",
         action="store_true",
@@ -78,8 +95,7 @@ def apply_overrides(config: AgentConfig, args: argparse.Namespace) -> AgentConfi
     try:
         return AgentConfig.model_validate(data)
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        raise ConfigError(f"invalid command-line option: {problems}") from None
+        raise ConfigError(f"invalid command-line option: {one_line(exc)}") from None
 
 
 def status_line(pipeline: Pipeline) -> str:
@@ -95,16 +111,22 @@ def status_line(pipeline: Pipeline) -> str:
 def supervise(pipeline: Pipeline, check_s: float = 1.0) -> Iterator[sdnotify.Watchdog]:
     """Tell systemd we are ready, and beat its watchdog while the pipeline progresses.
 
-    A thread checks ``pipeline.progressing()`` every ``check_s`` seconds and beats the watchdog
-    only then; a frame stuck in the detector or an output stage stops the pings.
+    A thread asks the pipeline what is stuck every ``check_s`` seconds and beats the watchdog
+    only while nothing is: a frame stuck in a detector (or a replacement being built), a source
+    read that never returns, or a stuck output stage stops the pings (``agent.stall``).
     """
     watchdog = sdnotify.Watchdog(lambda: status_line(pipeline))
     done = threading.Event()
 
     def check() -> None:
+        reported: list[str] = []
         while not done.wait(check_s):
-            if pipeline.progressing():
+            stuck = pipeline.stalled_parts()
+            if not stuck:
                 watchdog.beat()
+            elif [part.split(" (")[0] for part in stuck] != reported:
+                log.error("stuck: %s; the systemd watchdog pings stop", ", ".join(stuck))
+            reported = [part.split(" (")[0] for part in stuck]
 
     checker = threading.Thread(target=check, name="watchdog-check", daemon=True)
     watchdog.beat()
@@ -121,15 +143,13 @@ def supervise(pipeline: Pipeline, check_s: float = 1.0) -> Iterator[sdnotify.Wat
 def run_run(args: argparse.Namespace) -> int:
     """Load, check, build and run the agent."""
     config = apply_overrides(load_config(args.config), args)
+    config = alerts_for_model(config, from_default_config=args.config is None, no_alerts=args.no_alerts)
     if args.check:
-        from agent.detect.model_store import with_installed_model
-
-        _, fallback = with_installed_model(config.detector)  # a catalog model must be installed
-        if fallback:
-            log.warning("%s", fallback)
-        where = args.config or "the bundled default config"
-        print(f"{where}: ok")
+        for line in run_startup_checks(config):
+            print(line)
+        print(f"{args.config or 'the bundled default config'}: ok")
         return 0
+    run_startup_checks(config, BEFORE_RUN)
     from agent.app import build_agent
 
     agent = build_agent(config, from_start=args.from_start)

@@ -124,11 +124,19 @@ def load_yaml_model(
     """Read ``path`` and validate it against ``model``; ``expand`` may rewrite the parsed data first."""
     file = Path(path).expanduser()
     try:
-        text = file.read_text(encoding="utf-8")
+        raw = file.read_bytes()
     except FileNotFoundError:
         raise ConfigError(f"{what} file {file} does not exist; see configs/ for examples") from None
     except OSError as exc:
         raise ConfigError(f"cannot read {what} file {file}: {exc.strerror}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise ConfigError(
+            f"{file}:{line}: not UTF-8 text: byte 0x{raw[exc.start]:02x} at offset {exc.start} cannot be "
+            "read; save the file as UTF-8"
+        ) from None
     data, lines = parse_yaml_text(text, str(file))
     return validate_data(expand(data) if expand else data, model, str(file), lines)
 

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 from agent.detect.edgetpu_pairs import runtime_for_edgetpu
+from agent.detect.runtime_noise import load_delegate_quietly, native_stderr_to_log
 from agent.detect.tflite_file import TfliteFileInfo
 from agent.errors import ConfigError, UserError
 
@@ -102,22 +103,22 @@ def make_interpreter(
     interpreter_class, load_delegate = _interpreter_api(name)
     delegates = []
     if edgetpu:
+        delegate, why = load_delegate_quietly(load_delegate, EDGETPU_LIBRARY, {"device": edgetpu})
+        if delegate is None:
+            raise UserError(f"cannot open the Edge TPU ({edgetpu}): {why}. To fix: {EDGETPU_HELP}")
+        delegates.append(delegate)
         if not file_info.is_edgetpu:
             log.warning(
                 "%s is not compiled for the Edge TPU; it will run on the CPU. Compile it with "
                 "edgetpu_compiler to use the TPU",
                 model_path,
             )
-        options = {"device": edgetpu}
-        try:
-            delegates.append(load_delegate(EDGETPU_LIBRARY, options))
-        except (ValueError, OSError, RuntimeError) as exc:
-            raise UserError(f"cannot open the Edge TPU ({edgetpu}): {exc}. To fix: {EDGETPU_HELP}") from None
     try:
-        interpreter = interpreter_class(
-            model_path=model_path, num_threads=threads, experimental_delegates=delegates or None
-        )
-        interpreter.allocate_tensors()
+        with native_stderr_to_log():  # LiteRT's "INFO: Created ... XNNPACK delegate" line: DEBUG only
+            interpreter = interpreter_class(
+                model_path=model_path, num_threads=threads, experimental_delegates=delegates or None
+            )
+            interpreter.allocate_tensors()
     except (ValueError, RuntimeError) as exc:
         text = str(exc).strip().splitlines()
         detail = text[0] if text else type(exc).__name__

@@ -12,6 +12,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from agent.commands.values import number
 from agent.config.loading import load_yaml_model
 from agent.config.review import ReviewSettings
 from agent.errors import ConfigError
@@ -42,7 +43,7 @@ def add_review_command(subparsers: Any) -> None:
     parser.add_argument("--device", help="with --close-batch or --list: only this device")
     parser.add_argument(
         "--wait-s",
-        type=float,
+        type=number(float, ge=0),
         help="with --close-batch while a receiver runs: wait this long for it to close the batch "
         "(default close_grace_s + 10)",
     )

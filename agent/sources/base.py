@@ -19,7 +19,14 @@ from numpy.typing import NDArray
 from agent.config.source import SourceSettings
 from agent.errors import UserError
 from agent.frames import Frame, live_frame_name
-from agent.sources.decode import DecodeHint, decode_for_detector, decode_image, sniff_format
+from agent.liveness import Heartbeats, StopEvent
+from agent.pixel_cap import ImageTooLarge
+from agent.sources.decode import (
+    DecodeHint,
+    decode_for_detector,
+    decode_image,
+    sniff_format,
+)
 from agent.sources.pacing import Backoff, RateLimiter
 from agent.sources.resume import ResumePoint
 
@@ -64,7 +71,8 @@ class FrameSource(ABC):
         self.settings = settings
         self.source_id = settings.source_id
         self.description = f"{self.kind} source {settings.redacted_url}"
-        self._stop = threading.Event()
+        self.heartbeats = Heartbeats()  # the reading threads beat here (agent.liveness)
+        self._stop: threading.Event = StopEvent(self.heartbeats)
         self._limiter = RateLimiter(settings.frame_interval_s or self.default_interval_s)
         self._counters = dict.fromkeys(STAT_KEYS, 0)
         self._counter_lock = threading.Lock()
@@ -96,11 +104,13 @@ class FrameSource(ABC):
                 return
             self._iterating = True
         try:
-            for frame in self._frames():
-                if self._stop.is_set():
-                    break
-                self._count("frames")
-                yield frame
+            with self.heartbeats.alive():
+                for frame in self._frames():
+                    if self._stop.is_set():
+                        break
+                    self._count("frames")
+                    yield frame
+                    self.heartbeats.beat()
         finally:
             # Iteration is over (exhausted, broken off, or closed): the source is finished.
             self._stop.set()
@@ -201,7 +211,11 @@ class FrameSource(ABC):
     def _decoded_frame(self, data: bytes, *, timestamp: float, what: str) -> Frame | None:
         """A Frame of the image in ``data`` (kept as ``encoded``), or None when it does not decode
         (counted and logged as a corrupt ``what``, e.g. "part")."""
-        decoded = self._decode(data)
+        try:
+            decoded = self._decode(data)
+        except ImageTooLarge as exc:
+            self._skip_corrupt(f"a {len(data)}-byte {what}: {exc}")
+            return None
         if decoded is None:
             self._skip_corrupt(f"a {len(data)}-byte {what}")
             return None

@@ -13,12 +13,15 @@ JPEGs are decoded by simplejpeg (libjpeg-turbo's TurboJPEG API) when it is insta
 pixels as ``cv2.imdecode``, bit for bit, in about half the CPU time at 640x480 (OpenCV's wheel
 spends the difference around the same library). What it does not cover goes to OpenCV: EXIF
 orientations other than upright (OpenCV turns the picture), CMYK, 12-bit samples, and any file
-libjpeg warns about (damaged data: OpenCV shows what it can, or refuses it). Headers declaring more
-than ``MAX_PIXELS`` are refused before anything is allocated.
+libjpeg warns about (damaged data: OpenCV shows what it can, or refuses it).
+
+One pixel cap (``agent.pixel_cap``) guards every decode: a JPEG, PNG or BMP whose header declares
+more pixels is refused with ``ImageTooLarge`` before anything is allocated.
 """
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass
 
 import cv2
@@ -26,6 +29,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from agent.jpeg import JpegError, JpegInfo, jpeg_info
+from agent.pixel_cap import check_size
 
 try:
     import simplejpeg
@@ -63,10 +67,11 @@ def is_complete(data: bytes, fmt: str) -> bool:
 
 def decode_image(data: bytes) -> NDArray[np.uint8] | None:
     """``H x W x 3`` BGR uint8 image from JPEG/PNG/BMP bytes; None when the bytes are not one
-    complete image (garbage, truncated, unsupported format)."""
+    complete image (garbage, truncated, unsupported format). Raises ``ImageTooLarge`` past the cap."""
     fmt = sniff_format(data)
     if fmt is None or not is_complete(data, fmt):
         return None
+    check_pixels(data)
     if fmt == "jpg":
         return _decode_jpeg(data, _header(data), 1)
     return _imdecode(data, cv2.IMREAD_COLOR)
@@ -79,8 +84,27 @@ def _header(data: bytes) -> JpegInfo | None:
         return None  # let OpenCV have its say on odd headers
 
 
-# OpenCV's own limit (CV_IO_MAX_IMAGE_PIXELS): a 600-byte JPEG can declare 40000 x 40000 pixels
-MAX_PIXELS = 1 << 30
+def declared_size(data: bytes) -> tuple[int, int] | None:
+    """``(width, height)`` a JPEG, PNG or BMP header declares, without decoding; None when it
+    cannot be read (OpenCV then decides, under its own limit)."""
+    fmt = sniff_format(data)
+    if fmt == "jpg":
+        info = _header(data)
+        return None if info is None else (info.width, info.height)
+    if fmt == "png" and len(data) >= 24 and data[12:16] == b"IHDR":
+        width, height = struct.unpack(">II", data[16:24])
+        return int(width), int(height)
+    if fmt == "bmp" and len(data) >= 26:
+        width, height = struct.unpack("<ii", data[18:26])  # a negative height: stored top-down
+        return abs(int(width)), abs(int(height))
+    return None
+
+
+def check_pixels(data: bytes) -> None:
+    """Raise ``ImageTooLarge`` when ``data``'s header declares more pixels than ``max_pixels()``."""
+    size = declared_size(data)
+    if size is not None:
+        check_size(*size)
 
 
 def _imdecode(data: bytes, flags: int) -> NDArray[np.uint8] | None:
@@ -95,8 +119,6 @@ def _imdecode(data: bytes, flags: int) -> NDArray[np.uint8] | None:
 
 def _decode_jpeg(data: bytes, info: JpegInfo | None, factor: int) -> NDArray[np.uint8] | None:
     """A complete JPEG decoded at ``1 / factor`` of its size (factor 1, 2, 4 or 8)."""
-    if info is not None and info.width * info.height > MAX_PIXELS:
-        return None
     if (
         simplejpeg is not None
         and info is not None
@@ -158,12 +180,14 @@ def decode_for_detector(
     """``decode_image``, at reduced size when ``data`` is a JPEG larger than ``hint`` needs.
 
     Returns the image and, when it was reduced, the full ``(width, height)`` in pixels (after
-    EXIF rotation, as OpenCV applies it); None when the bytes are not one complete image."""
+    EXIF rotation, as OpenCV applies it); None when the bytes are not one complete image.
+    Raises ``ImageTooLarge`` past the cap."""
     if sniff_format(data) != "jpg":
         whole = decode_image(data)
         return None if whole is None else (whole, None)
     if not is_complete(data, "jpg"):
         return None
+    check_pixels(data)
     info = _header(data)
     factor = 1
     if info is not None and info.width and info.height:  # either way round: EXIF may turn the picture

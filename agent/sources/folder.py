@@ -19,8 +19,9 @@ from pathlib import Path
 from agent.config.source import IMAGE_SUFFIXES, SourceSettings
 from agent.errors import ConfigError, UserError
 from agent.frames import Frame
+from agent.pixel_cap import ImageTooLarge
 from agent.sources.base import FrameSource
-from agent.sources.decode import sniff_format
+from agent.sources.decode import check_pixels, sniff_format
 from agent.sources.resume import FileMark, ResumePoint
 
 log = logging.getLogger(__name__)
@@ -95,6 +96,10 @@ class FolderSource(FrameSource):
                 )
             if self.settings.watch:
                 raise ConfigError(f"source.watch needs a folder, but {path} is a file")
+            try:  # one image asked for by name: refused at once, not skipped
+                check_pixels(path.read_bytes())
+            except ImageTooLarge as exc:
+                raise UserError(f"{path}: {exc}") from None
             return
         if not os.access(path, os.R_OK | os.X_OK):
             raise UserError(f"cannot read folder {path}: permission denied; check its owner and mode")
@@ -222,16 +227,18 @@ class FolderSource(FrameSource):
             self._count("errors")
             log.warning("%s: cannot read %s: %s", self.description, path, exc.strerror or exc)
             return None
-        decoded = self._decode(data)
+        still = " (or still being written; tried again if it changes)" if self.settings.watch else ""
+        why = f"not a complete JPEG/PNG/BMP image{still}"
+        try:
+            decoded = self._decode(data)
+        except ImageTooLarge as exc:
+            decoded, why = None, str(exc)
         if decoded is None:
             key = str(path)
             if key not in self._warned_corrupt:
                 self._warned_corrupt.add(key)
                 self._count("corrupt_skipped")
-                still = " (or still being written; tried again if it changes)" if self.settings.watch else ""
-                log.warning(
-                    "%s: skipping %s: not a complete JPEG/PNG/BMP image%s", self.description, path.name, still
-                )
+                log.warning("%s: skipping %s: %s", self.description, path.name, why)
             return None
         image, full_size = decoded
         fmt = sniff_format(data)

@@ -7,6 +7,7 @@ older unread items are replaced (the caller counts them as dropped) instead of p
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
@@ -36,8 +37,11 @@ class LatestSlot(Generic[T]):
             self._cond.notify_all()
             return replaced
 
-    def take(self, stop: threading.Event, poll_s: float = 0.2) -> T | None:
-        """The newest item not yet taken, waiting for one; None once ``stop`` is set."""
+    def take(
+        self, stop: threading.Event, poll_s: float = 0.2, on_poll: Callable[[], None] | None = None
+    ) -> T | None:
+        """The newest item not yet taken, waiting for one; None once ``stop`` is set. ``on_poll``
+        runs every ``poll_s`` while it waits (a heartbeat: waiting for the producer is not a hang)."""
         with self._cond:
             self._waiting += 1
             try:
@@ -45,6 +49,8 @@ class LatestSlot(Generic[T]):
                     if stop.is_set():
                         return None
                     self._cond.wait(poll_s)
+                    if on_poll is not None:
+                        on_poll()
                 if stop.is_set():
                     return None
                 self._taken_count = self._put_count

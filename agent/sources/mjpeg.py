@@ -195,6 +195,10 @@ class MjpegSource(FrameSource):
         self._thread.start()
 
     def _read_loop(self, first: tuple[OpenResponse, MultipartReader]) -> None:
+        with self.heartbeats.alive():  # this thread reads: it must keep beating (agent.liveness)
+            self._read_parts(first)
+
+    def _read_parts(self, first: tuple[OpenResponse, MultipartReader]) -> None:
         retry = Reconnector(self)
         current: tuple[OpenResponse, MultipartReader] | None = first
         try:
@@ -206,6 +210,7 @@ class MjpegSource(FrameSource):
                 opened, reader = current
                 try:
                     while not self._stop.is_set():
+                        self.heartbeats.beat()  # each part: a read that never returns stops the beats
                         part = reader.next_part()
                         if self._slot.put((part, time.time())):
                             self._count("dropped")
@@ -227,7 +232,7 @@ class MjpegSource(FrameSource):
             if not self._limiter.wait(self._stop):
                 return
             while True:
-                item = self._slot.take(self._stop)
+                item = self._slot.take(self._stop, on_poll=self.heartbeats.beat)
                 if item is None:
                     return
                 data, timestamp = item

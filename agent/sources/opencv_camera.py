@@ -91,9 +91,14 @@ class OpenCvCameraSource(FrameSource):
         self._thread.start()
 
     def _read_loop(self, capture: cv2.VideoCapture | None) -> None:
+        with self.heartbeats.alive():  # this thread reads: it must keep beating (agent.liveness)
+            self._grab_frames(capture)
+
+    def _grab_frames(self, capture: cv2.VideoCapture | None) -> None:
         retry = Reconnector(self)
         try:
             while not self._stop.is_set():
+                self.heartbeats.beat()  # each grab: one that never returns stops the beats
                 if capture is None:
                     capture = retry.reconnect(self._open_capture, "reopened")
                     if capture is None:
@@ -122,7 +127,7 @@ class OpenCvCameraSource(FrameSource):
         while not self._stop.is_set():
             if not self._limiter.wait(self._stop):
                 return
-            item = self._slot.take(self._stop)
+            item = self._slot.take(self._stop, on_poll=self.heartbeats.beat)
             if item is None:
                 return
             image, timestamp = item

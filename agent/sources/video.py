@@ -20,6 +20,7 @@ from agent.config.source import SourceSettings
 from agent.errors import ConfigError, UserError
 from agent.frames import Frame
 from agent.naming import safe_name
+from agent.pixel_cap import ImageTooLarge, check_size
 from agent.sources.base import FrameSource
 from agent.sources.resume import FileMark, ResumePoint
 
@@ -64,6 +65,13 @@ class VideoFileSource(FrameSource):
                 "unsupported codec); check it plays, or convert it: "
                 f"ffmpeg -i {self.path.name} -c:v libx264 fixed.mp4"
             )
+        try:  # before the first frame is decoded
+            check_size(
+                int(capture.get(cv2.CAP_PROP_FRAME_WIDTH)), int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT))
+            )
+        except ImageTooLarge as exc:
+            capture.release()
+            raise UserError(f"video {self.path}: {exc}") from None
         if not capture.grab():
             capture.release()
             raise UserError(f"video {self.path} has no readable frames (empty or corrupt)")
@@ -118,6 +126,7 @@ class VideoFileSource(FrameSource):
             if capture is None:
                 return
             while not self._stop.is_set():
+                self.heartbeats.beat()  # frames the interval passes over yield nothing
                 if not capture.grab():
                     break
                 media_s = index / self.fps if self.fps > 0 else capture.get(cv2.CAP_PROP_POS_MSEC) / 1000.0
