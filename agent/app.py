@@ -162,7 +162,7 @@ def build_agent(config: AgentConfig, *, on_result: Any = None) -> Agent:
         )
     stages.append(keep)
     if publisher is not None:
-        stages.append(MqttStage(publisher, reviewer_path=lambda image: project.reviewer_path(image)))
+        stages.append(MqttStage(publisher))
     if config.source.reduced_decode:
         source.decode_hint = DecodeHint(
             detector.input_width, detector.input_height, either=detector.preprocess.letterbox

@@ -5,8 +5,8 @@ Each stage sees every ``FrameResult`` on the output thread (see ``agent.pipeline
 - ``KeepStage``: asks the harvest policy whether to keep the frame, has the labeller write
   it, then counts its files against the disk quota (evicting old frames through the
   labeller, so the VoTT project never lists a frame that is gone).
-- ``MqttStage``: publishes every frame's detections and each kept frame's JPEG and VoTT
-  annotation (through the on-disk outbox).
+- ``MqttStage``: publishes every frame's detections and each kept frame's JPEG and its
+  annotation, the same detections record (through the on-disk outbox).
 - ``AlertStage``: feeds the failure score to the alert monitor with the printer's state,
   publishes every event, runs the configured action and logs why.
 """
@@ -25,7 +25,6 @@ from agent.harvest import Harvester
 from agent.labeler import VottStage
 from agent.mqtt.client import MqttPublisher
 from agent.printer import PrinterClient, PrinterWatcher
-from agent.vott import annotation_json
 
 log = logging.getLogger(__name__)
 
@@ -155,34 +154,18 @@ class AlertStage:
         }
 
 
-def annotation_for(result: FrameResult, reviewer_path: Callable[[str], str]) -> dict[str, Any]:
-    """The ``annotations/<frame_id>`` payload: the VoTT asset JSON of the frame as the agent's own
-    project has it (the receiver recomputes ids from its own paths) plus the scores."""
-    frame = result.frame
-    if result.annotation is not None:  # the VoTT stage built it for the same reviewer path
-        payload = dict(result.annotation)
-    else:
-        image = result.image_path or f"{frame.frame_id}.jpg"
-        payload = annotation_json(reviewer_path(image), frame.width, frame.height, result.detections)
-    payload["frame_id"] = frame.frame_id
-    payload["model"] = result.model
-    return payload
-
-
 class MqttStage:
     """Every result's detections, and each kept frame with its annotation, to the broker."""
 
     name = "mqtt"
 
-    def __init__(self, publisher: MqttPublisher, reviewer_path: Callable[[str], str]) -> None:
+    def __init__(self, publisher: MqttPublisher) -> None:
         self.publisher = publisher
-        self.reviewer_path = reviewer_path
 
     def handle(self, result: FrameResult) -> None:
         """Queue the messages in the outbox (sending happens on the publisher's thread)."""
         t0 = time.perf_counter()
-        annotation = annotation_for(result, self.reviewer_path) if result.keep else None
-        self.publisher.publish_result(result, annotation)
+        self.publisher.publish_result(result)
         result.timings_ms["publish"] = (time.perf_counter() - t0) * 1000.0
 
     def summary_line(self) -> str:

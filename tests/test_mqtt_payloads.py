@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 
 import cv2
@@ -16,11 +15,11 @@ from agent.config.mqtt import MqttSettings, default_device_id
 from agent.detections import Detections
 from agent.errors import ConfigError
 from agent.frames import Frame, FrameResult
-from agent.labeler import VottStage
 from agent.mqtt.client import build_tls_context
 from agent.mqtt.homeassistant import discovery_messages
 from agent.mqtt.outbox import MessageClass
 from agent.mqtt.publish_properties import PackedPublishProperties
+from agent.mqtt.schema import SCHEMA_ID
 from agent.mqtt.topics import (
     Topics,
     annotated_jpeg,
@@ -28,11 +27,8 @@ from agent.mqtt.topics import (
     detections_payload,
     encode_frame,
     frame_message,
-    scale_vott_asset,
 )
 from agent.naming import safe_name
-from agent.stages import annotation_for
-from agent.vott import VottProject
 
 
 def make_result(width: int = 200, height: int = 100, encoded: bytes | None = None, fmt: str = "jpg"):
@@ -97,6 +93,7 @@ def test_missing_tls_files_are_config_errors(tmp_path):
 def test_detections_payload_has_pixels_and_normalised_boxes():
     result = make_result()
     body = detections_payload(result, "dev1")
+    assert body["schema"] == SCHEMA_ID == "edge-agent.detections/1" and body["device_id"] == "dev1"
     assert body["frame_id"] == "cam_0_20231114T221320.250Z-000007"
     assert body["timestamp"] == "2023-11-14T22:13:20.250Z"
     assert body["source"] == "cam 0" and body["sequence"] == 7
@@ -142,36 +139,35 @@ def test_frame_message_carries_metadata_and_expiry():
     assert frame_message(topics, result.frame, encoded, expiry_s=0).expiry_s is None
 
 
-VOTT_ASSET = {
-    "asset": {"id": "abc", "name": "x.jpg", "size": {"width": 200, "height": 100}},
-    "regions": [
-        {
-            "id": "r1",
-            "type": "RECTANGLE",
-            "tags": ["person"],
-            "boundingBox": {"height": 50, "width": 100, "left": 20, "top": 10},
-            "points": [{"x": 20, "y": 10}, {"x": 120, "y": 10}, {"x": 120, "y": 60}, {"x": 20, "y": 60}],
-        }
-    ],
-    "version": "2.2.0",
-    "scores": {"r1": 0.9},
-}
-
-
-def test_annotation_geometry_follows_a_resized_frame():
-    scaled = scale_vott_asset(VOTT_ASSET, 0.5)
-    assert scaled["asset"]["size"] == {"width": 100, "height": 50}
-    region = scaled["regions"][0]
-    assert region["boundingBox"] == {"height": 25, "width": 50, "left": 10, "top": 5}
-    assert region["points"][2] == {"x": 60, "y": 30}
-    assert scaled["scores"] == {"r1": 0.9} and scaled["asset"]["id"] == "abc"
-    assert VOTT_ASSET["regions"][0]["boundingBox"]["left"] == 20, "the caller's dict is not modified"
-
+def test_annotation_is_the_detections_record_for_the_published_jpeg():
+    """Same record as ``detections``; when the frame is published smaller, size and boxes follow it."""
+    result = make_result()
     topics = Topics("edge-agent", "dev1")
-    unscaled = json.loads(annotation_message(topics, "f1", VOTT_ASSET, 1.0).payload)
-    assert unscaled == VOTT_ASSET
-    halved = json.loads(annotation_message(topics, "f1", VOTT_ASSET, 0.5).payload)
-    assert halved["regions"][0]["boundingBox"]["width"] == 50
+    full = encode_frame(result.frame, 0, 80)
+    message = annotation_message(topics, result, full)
+    assert message.topic == "edge-agent/dev1/annotations/cam_0_20231114T221320.250Z-000007"
+    assert message.klass == MessageClass.ANNOTATION and message.content_type == "application/json"
+    assert json.loads(message.payload) == detections_payload(result, "dev1")
+
+    half = json.loads(annotation_message(topics, result, encode_frame(result.frame, 100, 80)).payload)
+    assert (half["width"], half["height"]) == (100, 50)
+    person, dog = half["detections"]
+    assert person["box_xyxy"] == [10.0, 5.0, 60.0, 30.0] and dog["box_xyxy"] == [0.0, 0.0, 25.0, 25.0]
+    assert person["box_xyxy_norm"] == [0.1, 0.1, 0.6, 0.6], "normalised boxes do not change"
+    assert {k: v for k, v in half.items() if k not in ("width", "height", "detections")} == {
+        k: v
+        for k, v in detections_payload(result, "dev1").items()
+        if k not in ("width", "height", "detections")
+    }
+
+
+def test_boxes_are_clipped_to_the_image_and_empty_ones_left_out():
+    result = make_result()
+    result.detections = Detections.create(
+        [[-5, 10, 250, 60], [199.999, 0, 210, 50], [10, 10, 30, 30]], [0.9, 0.8, 0.3], [0, 1, 0], ["a", "b"]
+    )
+    body = detections_payload(result, "dev1")
+    assert [d["box_xyxy"] for d in body["detections"]] == [[0.0, 10.0, 200.0, 60.0], [10.0, 10.0, 30.0, 30.0]]
 
 
 def test_annotated_image_has_the_boxes_drawn():
@@ -208,7 +204,6 @@ def test_home_assistant_discovery_describes_one_device():
 
 def test_a_frame_decoded_reduced_is_published_sharp_and_agrees_with_its_annotation():
     from agent.sources.decode import DecodeHint, decode_for_detector
-    from agent.vott import asset_json
 
     rng = np.random.default_rng(5)
     picture = cv2.resize(rng.integers(0, 255, (180, 320, 3), dtype=np.uint8), (1281, 721))
@@ -222,27 +217,12 @@ def test_a_frame_decoded_reduced_is_published_sharp_and_agrees_with_its_annotati
     # decoded again from the original bytes, not blown up from the detector's 161 px
     expected = cv2.resize(picture, (1000, 563), interpolation=cv2.INTER_AREA)
     assert np.abs(jpeg.astype(int) - expected.astype(int)).mean() < 20  # blown up: ~37
-    dets = Detections.create([[100, 50, 600, 400]], [0.9], [0], ["person"])
-    asset = asset_json(f"/data/frames/{frame.name}.jpg", frame.width, frame.height, dets)
-    scaled = scale_vott_asset(asset, encoded.scale)
-    assert scaled["asset"]["size"] == {"width": 1000, "height": 563}
+    dets = Detections.create([[128.1, 72.1, 1281, 721]], [0.9], [0], ["person"])
+    result = FrameResult(frame, dets, "ssd", "litert", 5.0)
+    record = json.loads(annotation_message(Topics("edge-agent", "d"), result, encoded).payload)
+    assert (record["width"], record["height"]) == (1000, 563)
+    assert record["detections"][0]["box_xyxy"] == [100.0, 56.3, 1000.0, 563.0]
     assert encode_frame(frame, max_width_px=0, quality=90).jpeg == data  # fits: the original bytes
-
-
-def test_published_annotation_is_the_asset_file_the_vott_stage_wrote(tmp_path):
-    """The VoTT stage builds a kept frame's annotation once; the MQTT stage publishes that same
-    asset JSON plus scores, frame id and model, and the asset file holds none of those extras."""
-    project = VottProject(tmp_path / "vott", tmp_path / "frames", name="p", fsync=False)
-    result = make_result()
-    VottStage(project).handle(result)
-    payload = annotation_for(result, project.reviewer_path)
-    written = json.loads(project.asset_file(result.asset_id).read_text())
-    assert {k: v for k, v in payload.items() if k not in ("scores", "frame_id", "model")} == written
-    assert payload["frame_id"] == result.frame.frame_id and payload["model"] == "ssd"
-    assert [s["label"] for s in payload["scores"]] == ["person", "dog"]
-    assert payload["scores"][0]["region_id"] == written["regions"][0]["id"]
-    # the same payload a stage-less publisher builds from scratch for that image
-    assert payload == annotation_for(dataclasses.replace(result, annotation=None), project.reviewer_path)
 
 
 @pytest.mark.parametrize(

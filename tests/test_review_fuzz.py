@@ -33,7 +33,8 @@ import yaml
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 from agent.detections import Detections
-from agent.vott import annotation_json
+from agent.frames import Frame, FrameResult
+from agent.mqtt.schema import detections_record
 from tests.mosquitto import mosquitto  # noqa: F401 (fixture)
 
 REPO = Path(__file__).resolve().parent.parent
@@ -74,12 +75,18 @@ def scan_start(data: bytes) -> int:
 
 
 def annotation(frame_id: str, boxes=((5, 6, 30, 40),), labels=("spaghetti",), size=(64, 48)) -> dict:
+    """The agent's detections record for a frame (built by the agent's code)."""
+    frame = Frame(np.zeros((size[1], size[0], 3), np.uint8), "cam", 1, 1_790_000_000.0, frame_id)
     dets = Detections.create(list(boxes) or np.zeros((0, 4)), [0.7] * len(boxes), list(range(len(boxes))),
                              list(labels))  # fmt: skip
-    payload = annotation_json(f"{frame_id}.jpg", size[0], size[1], dets)
+    payload = detections_record(FrameResult(frame, dets, "fuzz.tflite", "litert", 1.0), "fuzz")
     payload["frame_id"] = frame_id
-    payload["model"] = "fuzz.tflite"
+    payload.pop("device_id")  # the receiver checks it against the topic's device when present
     return payload
+
+
+def det(payload: dict) -> dict:
+    return payload["detections"][0]
 
 
 def dumps(obj) -> bytes:
@@ -151,7 +158,11 @@ def build_messages(rng: np.random.Generator) -> list[tuple[str, bytes, str]]:
     for _ in range(600):
         add("annotations", b"\xff" + rng.bytes(int(rng.integers(0, 2000))), "annotation_not_json")
     for _ in range(100):
-        add("annotations", b'{"asset": {"size": x' + rng.bytes(20).hex().encode(), "annotation_not_json")
+        add(
+            "annotations",
+            b'{"schema": "edge-agent.detections/1", "width": x' + rng.bytes(20).hex().encode(),
+            "annotation_not_json",
+        )
     for _ in range(50):
         add("annotations", b"[" * 50_000 + b"]" * 10_000, "annotation_not_json")
     for _ in range(60):
@@ -161,7 +172,7 @@ def build_messages(rng: np.random.Generator) -> list[tuple[str, bytes, str]]:
     for i in range(400):
         frame_id = fid()
         text = dumps(annotation(frame_id)).replace(
-            b'"left": 5', b'"left": ' + not_finite[i % len(not_finite)]
+            b'"width": 64', b'"width": ' + not_finite[i % len(not_finite)]
         )
         add("annotations", text, "annotation_not_finite", frame_id=frame_id)
 
@@ -172,32 +183,33 @@ def build_messages(rng: np.random.Generator) -> list[tuple[str, bytes, str]]:
         return frame_id, dumps(payload)
 
     mutations = [
-        (lambda p: p.pop("asset"), "annotation_invalid"),
-        (lambda p: p["asset"].update(size=[64, 48]), "annotation_invalid"),
-        (lambda p: p.update(regions={"0": {}}), "annotation_invalid"),
-        (lambda p: p.update(regions="../../etc/passwd"), "annotation_invalid"),
-        (lambda p: p["regions"][0].update(tags=[7]), "annotation_invalid"),
-        (lambda p: p["regions"][0].update(boundingBox=[5, 6, 25, 34]), "annotation_invalid"),
-        (lambda p: p["regions"][0]["boundingBox"].update(width="25"), "annotation_invalid"),
-        (lambda p: p["regions"][0]["boundingBox"].update(top=True), "annotation_invalid"),
-        (lambda p: p.update(scores=[{"region_id": 5, "score": 0.5}]), "annotation_invalid"),
+        (lambda p: p.pop("schema"), "annotation_unknown_schema"),
+        (lambda p: p.update(schema="vott-asset"), "annotation_unknown_schema"),
+        (lambda p: p.pop("detections"), "annotation_invalid"),
+        (lambda p: p.update(detections={"0": {}}), "annotation_invalid"),
+        (lambda p: p.update(detections="../../etc/passwd"), "annotation_invalid"),
+        (lambda p: p.update(detections=[7]), "annotation_invalid"),
+        (lambda p: det(p).update(box_xyxy=[5, 6, 25]), "annotation_invalid"),
+        (lambda p: det(p).update(box_xyxy=[5, 6, "25", 34]), "annotation_invalid"),
+        (lambda p: det(p).update(box_xyxy=[True, 6, 25, 34]), "annotation_invalid"),
         (lambda p: p.update(model=["x"] * 3), "annotation_invalid"),
-        (lambda p: p["asset"].update(size={"width": -64, "height": 48}), "annotation_bad_size"),
-        (lambda p: p["asset"].update(size={"width": 60000, "height": 60000}), "annotation_bad_size"),
-        (lambda p: p["asset"].update(size={"width": 64.5, "height": 48}), "annotation_bad_size"),
-        (lambda p: p.update(regions=p["regions"] * 51), "annotation_too_many_regions"),
-        (lambda p: p["regions"][0].update(tags=["\x00evil"]), "annotation_bad_label"),
-        (lambda p: p["regions"][0].update(tags=["L" * 101]), "annotation_bad_label"),
-        (lambda p: p["regions"][0].update(tags=["\n"]), "annotation_bad_label"),
-        (lambda p: p["regions"][0]["boundingBox"].update(left=1e6), "annotation_box_outside"),
-        (lambda p: p["regions"][0]["boundingBox"].update(left=-50), "annotation_box_outside"),
-        (lambda p: p["regions"][0]["boundingBox"].update(width=0), "annotation_box_outside"),
-        (lambda p: p["regions"][0]["boundingBox"].update(height=100), "annotation_box_outside"),
-        (lambda p: p["scores"][0].update(score=-0.1), "annotation_bad_score"),
-        (lambda p: p["scores"][0].update(score=None), "annotation_bad_score"),
+        (lambda p: p.update(width=-64), "annotation_bad_size"),
+        (lambda p: p.update(width=60000, height=60000), "annotation_bad_size"),
+        (lambda p: p.update(width=64.5), "annotation_bad_size"),
+        (lambda p: p.update(detections=p["detections"] * 51), "annotation_too_many_regions"),
+        (lambda p: det(p).update(label="\x00evil"), "annotation_bad_label"),
+        (lambda p: det(p).update(label="L" * 101), "annotation_bad_label"),
+        (lambda p: det(p).update(label="\n"), "annotation_bad_label"),
+        (lambda p: det(p).update(box_xyxy=[1e6, 6, 2e6, 40]), "annotation_box_outside"),
+        (lambda p: det(p).update(box_xyxy=[-50, 6, 30, 40]), "annotation_box_outside"),
+        (lambda p: det(p).update(box_xyxy=[5, 6, 5, 40]), "annotation_box_outside"),
+        (lambda p: det(p).update(box_xyxy=[5, 6, 30, 100]), "annotation_box_outside"),
+        (lambda p: det(p).update(score=-0.1), "annotation_bad_score"),
+        (lambda p: det(p).update(score=None), "annotation_bad_score"),
         (lambda p: p.update(frame_id="../../etc/passwd"), "annotation_frame_id_mismatch"),
         (lambda p: p.update(frame_id="/etc/passwd"), "annotation_frame_id_mismatch"),
         (lambda p: p.update(frame_id=12), "annotation_frame_id_mismatch"),
+        (lambda p: p.update(device_id="another-device"), "annotation_device_id_mismatch"),
     ]
     for i in range(2080):
         change, reason = mutations[i % len(mutations)]
@@ -221,7 +233,7 @@ def build_messages(rng: np.random.Generator) -> list[tuple[str, bytes, str]]:
     for _ in range(100):
         frame_id = fid()
         payload = annotation(frame_id)
-        payload["asset"].update(path="file:/etc/passwd", name="../../../etc/cron.d/x", id="../../x")
+        payload.update(path="file:/etc/passwd", name="../../../etc/cron.d/x", image="../../x")
         add("annotations", dumps(payload), "accepted", frame_id=frame_id)
     # one valid frame from each of 20 new devices: 2 fit under max_devices, 18 do not
     for i in range(20):

@@ -17,7 +17,10 @@ import pytest
 
 from agent.config.review import ReviewSettings
 from agent.detections import Detections
-from agent.review.checks import Annotation, Rejected, check_jpeg, parse_annotation
+from agent.frames import Frame, FrameResult
+from agent.mqtt.schema import detections_record
+from agent.review.annotation import Annotation, parse_annotation
+from agent.review.checks import Rejected, check_jpeg
 from agent.review.store import (
     ANNOTATION_STORED,
     ANNOTATION_UPDATED,
@@ -25,7 +28,7 @@ from agent.review.store import (
     FRAME_WRITTEN,
     ReviewStore,
 )
-from agent.vott import annotation_json, asset_id, load_project
+from agent.vott import asset_id, load_project
 from tests.conftest import SHARED
 
 VALIDATOR = SHARED / "vott" / "validate_vott.py"
@@ -40,14 +43,14 @@ def jpeg(width: int = 64, height: int = 48, seed: int = 0) -> bytes:
 
 
 def annotation(frame_id: str, boxes: list[list[float]], labels: list[str], size=(64, 48)) -> Annotation:
-    """An annotation as the agent publishes it, validated like the receiver does."""
+    """An annotation as the agent publishes it (its detections record), checked like the receiver does."""
+    frame = Frame(np.zeros((size[1], size[0], 3), np.uint8), "cam", 1, T0, frame_id)
     dets = Detections.create(boxes or np.zeros((0, 4)), [0.5 + i / 100 for i in range(len(boxes))],
                              list(range(len(boxes))), labels)  # fmt: skip
-    payload = annotation_json(f"{frame_id}.jpg", size[0], size[1], dets)
+    payload = detections_record(FrameResult(frame, dets, "test.tflite", "litert", 1.0), "cam")
     payload["frame_id"] = frame_id
-    payload["model"] = "test.tflite"
     return parse_annotation(
-        json.dumps(payload).encode(), frame_id, max_side_px=8192, max_regions=100, max_label_chars=100
+        json.dumps(payload).encode(), "cam", frame_id, max_side_px=8192, max_regions=100, max_label_chars=100
     )
 
 

@@ -345,30 +345,30 @@ class MqttPublisher:
         """Queue the ``detections`` JSON of one processed frame."""
         self._store(detections_message(self.topics, result))
 
-    def publish_frame(self, result: FrameResult, annotation: Mapping[str, Any] | None = None) -> None:
-        """Queue a kept frame's JPEG (resized to ``frame_max_width_px`` when wider) and, when given, its
-        annotation (VoTT asset JSON plus scores, geometry scaled with the JPEG). With Home Assistant
+    def publish_frame(self, result: FrameResult, annotation: bool = True) -> None:
+        """Queue a kept frame's JPEG (resized to ``frame_max_width_px`` when wider) and, with
+        ``annotation``, its annotation (the detections record for that JPEG). With Home Assistant
         on, the frame with its boxes drawn also becomes the retained ``image``."""
         self._store(*self._frame_messages(result, annotation))
 
-    def publish_result(self, result: FrameResult, annotation: Mapping[str, Any] | None = None) -> None:
+    def publish_result(self, result: FrameResult) -> None:
         """``publish_detections`` and, for a kept frame, ``publish_frame``, stored in one transaction."""
         messages = [detections_message(self.topics, result)]
         try:
             if result.keep:
-                messages += self._frame_messages(result, annotation)
+                messages += self._frame_messages(result, annotation=True)
         finally:  # a frame that cannot be encoded still has its detections published
             self._store(*messages)
 
-    def _frame_messages(self, result: FrameResult, annotation: Mapping[str, Any] | None) -> list[Message]:
+    def _frame_messages(self, result: FrameResult, annotation: bool) -> list[Message]:
         s = self.settings
         encoded = encode_frame(result.frame, s.frame_max_width_px, s.frame_jpeg_quality)
         # The VoTT stage stores a frame's own source bytes when it has them, so a frame published
         # as those same bytes is already on disk at image_path and the outbox can link to it.
         on_disk = result.image_path if encoded.jpeg is result.frame.encoded else None
         messages = [frame_message(self.topics, result.frame, encoded, s.frame_expiry_s, on_disk)]
-        if annotation is not None:
-            messages.append(annotation_message(self.topics, result.frame.frame_id, annotation, encoded.scale))
+        if annotation:
+            messages.append(annotation_message(self.topics, result, encoded))
         if s.home_assistant.enabled:
             image = annotated_jpeg(result, s.frame_max_width_px, s.frame_jpeg_quality)
             self._set_latest(self.topics.image, image)

@@ -33,7 +33,8 @@ from agent.config.review import ReviewSettings
 from agent.fsutil import atomic_write_json
 from agent.mqtt.client import explain_refusal, new_paho_client
 from agent.naming import safe_name
-from agent.review.checks import Rejected, check_jpeg, parse_annotation, parse_topic
+from agent.review.annotation import parse_annotation
+from agent.review.checks import Rejected, check_jpeg, parse_topic
 from agent.review.stats import ReviewStats
 from agent.review.store import ReviewStore
 from agent.utc import utc_iso
@@ -258,6 +259,7 @@ class ReviewReceiver:
             )
         annotation = parse_annotation(
             payload,
+            device,
             frame_id,
             max_side_px=s.max_image_px,
             max_regions=s.max_regions,

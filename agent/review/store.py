@@ -57,7 +57,8 @@ from agent.config.review import ReviewSettings
 from agent.detections import Detections
 from agent.errors import ConfigError, UserError
 from agent.fsutil import atomic_write_bytes, atomic_write_json
-from agent.review.checks import Annotation, Rejected, id_problem, jpeg_info
+from agent.review.annotation import Annotation
+from agent.review.checks import Rejected, id_problem, jpeg_info
 from agent.utc import utc_iso
 from agent.vott import PathMapping, VottProject
 
