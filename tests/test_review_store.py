@@ -307,3 +307,28 @@ def test_temporary_files_of_a_killed_receiver_are_removed_but_never_in_closed_ba
     assert store.remove_temp_files() == 2
     assert not any(p.exists() for p in left_over) and in_closed.exists()
     assert check_jpeg((open_batch / "frames" / "f2.jpg").read_bytes(), 8192).width == 64
+
+
+def test_frames_resent_after_a_device_restart_are_counted_not_stored_twice(tmp_path):
+    """An agent restarted before the broker acknowledged sends the same frames again (same id,
+    same bytes): recognised in the open batch, in a sealed one and in a closed one; other bytes
+    under a stored id are refused, and the stored frame stays."""
+    root = tmp_path / "root"
+    store = ReviewStore(settings(root, batch_by="count", batch_size=2))
+    frames = {f"f{i}": jpeg(seed=i) for i in range(5)}
+    for fid in ("f0", "f1", "f2"):  # f0 and f1 fill the first batch (sealed), f2 opens the next
+        assert store.put_frame("cam", fid, frames[fid], now=T0) == FRAME_WRITTEN
+    [first, second] = batch_dirs(root, "cam")
+    assert (first / "SEALED").exists() and not (second / "SEALED").exists()
+    assert store.put_frame("cam", "f2", frames["f2"], now=T0) == DUPLICATE  # open batch
+    assert store.put_frame("cam", "f0", frames["f0"], now=T0) == DUPLICATE  # sealed batch
+    store.housekeeping(now=T0, force_close=True, device="cam")
+    assert (first / "CLOSED").exists()
+    assert store.put_frame("cam", "f1", frames["f1"], now=T0) == DUPLICATE  # closed batch
+    with pytest.raises(Rejected) as other_bytes:
+        store.put_frame("cam", "f2", frames["f4"], now=T0)
+    assert other_bytes.value.reason == "frame_id_reused"
+    assert (second / "frames" / "f2.jpg").read_bytes() == frames["f2"]
+    assert store.counters["frames_resent"] == 3
+    stored = sorted(p.name for p in root.glob("cam/*/frames/*.jpg"))
+    assert stored == ["f0.jpg", "f1.jpg", "f2.jpg"]
