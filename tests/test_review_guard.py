@@ -116,8 +116,24 @@ def test_devices_take_turns_whatever_one_device_queued():
         assert inbox.put("flood", f"flood-{i}", 10)
     inbox.put("quiet", "quiet-0", 10)
     inbox.put("other", "other-0", 10)
-    taken = [inbox.get(0.1) for _ in range(5)]
+    taken = []
+    for _ in range(5):
+        got = inbox.get(0.1)
+        assert got is not None
+        taken.append(got[1])
+        inbox.done(got[0])
     assert taken == ["flood-0", "quiet-0", "other-0", "flood-1", "flood-2"]
+
+
+def test_a_device_goes_to_one_worker_at_a_time():
+    inbox: FairInbox[str] = FairInbox(100, 10_000)
+    for name in ("a-0", "a-1", "b-0"):
+        inbox.put(name[0], name, 10)
+    assert inbox.get(0.1) == ("a", "a-0")
+    assert inbox.get(0.1) == ("b", "b-0"), "a is busy with the first worker"
+    assert inbox.get(0.1) is None, "a-1 waits until a-0 is done: stored in order"
+    inbox.done("a")
+    assert inbox.get(0.1) == ("a", "a-1")
 
 
 def test_a_full_inbox_blocks_the_reader_until_the_worker_takes_one():
@@ -134,7 +150,8 @@ def test_a_full_inbox_blocks_the_reader_until_the_worker_takes_one():
     thread = threading.Thread(target=reader)
     thread.start()
     assert not done.wait(0.3)
-    assert inbox.get(1.0) == 0
+    assert inbox.get(1.0) == ("d", 0)
+    inbox.done("d")
     assert done.wait(10)
     thread.join()
     assert inbox.stats().messages == 3 and inbox.stats().peak_messages == 3 and inbox.stats().blocked_s > 0
@@ -144,7 +161,9 @@ def test_the_byte_bound_holds_and_one_large_message_still_gets_in():
     inbox: FairInbox[int] = FairInbox(100, 1000)
     assert inbox.put("a", 1, 600)
     assert inbox.put("a", 2, 500, block=False) is False, "over the byte bound"
-    assert inbox.get(0.1) == 1
+    assert inbox.get(0.1) == ("a", 1)
+    assert inbox.put("a", 2, 500, block=False) is False, "a worker still holds the first one's bytes"
+    inbox.done("a")
     assert inbox.put("a", 3, 5000, block=False), "alone, a message over the bound is let in"
     assert inbox.stats().bytes == 5000
 
@@ -158,4 +177,4 @@ def test_closing_releases_a_blocked_reader():
     inbox.close()  # before or after the reader blocks: it gets False either way
     thread.join(10)
     assert results == [False]
-    assert inbox.get(0.1) == 1 and inbox.get(0.1) is None
+    assert inbox.get(0.1) == ("d", 1) and inbox.get(0.1) is None

@@ -21,9 +21,9 @@ import yaml
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 from tests.mosquitto import mosquitto  # noqa: F401 (fixture)
+from tests.test_review_fuzz import RSS_BOUND_MB, peak_rss
 
 REPO = Path(__file__).resolve().parent.parent
-RSS_BOUND_MB = 150  # docs/review.md
 
 
 def real_jpeg(seed: int, width: int = 640, height: int = 480) -> bytes:
@@ -84,10 +84,7 @@ class Receiver:
 
     def peak_rss_mb(self) -> float:
         assert self.proc is not None
-        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-        raise AssertionError("no VmHWM")
+        return peak_rss(self.proc.pid)
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

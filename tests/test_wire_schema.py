@@ -134,3 +134,10 @@ def test_real_agent_payloads_validate_and_annotations_match_their_jpeg(mosquitto
         )
         assert len(note.labels) == len(record["detections"])
     assert resized == 2 and boxes > 0, (resized, boxes)
+
+
+def test_the_review_doc_lists_every_drop_reason():
+    from agent.review.checks import REASONS
+
+    doc = (REPO / "docs" / "review.md").read_text()
+    assert [r for r in REASONS if f"`{r}`" not in doc] == []

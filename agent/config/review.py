@@ -146,7 +146,13 @@ class ReviewSettings(StrictModel):
         description="a lock file unchanged this long (its holder died or hangs) is broken by another receiver",
     )
     lock_wait_s: float = Field(
-        60.0, gt=0, le=3600, description="how long a message waits for its device's lock before it is retried"
+        20.0, gt=0, le=3600, description="how long a message waits for its device's lock before it is retried"
+    )
+    workers: int = Field(
+        4,
+        ge=1,
+        le=64,
+        description="threads storing messages (each on other devices): overlap fsync and decoding",
     )
 
     fsync: bool = Field(True, description="flush every file to the device before acknowledging")

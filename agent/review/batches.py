@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -144,10 +145,12 @@ class ClosedBatches:
         self.search_depth = search_depth
         self._names: dict[str, set[str]] = {}
         self._ids: dict[tuple[str, str], tuple[frozenset[str], frozenset[str]]] = {}
+        self._lock = threading.Lock()  # several workers, each on other devices, share this cache
 
     def add(self, device: str, name: str) -> None:
         """Record a batch as closed."""
-        self._names.setdefault(device, set()).add(name)
+        with self._lock:
+            self._names.setdefault(device, set()).add(name)
 
     def known(self, device: str, name: str) -> bool:
         """Whether the batch is closed, from the cache or its ``CLOSED`` marker."""
@@ -160,19 +163,26 @@ class ClosedBatches:
 
     def newest_first(self, device: str) -> list[str]:
         """The device's closed batches known so far, newest first."""
-        return sorted(self._names.get(device, ()), key=batch_sort_key, reverse=True)
+        with self._lock:
+            names = list(self._names.get(device, ()))
+        return sorted(names, key=batch_sort_key, reverse=True)
 
     def find(self, device: str, frame_id: str) -> tuple[Batch | None, bool, bool]:
         """The newest of the last ``search_depth`` closed batches holding the frame or its annotation:
         ``(batch, has_frame, has_annotation)``."""
         recent = self.newest_first(device)[: self.search_depth]
-        for key in [k for k in self._ids if k[0] == device and k[1] not in recent]:
-            del self._ids[key]  # older batches are no longer searched
+        with self._lock:
+            for key in [k for k in self._ids if k[0] == device and k[1] not in recent]:
+                del self._ids[key]  # older batches are no longer searched
         for name in recent:
             batch = Batch(device, name, self.root / device / name, "closed")
-            if (device, name) not in self._ids:
-                self._ids[(device, name)] = (frozenset(batch.frame_ids()), frozenset(batch.annotation_ids()))
-            frames, annotations = self._ids[(device, name)]
+            with self._lock:
+                ids = self._ids.get((device, name))
+            if ids is None:
+                ids = (frozenset(batch.frame_ids()), frozenset(batch.annotation_ids()))
+                with self._lock:
+                    self._ids[(device, name)] = ids
+            frames, annotations = ids
             if frame_id in frames or frame_id in annotations:
                 return batch, frame_id in frames, frame_id in annotations
         return None, False, False

@@ -8,7 +8,10 @@ width and height are read from its SOF marker and capped before OpenCV decodes i
 
 from __future__ import annotations
 
+import os
 import re
+import threading
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -49,13 +52,12 @@ REASONS: dict[str, str] = {
     "disk_full": "less than min_free_mb free on the disk of root",
     "path_outside_root": "a path would leave root",
     "write_failed": "writing to disk failed",
-    "lock_lost": "another receiver took this device's lock (ours was stale); the broker sends it again",
     "overloaded": "a QoS 0 message while the queue is full",
-    "qos2": "a QoS 2 message (the receiver subscribes with QoS 1)",
     "internal_error": "an unexpected error (a bug; see the traceback in the log)",
 }
 
 _ID = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*")
+_DECODING = threading.Lock()
 _WINDOWS_RESERVED = frozenset(
     {"CON", "PRN", "AUX", "NUL"} | {f"COM{i}" for i in range(1, 10)} | {f"LPT{i}" for i in range(1, 10)}
 )
@@ -91,6 +93,16 @@ def id_problem(value: str, *, folder: bool = False) -> str | None:
     if value.split(".")[0].upper() in _WINDOWS_RESERVED:
         return "is a reserved device name on Windows"
     return None
+
+
+def check_free_space(root: Path, min_free_mb: float) -> None:
+    """``Rejected("disk_full")`` when the file system of ``root`` has less than ``min_free_mb`` free."""
+    if min_free_mb <= 0:
+        return
+    stat = os.statvfs(root)
+    free_mb = stat.f_bavail * stat.f_frsize / (1024 * 1024)
+    if free_mb < min_free_mb:
+        raise Rejected("disk_full", f"{free_mb:.0f} MB free under {root}, min_free_mb is {min_free_mb:g}")
 
 
 def parse_topic(topic: str, prefix: str) -> tuple[str, str, str]:
@@ -150,7 +162,8 @@ def check_jpeg(data: bytes, max_side_px: int, max_pixels: int | None = None) -> 
     if data.find(b"\xff\xd9", info.scan_offset) < 0:
         raise Rejected("jpeg_truncated", "no end-of-image marker after the image data")
     flags = cv2.IMREAD_REDUCED_GRAYSCALE_8 | cv2.IMREAD_IGNORE_ORIENTATION
-    image = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
+    with _DECODING:  # a progressive JPEG needs ~3 bytes a pixel while it decodes: one at a time
+        image = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
     if image is None:
         raise Rejected("jpeg_undecodable", "OpenCV could not decode the JPEG")
     expected = (-(-info.height // 8), -(-info.width // 8))

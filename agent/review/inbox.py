@@ -1,13 +1,16 @@
 """The receiver's bounded, per-device fair queue between paho's network thread and the worker.
 
-Bounded by a message count and a byte count. When it is full, ``put`` blocks the caller (paho's
+Bounded by a message count and a byte count (the bytes of messages the workers are storing
+count until they are done). When it is full, ``put`` blocks the caller (paho's
 network thread), which then stops reading from the socket: TCP flow control holds the broker
 back and the messages wait in the broker's session, not in our memory, whatever the broker's
 idea of our Receive Maximum. One message larger than the byte bound is let in when the queue is
 empty (the size caps on messages keep it bounded), so nothing can block for good.
 
 ``get`` serves devices round-robin: a message, once read, waits behind at most one message of
-each other device with queued messages, however many one device has queued.
+each other device with queued messages, however many one device has queued. With several
+workers, a device's messages go to one worker at a time (``get`` marks the device busy until
+``done``), so they are stored in the order they came and workers never wait for each other.
 """
 
 from __future__ import annotations
@@ -15,7 +18,6 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
@@ -47,6 +49,7 @@ class FairInbox(Generic[T]):
         self._peak_bytes = 0
         self._blocked_s = 0.0
         self._closed = False
+        self._busy: dict[str, int] = {}  # device -> bytes of the message a worker has
         self._cond = threading.Condition()
 
     def put(self, device: str, item: T, size: int, *, block: bool = True) -> bool:
@@ -70,36 +73,35 @@ class FairInbox(Generic[T]):
             self._cond.notify_all()
             return True
 
-    def get(self, timeout_s: float) -> T | None:
-        """The next message, the devices taking turns; None after ``timeout_s`` with none."""
+    def get(self, timeout_s: float) -> tuple[str, T] | None:
+        """``(device, message)``, the devices taking turns, skipping devices another worker has
+        (call ``done(device)`` after it); None after ``timeout_s`` with none."""
         deadline = time.monotonic() + timeout_s
         with self._cond:
-            while not self._queues:
+            while (device := self._next_device()) is None:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0 or self._closed:
                     return None
                 self._cond.wait(remaining)
-            device, fifo = next(iter(self._queues.items()))
+            fifo = self._queues[device]
             item, size = fifo.popleft()
             if fifo:
                 self._queues.move_to_end(device)  # its next message waits for the others' turns
             else:
                 del self._queues[device]
+            self._busy[device] = size  # its bytes count until done(): the worker still holds them
             self._messages -= 1
-            self._bytes -= size
             self._cond.notify_all()
-            return item
+            return device, item
 
-    def drain(self, handle: Callable[[T], None]) -> int:
-        """Take every queued message out, calling ``handle`` on each; returns how many."""
+    def done(self, device: str) -> None:
+        """The worker that got a message of ``device`` has finished with it."""
         with self._cond:
-            items = [item for fifo in self._queues.values() for item, _ in fifo]
-            self._queues.clear()
-            self._messages = self._bytes = 0
+            self._bytes -= self._busy.pop(device, 0)
             self._cond.notify_all()
-        for item in items:
-            handle(item)
-        return len(items)
+
+    def _next_device(self) -> str | None:
+        return next((d for d in self._queues if d not in self._busy), None)
 
     def close(self) -> None:
         """Wake and refuse every waiting and later ``put``; ``get`` returns what is left, then None."""
@@ -120,6 +122,6 @@ class FairInbox(Generic[T]):
             )
 
     def _has_room(self, size: int) -> bool:
-        if self._messages == 0:
+        if self._messages == 0 and not self._busy:
             return True
         return self._messages < self.max_messages and self._bytes + size <= self.max_bytes

@@ -8,16 +8,20 @@ Threads and what bounds them:
   QoS 0 message while the queue is full. Everything else goes into the ``FairInbox`` (bounded by
   ``queue_max_messages`` and ``queue_max_mb``); while it is full, the network thread waits there
   and stops reading the socket, so the broker keeps the rest in our session.
-* the worker (``run()``) takes messages round-robin per device, checks the payload (JPEG, the
-  annotation's schema), stores it, and only then acknowledges it: a message is removed from our
-  broker session once it is on disk or refused. A message whose device lock cannot be had in
-  ``lock_wait_s`` (another receiver holds it) is retried later, never dropped.
+* ``workers`` worker threads take messages round-robin per device (one device to one worker
+  at a time), check the payload (JPEG, the annotation's schema), store it, and only then
+  acknowledge it: a message leaves our broker session once it is on disk or refused. Several
+  workers overlap the waits (fsync, a network file system) and the decoding, which releases
+  the GIL. A message whose device lock cannot be had in ``lock_wait_s`` (another receiver holds
+  it) is retried later by the same worker, never dropped.
+* the main thread (``run()``) seals and closes due batches every second, writes the heartbeat
+  and, every ``stats_interval_s``, logs a summary and writes
+  ``<root>/.edge-agent-review/stats-<client>.json``.
 
 So no device can stall another: refused messages leave the broker's in-flight window as soon as
-they are read, and accepted ones are served device by device. Every second the worker also seals
-and closes due batches; every ``stats_interval_s`` it logs a summary and writes
-``<root>/.edge-agent-review/stats-<client>.json``. ``on_progress`` (the systemd watchdog) is
-called each time the worker finishes a message or a housekeeping round, and while it is idle.
+they are read, and accepted ones are served device by device. ``on_progress`` (the systemd
+watchdog) is called by the main thread, every 0.2 s, unless a worker has been on one message
+since its previous look: a stuck worker, or a stuck main thread, stops it.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -64,6 +68,14 @@ class _Item:
     connection: int
 
 
+@dataclass
+class _WorkerState:
+    busy: bool = False
+    finished: int = 0  # messages finished (stored, refused or put aside for a retry)
+    seen: int = 0  # ``finished`` when the main loop last looked
+    retry: deque[tuple[float, _Item]] = field(default_factory=deque)  # (when, message), its own
+
+
 class ReviewReceiver:
     """Receives frames and annotations from the broker into a ``ReviewStore``.
 
@@ -81,7 +93,7 @@ class ReviewReceiver:
         self.store = store if store is not None else ReviewStore(settings, owner=settings.mqtt.client_id)
         self.stats = ReviewStats()
         self.inbox: FairInbox[_Item] = FairInbox(settings.queue_max_messages, settings.queue_max_bytes)
-        self._retry: deque[tuple[float, _Item]] = deque()
+        self._workers = [_WorkerState() for _ in range(settings.workers)]
         self._on_progress = on_progress
         self._stop = threading.Event()
         self._started_at = time.time()
@@ -166,15 +178,16 @@ class ReviewReceiver:
         )  # fmt: skip
         now = time.monotonic()
         next_housekeeping, next_stats, next_beat = now, now + s.stats_interval_s, now
+        workers = [
+            threading.Thread(target=self._work, args=(state,), name=f"review-worker-{i}", daemon=True)
+            for i, state in enumerate(self._workers)
+        ]
         try:
             self.store.remove_temp_files()
             self.connection.start()
-            while not self._stop.is_set():
-                item = self._next_item()
-                if item is not None:
-                    self._process(item)
-                elif self._on_progress is not None and not self._retry:
-                    self._on_progress()  # idle with nothing waiting is fine
+            for worker in workers:
+                worker.start()
+            while not self._stop.wait(0.2):
                 now = time.monotonic()
                 if now >= next_beat:
                     next_beat = now + HEARTBEAT_INTERVAL_S
@@ -186,10 +199,15 @@ class ReviewReceiver:
                     next_stats = now + s.stats_interval_s
                     log.info("review: %s%s", self.stats.interval_summary(), self._batch_summary())
                     self._write_stats()
+                if self._on_progress is not None and self._workers_progress():
+                    self._on_progress()
         finally:
+            self._stop.set()
             self.inbox.close()
             self.connection.stop()
-            left = self.inbox.stats().messages + len(self._retry)
+            for worker in workers:
+                worker.join(max(5.0, s.lock_wait_s + 5.0))
+            left = self.inbox.stats().messages + sum(len(w.retry) for w in self._workers)
             if left:
                 log.info("review: %d message(s) not processed; the broker sends them again next time", left)
             log.info("review: stopped; %s%s", self.stats.interval_summary(), self._batch_summary())
@@ -202,16 +220,41 @@ class ReviewReceiver:
         """Finish the message at hand and stop (unprocessed messages stay with the broker)."""
         self._stop.set()
 
-    def _next_item(self) -> _Item | None:
-        """A retried message that is due, else the inbox's next (waiting up to 0.2 s)."""
-        if self._retry and self._retry[0][0] <= time.monotonic():
-            return self._retry.popleft()[1]
-        if len(self._retry) >= self.settings.queue_max_messages:
-            time.sleep(0.05)  # the retries are our queue now: read nothing new meanwhile
-            return None
-        return self.inbox.get(timeout_s=0.2)
+    def _work(self, state: _WorkerState) -> None:
+        """One worker: messages from the inbox (or its own due retries), one device at a time."""
+        while not self._stop.is_set():
+            item = self._next_item(state)
+            if item is None:
+                continue
+            state.busy = True
+            try:
+                self._process(item, state)
+            finally:
+                self.inbox.done(item.device)
+                state.busy = False
+                state.finished += 1
 
-    def _process(self, item: _Item) -> None:
+    def _next_item(self, state: _WorkerState) -> _Item | None:
+        """A retried message that is due, else the inbox's next (waiting up to 0.2 s)."""
+        if state.retry and state.retry[0][0] <= time.monotonic():
+            return state.retry.popleft()[1]
+        if len(state.retry) >= self.settings.queue_max_messages:
+            time.sleep(0.05)  # the retries are our queue now: take nothing new meanwhile
+            return None
+        got = self.inbox.get(timeout_s=0.2)
+        return got[1] if got is not None else None
+
+    def _workers_progress(self) -> bool:
+        """True unless a worker has been on one message since the last call (stuck, or slow)."""
+        progressing = True
+        for state in self._workers:
+            finished = state.finished
+            if state.busy and finished == state.seen:
+                progressing = False
+            state.seen = finished
+        return progressing
+
+    def _process(self, item: _Item, state: _WorkerState) -> None:
         """Check and store one message, count what happened to it, then acknowledge it."""
         outcome: str | None = None
         drop: tuple[str, str] | None = None
@@ -220,7 +263,7 @@ class ReviewReceiver:
         except Rejected as exc:
             drop = exc.reason, exc.detail
         except (LockTimeout, LockLost) as exc:
-            self._retry.append((time.monotonic() + RETRY_DELAY_S, item))
+            state.retry.append((time.monotonic() + RETRY_DELAY_S, item))
             self.stats.retried(str(exc))
             return
         except OSError as exc:
@@ -231,8 +274,6 @@ class ReviewReceiver:
         self._finish(
             item.mid, item.qos, item.connection, item.kind, outcome=outcome, drop=drop, topic=item.topic
         )
-        if self._on_progress is not None:
-            self._on_progress()
 
     def _store(self, item: _Item) -> str:
         s = self.settings
@@ -256,9 +297,6 @@ class ReviewReceiver:
             log.warning("review: sealing/closing batches waits for another receiver (%s)", exc)
         except Exception:
             log.exception("review: sealing/closing batches failed; retrying in a second")
-        else:
-            if self._on_progress is not None:
-                self._on_progress()
 
     def _beat(self) -> None:
         try:
@@ -271,6 +309,7 @@ class ReviewReceiver:
         """Message counters (``ReviewStats.snapshot``) plus connection state, queue and the store's
         counters (batches sealed/closed, assets written, frames re-sent, ...)."""
         queue = self.inbox.stats()
+        retrying = sum(len(w.retry) for w in self._workers)
         guard = self.connection.client.guard
         out: dict[str, Any] = {
             "client_id": self.settings.mqtt.client_id,
@@ -278,7 +317,7 @@ class ReviewReceiver:
             "started_at": utc_iso(self._started_at),
             "connected": self.connection.connected,
             "subscribed": self.connection.subscribed,
-            "waiting": queue.messages + len(self._retry),
+            "waiting": queue.messages + retrying,
             "queue": {
                 "messages": queue.messages,
                 "bytes": queue.bytes,
@@ -286,7 +325,7 @@ class ReviewReceiver:
                 "peak_messages": queue.peak_messages,
                 "peak_bytes": queue.peak_bytes,
                 "reading_paused_s": queue.blocked_s,
-                "retrying": len(self._retry),
+                "retrying": retrying,
             },
             "oversized_cut": guard.oversized if guard is not None else 0,
         }

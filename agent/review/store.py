@@ -1,15 +1,7 @@
 """The receiver's folders: frames and annotations per device and batch, sealing and closing.
 
-Layout under ``root`` (all state lives in these files; nothing is kept only in memory)::
-
-    <root>/<device>/<batch>/frames/<frame_id>.jpg        VoTT's source folder
-    <root>/<device>/<batch>/annotations/<frame_id>.json  checked annotation (see annotation.Annotation)
-    <root>/<device>/<batch>/SEALED                       no new frames; parts of its frames still come
-    <root>/<device>/<batch>/CLOSED                       the project is complete; never modified again
-    <root>/<device>/<batch>/vott/<device>-<batch>.vott   VoTT's target folder, written when closing,
-    <root>/<device>/<batch>/vott/<asset id>-asset.json   with the asset files and the scores sidecars
-    <root>/.edge-agent-review/locks/                     lease lock files (see locks.py)
-    <root>/.edge-agent-review/receivers/<client>.json    each running receiver's heartbeat
+All state lives in the files under ``root`` (layout: ``docs/review.md``); nothing is kept only in
+memory except caches of closed batches, which never change.
 
 Batch states (``batches.py``): **open** takes new frames (one per device at most); **sealed**
 (``SEALED``) takes no new frames but still takes a part whose other part is in it; sealed when
@@ -35,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -57,7 +50,7 @@ from agent.review.batches import (
     batch_names,
     read_json,
 )
-from agent.review.checks import Rejected, id_problem, jpeg_info
+from agent.review.checks import Rejected, check_free_space, id_problem, jpeg_info
 from agent.review.closing import previous_tags, ready_to_close, write_project
 from agent.review.locks import LeaseLocks
 from agent.review.presence import Presence
@@ -78,9 +71,10 @@ DUPLICATE = "duplicates"
 class ReviewStore:
     """The receiver's root folder: stores frames and annotations, seals and closes batches.
 
-    Safe to use from several processes and hosts on one root (lease locks per device); one
-    instance must not be used from several threads at once. ``owner`` names this process in
-    lock files and its heartbeat (the receiver's MQTT client id)."""
+    Safe to use from several processes and hosts on one root (lease locks per device) and from
+    several threads of one process, each on other devices (the lock files keep threads apart
+    too, but a thread waits for another one by polling). ``owner`` names this process in lock
+    files and its heartbeat (the receiver's MQTT client id)."""
 
     def __init__(self, settings: ReviewSettings, owner: str = "edge-agent-review") -> None:
         self.settings = settings
@@ -97,24 +91,31 @@ class ReviewStore:
         # Checks reviewer_root now, so a mistake stops the receiver at start-up.
         self.mapping = PathMapping.create(self.root, settings.reviewer_root)
         self.counters: Counter[str] = Counter()
+        self._counters_lock = threading.Lock()
+        self._local = threading.local()  # the lock this thread works under
+        self._checked_devices: set[str] = set()
         self.closed = ClosedBatches(self.root, DEDUPE_CLOSED_BATCHES)
         self._close_failures: set[str] = set()
-        self._lock_name: str | None = None
 
     # ---- locks ----------------------------------------------------------------
     @contextlib.contextmanager
     def _locked(self, name: str) -> Iterator[None]:
         with self.locks.hold(name, self.settings.lock_wait_s):
-            self._lock_name = name
+            outer, self._local.name = getattr(self._local, "name", None), name
             try:
                 yield
             finally:
-                self._lock_name = None
+                self._local.name = outer
 
     def _verify(self) -> None:
         """Raise ``LockLost`` unless the lock we work under is still ours (before each commit)."""
-        if self._lock_name is not None:
-            self.locks.verify(self._lock_name)
+        name = getattr(self._local, "name", None)
+        if name is not None:
+            self.locks.verify(name)
+
+    def _count(self, key: str, n: int = 1) -> None:
+        with self._counters_lock:
+            self.counters[key] += n
 
     def close(self) -> None:
         """Release the locks and stop their heartbeat thread."""
@@ -138,7 +139,10 @@ class ReviewStore:
 
     def _device_dir(self, device: str) -> Path:
         folder = self.root / device
+        if device in self._checked_devices:
+            return folder
         if folder.is_dir():
+            self._checked_devices.add(device)
             return self._inside(folder)
         with self._locked("root"):
             if not folder.is_dir():
@@ -190,7 +194,7 @@ class ReviewStore:
         )
         with contextlib.suppress(FileNotFoundError):
             (batch.path / CLOSE_REQUEST).unlink()
-        self.counters["batches_sealed"] += 1
+        self._count("batches_sealed", 1)
         log.info("device %s: batch %s sealed (%s)", batch.device, batch.name, reason)
         return batch.with_state("sealed")
 
@@ -230,15 +234,6 @@ class ReviewStore:
                 return batch, has_frame, has_annotation
         return self.closed.find(device, frame_id)
 
-    def _check_free_space(self) -> None:
-        if self.settings.min_free_mb <= 0:
-            return
-        stat = os.statvfs(self.root)
-        free_mb = stat.f_bavail * stat.f_frsize / (1024 * 1024)
-        if free_mb < self.settings.min_free_mb:
-            raise Rejected("disk_full", f"{free_mb:.0f} MB free under {self.root}, min_free_mb is "
-                           f"{self.settings.min_free_mb:g}")  # fmt: skip
-
     # ---- messages ---------------------------------------------------------------------------
     def put_frame(self, device: str, frame_id: str, jpeg: bytes, now: float | None = None) -> str:
         """Store a checked JPEG; returns ``FRAME_WRITTEN`` or ``DUPLICATE``. Raises ``Rejected``,
@@ -247,7 +242,7 @@ class ReviewStore:
         width, height = _size_of(jpeg)
         self._device_dir(device)  # before the device's lock file exists
         with self._locked(f"device-{device}"):
-            self._check_free_space()
+            check_free_space(self.root, self.settings.min_free_mb)
             batches = self.batches(device)
             found, has_frame, _ = self._locate(device, frame_id, batches)
             if found is not None and has_frame:
@@ -265,16 +260,17 @@ class ReviewStore:
                     "discarding the annotation",
                     device, frame_id, pending.width, pending.height, width, height,
                 )  # fmt: skip
-                self.counters["annotations_discarded_size_mismatch"] += 1
+                self._count("annotations_discarded_size_mismatch", 1)
                 if carried is None:
                     self._verify()
                     target.annotation_file(frame_id).unlink(missing_ok=True)
                 carried = None
             self._verify()
-            atomic_write_bytes(self._inside(target.frame_file(frame_id)), jpeg, fsync=self.settings.fsync)
+            # os.replace() replaces a symlink at the name rather than following it: no _inside() needed
+            atomic_write_bytes(target.frame_file(frame_id), jpeg, fsync=self.settings.fsync)
             if carried is not None:
                 self._write_annotation(target, carried)
-                self.counters["late_frames_with_annotation_from_closed_batch"] += 1
+                self._count("late_frames_with_annotation_from_closed_batch", 1)
             full = self.settings.batch_by == "count" and len(target.frame_ids()) >= self.settings.batch_size
             if target.state == "open" and full:
                 self._seal(target, f"{self.settings.batch_size} frames", now)
@@ -285,7 +281,7 @@ class ReviewStore:
         are refused (the stored frame is what the annotation and the reviewer refer to)."""
         path = batch.frame_file(frame_id)
         if path.stat().st_size == len(jpeg) and path.read_bytes() == jpeg:
-            self.counters["frames_resent"] += 1
+            self._count("frames_resent", 1)
             return DUPLICATE
         raise Rejected(
             "frame_id_reused", f"frame {frame_id!r} is stored in {batch.device}/{batch.name} with other bytes"
@@ -299,7 +295,7 @@ class ReviewStore:
         now = time.time() if now is None else now
         self._device_dir(device)  # before the device's lock file exists
         with self._locked(f"device-{device}"):
-            self._check_free_space()
+            check_free_space(self.root, self.settings.min_free_mb)
             batches = self.batches(device)
             found, has_frame, _ = self._locate(device, frame_id, batches)
             if found is not None and found.state == "closed":
@@ -320,7 +316,7 @@ class ReviewStore:
                     )
             if target.annotation_file(frame_id).exists():
                 if self._read_annotation(target, frame_id) == annotation:
-                    self.counters["annotations_resent"] += 1
+                    self._count("annotations_resent", 1)
                     return DUPLICATE
                 self._write_annotation(target, annotation)
                 return ANNOTATION_UPDATED
@@ -328,7 +324,7 @@ class ReviewStore:
             return ANNOTATION_STORED
 
     def _write_annotation(self, batch: Batch, annotation: Annotation) -> None:
-        path = self._inside(batch.annotation_file(annotation.frame_id))
+        path = batch.annotation_file(annotation.frame_id)
         self._verify()
         atomic_write_json(path, annotation.to_json(), indent=None, fsync=self.settings.fsync)
 
@@ -413,12 +409,12 @@ class ReviewStore:
         except (UserError, OSError) as exc:
             if str(batch.path) not in self._close_failures:  # log once, retried every tick
                 self._close_failures.add(str(batch.path))
-                self.counters["close_failed"] += 1
+                self._count("close_failed", 1)
                 log.error("device %s: cannot close batch %s: %s", batch.device, batch.name, exc)
             return None
         self.closed.add(batch.device, batch.name)
-        self.counters["batches_closed"] += 1
-        self.counters["assets_written"] += result.assets
+        self._count("batches_closed", 1)
+        self._count("assets_written", result.assets)
         return result
 
 
