@@ -178,3 +178,16 @@ def test_closing_releases_a_blocked_reader():
     thread.join(10)
     assert results == [False]
     assert inbox.get(0.1) == ("d", 1) and inbox.get(0.1) is None
+
+
+def test_a_worker_takes_the_rest_of_its_devices_queue_and_its_bytes_count_until_done():
+    inbox: FairInbox[str] = FairInbox(100, 1000)
+    for name in ("a-0", "a-1", "a-2", "b-0"):
+        inbox.put(name[0], name, 100)
+    device, first = inbox.get(0.1) or ("", "")
+    assert (device, first) == ("a", "a-0")
+    assert inbox.take_more("a", 5) == ["a-1", "a-2"]
+    assert inbox.take_more("b", 5) == [], "only the device the worker got"
+    assert inbox.stats().messages == 1 and inbox.stats().bytes == 400
+    inbox.done("a")
+    assert inbox.stats().bytes == 100

@@ -94,6 +94,24 @@ class FairInbox(Generic[T]):
             self._cond.notify_all()
             return device, item
 
+    def take_more(self, device: str, limit: int) -> list[T]:
+        """Up to ``limit`` more queued messages of ``device``, which the caller got from ``get``
+        (they are its until ``done``)."""
+        with self._cond:
+            fifo = self._queues.get(device)
+            if device not in self._busy or not fifo:
+                return []
+            items: list[T] = []
+            while fifo and len(items) < limit:
+                item, size = fifo.popleft()
+                items.append(item)
+                self._busy[device] += size
+                self._messages -= 1
+            if not fifo:
+                del self._queues[device]
+            self._cond.notify_all()
+            return items
+
     def done(self, device: str) -> None:
         """The worker that got a message of ``device`` has finished with it."""
         with self._cond:

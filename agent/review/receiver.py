@@ -39,7 +39,7 @@ import paho.mqtt.client as mqtt
 from agent.config.review import ReviewSettings
 from agent.fsutil import atomic_write_json
 from agent.naming import safe_name
-from agent.review.annotation import parse_annotation
+from agent.review.annotation import Annotation, parse_annotation
 from agent.review.checks import Rejected, check_jpeg, parse_topic
 from agent.review.connection import ReviewConnection
 from agent.review.inbox import FairInbox
@@ -53,6 +53,7 @@ log = logging.getLogger(__name__)
 HOUSEKEEPING_INTERVAL_S = 1.0
 HEARTBEAT_INTERVAL_S = 5.0
 RETRY_DELAY_S = 1.0
+DEVICE_RUN = 16  # a device's queued messages stored under one hold of its lock, at most
 _PACKET_HEADROOM = 65536  # topic and properties on top of the largest payload we accept
 
 
@@ -221,18 +222,20 @@ class ReviewReceiver:
         self._stop.set()
 
     def _work(self, state: _WorkerState) -> None:
-        """One worker: messages from the inbox (or its own due retries), one device at a time."""
+        """One worker: messages from the inbox (or its own due retries), one device at a time; the
+        device's other queued messages (up to ``DEVICE_RUN``) go with the first under one lock."""
         while not self._stop.is_set():
             item = self._next_item(state)
             if item is None:
                 continue
+            items = [item, *self.inbox.take_more(item.device, DEVICE_RUN - 1)]
             state.busy = True
             try:
-                self._process(item, state)
+                self._process_run(items, state)
             finally:
                 self.inbox.done(item.device)
                 state.busy = False
-                state.finished += 1
+                state.finished += len(items)
 
     def _next_item(self, state: _WorkerState) -> _Item | None:
         """A retried message that is due, else the inbox's next (waiting up to 0.2 s)."""
@@ -254,12 +257,68 @@ class ReviewReceiver:
             state.seen = finished
         return progressing
 
-    def _process(self, item: _Item, state: _WorkerState) -> None:
-        """Check and store one message, count what happened to it, then acknowledge it."""
+    def _process_run(self, items: list[_Item], state: _WorkerState) -> None:
+        """Check each message (refused ones are counted and acknowledged at once), then store the
+        rest under one hold of their device's lock, acknowledging each once it is on disk."""
+        checked = []
+        for item in items:
+            ok, note = self._check(item)
+            if ok:
+                checked.append((item, note))
+        if not checked:
+            return
+        try:
+            with self.store.holding(items[0].device):
+                for item, note in checked:
+                    self._put(item, note, state)
+                return
+        except (LockTimeout, LockLost) as exc:  # the device's lock could not be had: all wait
+            state.retry.extend((time.monotonic() + RETRY_DELAY_S, item) for item, _ in checked)
+            self.stats.retried(str(exc))
+            return
+        except Rejected as exc:  # e.g. a new device over max_devices
+            drop = exc.reason, exc.detail
+        except OSError as exc:
+            drop = "write_failed", f"{exc.strerror or exc} ({exc.filename})"
+        except Exception as exc:  # a bug must not stop the receiver; the messages are dropped
+            log.exception("review: unexpected error on device %r", items[0].device)
+            drop = "internal_error", f"{type(exc).__name__}: {exc}"
+        for item, _ in checked:
+            self._finish(item.mid, item.qos, item.connection, item.kind, drop=drop, topic=item.topic)
+
+    def _check(self, item: _Item) -> tuple[bool, Annotation | None]:
+        """``(True, annotation)`` or ``(True, None)`` for a frame when the payload passes;
+        ``(False, None)`` when it was refused (counted and acknowledged)."""
+        s = self.settings
+        try:
+            if item.kind == "frames":
+                check_jpeg(item.payload, s.max_image_px, int(s.max_image_mpx * 1e6))
+                return True, None
+            return True, parse_annotation(
+                item.payload,
+                item.device,
+                item.frame_id,
+                max_side_px=s.max_image_px,
+                max_regions=s.max_regions,
+                max_label_chars=s.max_label_chars,
+            )
+        except Rejected as exc:
+            drop = exc.reason, exc.detail
+        except Exception as exc:  # a bug must not stop the receiver; the message is dropped
+            log.exception("review: unexpected error on %r", item.topic[:200])
+            drop = "internal_error", f"{type(exc).__name__}: {exc}"
+        self._finish(item.mid, item.qos, item.connection, item.kind, drop=drop, topic=item.topic)
+        return False, None
+
+    def _put(self, item: _Item, note: Annotation | None, state: _WorkerState) -> None:
+        """Store one checked message, count what happened to it, then acknowledge it."""
         outcome: str | None = None
         drop: tuple[str, str] | None = None
         try:
-            outcome = self._store(item)
+            if note is None:
+                outcome = self.store.put_frame(item.device, item.frame_id, item.payload)
+            else:
+                outcome = self.store.put_annotation(item.device, item.frame_id, note)
         except Rejected as exc:
             drop = exc.reason, exc.detail
         except (LockTimeout, LockLost) as exc:
@@ -274,21 +333,6 @@ class ReviewReceiver:
         self._finish(
             item.mid, item.qos, item.connection, item.kind, outcome=outcome, drop=drop, topic=item.topic
         )
-
-    def _store(self, item: _Item) -> str:
-        s = self.settings
-        if item.kind == "frames":
-            check_jpeg(item.payload, s.max_image_px, int(s.max_image_mpx * 1e6))
-            return self.store.put_frame(item.device, item.frame_id, item.payload)
-        annotation = parse_annotation(
-            item.payload,
-            item.device,
-            item.frame_id,
-            max_side_px=s.max_image_px,
-            max_regions=s.max_regions,
-            max_label_chars=s.max_label_chars,
-        )
-        return self.store.put_annotation(item.device, item.frame_id, annotation)
 
     def _housekeeping(self) -> None:
         try:

@@ -99,7 +99,17 @@ class ReviewStore:
 
     # ---- locks ----------------------------------------------------------------
     @contextlib.contextmanager
+    def holding(self, device: str) -> Iterator[None]:
+        """Hold the device's lock for several ``put_*`` calls (they then take it no more)."""
+        self._device_dir(device)
+        with self._locked(f"device-{device}"):
+            yield
+
+    @contextlib.contextmanager
     def _locked(self, name: str) -> Iterator[None]:
+        if getattr(self._local, "name", None) == name:  # this thread holds it already (holding())
+            yield
+            return
         with self.locks.hold(name, self.settings.lock_wait_s):
             outer, self._local.name = getattr(self._local, "name", None), name
             try:
