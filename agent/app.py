@@ -137,7 +137,7 @@ def build_agent(
         QuotaStage(harvester, events),
     ]
     if publisher is not None:
-        stages.append(MqttStage(publisher, reviewer_path=project.reviewer_path))
+        stages.append(MqttStage(publisher))
     resume = _resume_stage(config, source, from_start)
     if resume is not None:
         stages.append(resume)

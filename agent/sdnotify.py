@@ -45,12 +45,16 @@ def notify(
     status: str | None = None,
     watchdog: bool = False,
     stopping: bool = False,
+    extend_timeout_s: float | None = None,
 ) -> bool:
     """Send one sd_notify datagram; True when it was sent, False outside systemd or on error.
 
-    ``status`` is a one-line text for ``systemctl status`` (newlines become spaces).
+    ``status`` is a one-line text for ``systemctl status`` (newlines become spaces);
+    ``extend_timeout_s`` asks for that much more time to start (``EXTEND_TIMEOUT_USEC``).
     """
     lines = []
+    if extend_timeout_s is not None:
+        lines.append(f"EXTEND_TIMEOUT_USEC={int(extend_timeout_s * 1e6)}")
     if ready:
         lines.append("READY=1")
     if stopping:

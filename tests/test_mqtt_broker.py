@@ -120,7 +120,7 @@ def test_plain_publishes_detections_frames_annotations_and_status(mosquitto, tmp
         publisher.start()
         for i in range(3):
             publisher.publish_detections(result(i))
-            publisher.publish_frame(result(i), {"asset": {"name": f"frame{i:03d}.jpg"}, "regions": []})
+            publisher.publish_frame(result(i))
         publisher.publish_alert({"level": "warn", "score": 0.8, "frame_id": "cam0_frame002"})
         assert wait_until(lambda: publisher.stats()["outbox"]["messages"] == 0)
         assert wait_until(lambda: events.deliver([listener]) >= 0 and len(synced) == 3), (
@@ -150,7 +150,12 @@ def test_plain_publishes_detections_frames_annotations_and_status(mosquitto, tmp
     assert frame.properties["UserProperty"]["width"] == "160"
     assert cv2.imdecode(np.frombuffer(frame.payload, np.uint8), cv2.IMREAD_COLOR).shape == (120, 160, 3)
     note = collector.on_topic("edge-agent/devA/annotations/cam0_frame001")[0]
-    assert json.loads(note.payload)["asset"]["name"] == "frame001.jpg"
+    record = json.loads(note.payload)
+    assert record["schema"] == "edge-agent.detections/1" and record["frame_id"] == "cam0_frame001"
+    assert (
+        record["detections"]
+        == json.loads(collector.on_topic("edge-agent/devA/detections")[1].payload)["detections"]
+    )
     alert = json.loads(collector.on_topic("edge-agent/devA/alerts")[0].payload)
     assert alert["level"] == "warn" and alert["device_id"] == "devA" and alert["timestamp"].endswith("Z")
     assert [m.payload for m in collector.on_topic("edge-agent/devA/status")] == [b"online", b"stopped"]
@@ -340,7 +345,7 @@ def test_home_assistant_discovery_image_and_failure_state(mosquitto, tmp_path, m
         ) as collector,
         MqttPublisher(settings) as publisher,
     ):
-        publisher.publish_frame(result(3, width=320), {"asset": {}, "regions": []})
+        publisher.publish_frame(result(3, width=320))
         publisher.publish_alert({"level": "warn", "active": True, "score": 0.7})
         publisher.publish_stats({"fps": 2.5, "inference_ms": 41.0})
         assert collector.wait_for(

@@ -180,8 +180,9 @@ def test_nothing_lost_through_outages_and_sigkill(mosquitto, tmp_path, capsys): 
         assert image is not None and image.shape == (96, 96, 3)
         assert message.properties["UserProperty"]["frame_id"] == message.topic.rsplit("/", 1)[1]
     annotations = collector.on_topic(f"edge-agent/{DEVICE}/annotations/+")
-    names = {json.loads(m.payload)["asset"]["name"] for m in annotations}
-    assert names == {f"cam0_frame{i:04d}.jpg" for i in range(TOTAL)}
+    ids = {json.loads(m.payload)["frame_id"] for m in annotations}
+    assert ids == {f"cam0_frame{i:04d}" for i in range(TOTAL)}
+    assert all(m.topic.endswith("/" + json.loads(m.payload)["frame_id"]) for m in annotations)
 
     statuses = _statuses(collector)
     assert statuses[0] == "online" and statuses[-1] == "stopped"

@@ -207,7 +207,7 @@ def test_with_no_broker_at_all_the_outbox_grows_and_stats_say_so(tmp_path, caplo
     publisher.start()
     for i in range(20):
         publisher.publish_detections(_result(i))
-        publisher.publish_frame(_result(i), {"asset": {}, "regions": []})
+        publisher.publish_frame(_result(i))
     time.sleep(1.5)  # several connection attempts
     stats = publisher.stats()
     publisher.close()
@@ -225,7 +225,7 @@ def test_publisher_size_bound_drops_frames_before_detections_and_alerts(tmp_path
         result = _result(i, width=640)
         result.frame.image[:] = np.random.default_rng(i).integers(0, 255, result.frame.image.shape, np.uint8)
         publisher.publish_detections(result)
-        publisher.publish_frame(result, {"asset": {}, "regions": []})
+        publisher.publish_frame(result)
     publisher.publish_alert({"level": "warn", "score": 0.9})
     stats = publisher.stats()
     publisher.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import cv2
@@ -15,24 +16,20 @@ from agent.config.mqtt import MqttSettings, default_device_id
 from agent.detections import Detections
 from agent.encode import published_jpeg
 from agent.errors import ConfigError
-from agent.flow import Outputs
 from agent.frames import Frame, FrameResult
-from agent.harvest.decision import KeepDecision
 from agent.mqtt.connection import build_tls_context
 from agent.mqtt.homeassistant import discovery_messages
 from agent.mqtt.messages import MessageClass
 from agent.mqtt.publish_properties import PackedPublishProperties
+from agent.mqtt.schema import SCHEMA_ID
 from agent.mqtt.topics import (
     Topics,
     annotated_jpeg,
     annotation_message,
     detections_payload,
     frame_message,
-    scale_vott_asset,
 )
 from agent.naming import safe_name
-from agent.vott import VottProject, annotation_json
-from agent.vott.stage import VottStage
 
 
 def make_result(width: int = 200, height: int = 100, encoded: bytes | None = None, fmt: str = "jpg"):
@@ -97,6 +94,7 @@ def test_missing_tls_files_are_config_errors(tmp_path):
 def test_detections_payload_has_pixels_and_normalised_boxes():
     result = make_result()
     body = detections_payload(result, "dev1", kept=True)
+    assert body["schema"] == SCHEMA_ID == "edge-agent.detections/1" and body["device_id"] == "dev1"
     assert body["frame_id"] == "cam_0_20231114T221320.250Z-000007"
     assert body["timestamp"] == "2023-11-14T22:13:20.250Z"
     assert body["source"] == "cam 0" and body["sequence"] == 7
@@ -142,36 +140,35 @@ def test_frame_message_carries_metadata_and_expiry():
     assert frame_message(topics, result.frame, encoded, expiry_s=0).expiry_s is None
 
 
-VOTT_ASSET = {
-    "asset": {"id": "abc", "name": "x.jpg", "size": {"width": 200, "height": 100}},
-    "regions": [
-        {
-            "id": "r1",
-            "type": "RECTANGLE",
-            "tags": ["person"],
-            "boundingBox": {"height": 50, "width": 100, "left": 20, "top": 10},
-            "points": [{"x": 20, "y": 10}, {"x": 120, "y": 10}, {"x": 120, "y": 60}, {"x": 20, "y": 60}],
-        }
-    ],
-    "version": "2.2.0",
-    "scores": {"r1": 0.9},
-}
-
-
-def test_annotation_geometry_follows_a_resized_frame():
-    scaled = scale_vott_asset(VOTT_ASSET, 0.5)
-    assert scaled["asset"]["size"] == {"width": 100, "height": 50}
-    region = scaled["regions"][0]
-    assert region["boundingBox"] == {"height": 25, "width": 50, "left": 10, "top": 5}
-    assert region["points"][2] == {"x": 60, "y": 30}
-    assert scaled["scores"] == {"r1": 0.9} and scaled["asset"]["id"] == "abc"
-    assert VOTT_ASSET["regions"][0]["boundingBox"]["left"] == 20, "the caller's dict is not modified"
-
+def test_annotation_is_the_detections_record_for_the_published_jpeg():
+    """Same record as ``detections``; when the frame is published smaller, size and boxes follow it."""
+    result = make_result()
     topics = Topics("edge-agent", "dev1")
-    unscaled = json.loads(annotation_message(topics, "f1", VOTT_ASSET, 1.0).payload)
-    assert unscaled == VOTT_ASSET
-    halved = json.loads(annotation_message(topics, "f1", VOTT_ASSET, 0.5).payload)
-    assert halved["regions"][0]["boundingBox"]["width"] == 50
+    full = published_jpeg(result.frame, None, 0, 80)
+    message = annotation_message(topics, result, full)
+    assert message.topic == "edge-agent/dev1/annotations/cam_0_20231114T221320.250Z-000007"
+    assert message.klass == MessageClass.ANNOTATION and message.content_type == "application/json"
+    assert json.loads(message.payload) == detections_payload(result, "dev1", kept=True)
+
+    half = json.loads(annotation_message(topics, result, published_jpeg(result.frame, None, 100, 80)).payload)
+    assert (half["width"], half["height"]) == (100, 50)
+    person, dog = half["detections"]
+    assert person["box_xyxy"] == [10.0, 5.0, 60.0, 30.0] and dog["box_xyxy"] == [0.0, 0.0, 25.0, 25.0]
+    assert person["box_xyxy_norm"] == [0.1, 0.1, 0.6, 0.6], "normalised boxes do not change"
+    assert {k: v for k, v in half.items() if k not in ("width", "height", "detections")} == {
+        k: v
+        for k, v in detections_payload(result, "dev1", kept=True).items()
+        if k not in ("width", "height", "detections")
+    }
+
+
+def test_boxes_are_clipped_to_the_image_and_empty_ones_left_out():
+    boxes = Detections.create(
+        [[-5, 10, 250, 60], [199.999, 0, 210, 50], [10, 10, 30, 30]], [0.9, 0.8, 0.3], [0, 1, 0], ["a", "b"]
+    )
+    result = dataclasses.replace(make_result(), detections=boxes)
+    body = detections_payload(result, "dev1", kept=True)
+    assert [d["box_xyxy"] for d in body["detections"]] == [[0.0, 10.0, 200.0, 60.0], [10.0, 10.0, 30.0, 30.0]]
 
 
 def test_annotated_image_has_the_boxes_drawn():
@@ -208,7 +205,6 @@ def test_home_assistant_discovery_describes_one_device():
 
 def test_a_frame_decoded_reduced_is_published_sharp_and_agrees_with_its_annotation():
     from agent.sources.decode import DecodeHint, decode_for_detector
-    from agent.vott import asset_json
 
     rng = np.random.default_rng(5)
     picture = cv2.resize(rng.integers(0, 255, (180, 320, 3), dtype=np.uint8), (1281, 721))
@@ -222,27 +218,12 @@ def test_a_frame_decoded_reduced_is_published_sharp_and_agrees_with_its_annotati
     # decoded again from the original bytes, not blown up from the detector's 161 px
     expected = cv2.resize(picture, (1000, 563), interpolation=cv2.INTER_AREA)
     assert np.abs(jpeg.astype(int) - expected.astype(int)).mean() < 20  # blown up: ~37
-    dets = Detections.create([[100, 50, 600, 400]], [0.9], [0], ["person"])
-    asset = asset_json(f"/data/frames/{frame.name}.jpg", frame.width, frame.height, dets)
-    scaled = scale_vott_asset(asset, encoded.scale)
-    assert scaled["asset"]["size"] == {"width": 1000, "height": 563}
+    dets = Detections.create([[128.1, 72.1, 1281, 721]], [0.9], [0], ["person"])
+    result = FrameResult(frame, dets, "ssd", "litert", 5.0)
+    record = json.loads(annotation_message(Topics("edge-agent", "d"), result, encoded).payload)
+    assert (record["width"], record["height"]) == (1000, 563)
+    assert record["detections"][0]["box_xyxy"] == [100.0, 56.3, 1000.0, 563.0]
     assert published_jpeg(frame, None, 0, 90).data == data  # fits: the original bytes
-
-
-def test_published_annotation_has_the_regions_of_the_asset_file_the_vott_stage_wrote(tmp_path):
-    """The MQTT stage's annotation of a kept frame carries the same regions (ids, boxes, tags) as
-    the asset file the VoTT stage wrote for it, plus the scores the asset file has no field for."""
-    project = VottProject(tmp_path / "vott", tmp_path / "frames", name="p", fsync=False)
-    result = make_result()
-    outputs = Outputs()
-    outputs.add(KeepDecision(True, ("all",)))
-    stored = VottStage(project).handle(result, outputs)
-    assert stored.image_path is not None and stored.asset is not None and stored.asset.asset_id
-    payload = annotation_json(project.reviewer_path(stored.image_path), 200, 100, result.detections)
-    written = json.loads(project.asset_file(stored.asset.asset_id).read_text())
-    assert {k: v for k, v in payload.items() if k != "scores"} == written
-    assert [s["label"] for s in payload["scores"]] == ["person", "dog"]
-    assert payload["scores"][0]["region_id"] == written["regions"][0]["id"]
 
 
 @pytest.mark.parametrize(

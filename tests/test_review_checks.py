@@ -1,9 +1,8 @@
-"""Checks on untrusted input (topics, ids, JPEGs, annotation JSON) and the review config."""
+"""Checks on untrusted input (topics, ids, JPEGs) and the review config (annotations:
+test_review_annotation.py)."""
 
 from __future__ import annotations
 
-import json
-import math
 from pathlib import Path
 
 import cv2
@@ -12,14 +11,10 @@ import pytest
 
 from agent.config.loading import load_yaml_model
 from agent.config.review import ReviewSettings
-from agent.detections import Detections
 from agent.errors import ConfigError
-from agent.mqtt.topics import scale_vott_asset
-from agent.review.checks import REASONS, Rejected, check_jpeg, jpeg_info, parse_annotation, parse_topic
-from agent.vott import annotation_json
+from agent.review.checks import REASONS, Rejected, check_jpeg, id_problem, jpeg_info, parse_topic
 
 REPO = Path(__file__).resolve().parent.parent
-LIMITS = {"max_side_px": 4096, "max_regions": 50, "max_label_chars": 40}
 
 
 def real_jpeg(width: int = 96, height: int = 64, **params: int) -> bytes:
@@ -73,6 +68,10 @@ def test_topics_give_device_kind_and_frame_id():
         ("edge-agent/dev./frames/x", "bad_device_id"),
         ("edge-agent/dév/frames/x", "bad_device_id"),
         ("edge-agent/" + "d" * 161 + "/frames/x", "bad_device_id"),
+        ("edge-agent/" + "d" * 65 + "/frames/x", "bad_device_id"),
+        ("edge-agent/-rf/frames/x", "bad_device_id"),
+        ("edge-agent/dev/frames/-rf", "bad_frame_id"),
+        ("edge-agent/dev/frames/" + "f" * 161, "bad_frame_id"),
         ("edge-agent/dev/frames/..", "bad_frame_id"),
         ("edge-agent/dev/frames/%2e%2e%2fetc%2fpasswd", "bad_frame_id"),
         ("edge-agent/dev/frames/", "bad_frame_id"),
@@ -83,6 +82,15 @@ def test_topics_give_device_kind_and_frame_id():
 )
 def test_hostile_topics_are_refused(topic, reason):
     assert reason_of(parse_topic, topic, "edge-agent") == reason
+
+
+def test_id_rules_are_those_documented():
+    """Devices 1-64 characters, frames 1-160, of A-Z a-z 0-9 . _ -, not starting with . or -."""
+    assert id_problem("d" * 64, folder=True) is None and id_problem("f" * 160) is None
+    assert id_problem("d" * 65, folder=True) == "must be 1-64 characters"
+    assert id_problem("f" * 161) == "must be 1-160 characters"
+    assert id_problem("-x") == "must not start with '-'" and id_problem(".x") == "must not start with '.'"
+    assert id_problem("_x.y-z") is None and id_problem("x-") is None
 
 
 # ---- JPEG -------------------------------------------------------------------------------------
@@ -129,108 +137,6 @@ def test_random_bytes_after_a_jpeg_start_never_crash():
             check_jpeg(bytes(cut), 4096)
         except Rejected as exc:
             assert exc.reason in REASONS
-
-
-# ---- annotations ------------------------------------------------------------------------------
-def agent_annotation(frame_id: str = "f1", boxes=((10, 10, 50, 40),), labels=("spaghetti",)) -> dict:
-    dets = Detections.create(list(boxes), [0.8] * len(boxes), list(range(len(boxes))), list(labels))
-    payload = annotation_json(f"{frame_id}.jpg", 96, 64, dets)
-    payload["frame_id"] = frame_id
-    payload["model"] = "print3d.tflite"
-    return payload
-
-
-def parse(payload: dict | bytes, frame_id: str = "f1"):
-    raw = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
-    return parse_annotation(raw, frame_id, **LIMITS)
-
-
-def test_the_agents_annotation_is_accepted_with_its_scores():
-    note = parse(agent_annotation(boxes=((10, 10, 50, 40), (0, 0, 96, 64)), labels=("a", "b")))
-    assert (note.width, note.height, note.model) == (96, 64, "print3d.tflite")
-    assert note.labels == ("a", "b")
-    assert note.boxes == ((10, 10, 50, 40), (0, 0, 96, 64))
-    assert note.scores == pytest.approx((0.8, 0.8))
-    empty = parse(agent_annotation(boxes=np.zeros((0, 4)), labels=()))
-    assert empty.labels == () and empty.boxes == ()
-
-
-def test_an_annotation_scaled_with_a_resized_frame_is_accepted():
-    """The agent rounds the scaled size and boxes separately; a box may stick out by a fraction."""
-    payload = agent_annotation(boxes=((0.4, 0.4, 95.6, 63.6),), labels=("a",))
-    scaled = scale_vott_asset(payload, 1 / 3)
-    note = parse(scaled)
-    assert (note.width, note.height) == (32, 21)
-    assert all(0 <= v <= 32 for v in note.boxes[0])
-
-
-def mutated(change) -> dict:
-    payload = agent_annotation()
-    change(payload)
-    return payload
-
-
-@pytest.mark.parametrize(
-    ("payload", "reason"),
-    [
-        (b"\xff\xfe{}", "annotation_not_json"),
-        (b"{not json", "annotation_not_json"),
-        (b"[" * 5000 + b"]" * 5000, "annotation_not_json"),
-        (b'{"asset": {"size": {"width": NaN, "height": 64}}, "regions": []}', "annotation_not_finite"),
-        (
-            b'{"asset": {"size": {"width": 96, "height": 64}}, "regions": [], "x": -Infinity}',
-            "annotation_not_finite",
-        ),
-        (b'{"asset": {"size": {"width": 1e999, "height": 64}}, "regions": []}', "annotation_not_finite"),
-        (
-            b'{"asset": {"size": {"width": 1' + b"0" * 400 + b', "height": 64}}, "regions": []}',
-            "annotation_not_finite",
-        ),
-        (b"[]", "annotation_invalid"),
-        (b'"text"', "annotation_invalid"),
-        (mutated(lambda p: p.pop("asset")), "annotation_invalid"),
-        (mutated(lambda p: p["asset"].update(size=[96, 64])), "annotation_invalid"),
-        (mutated(lambda p: p["asset"].update(size={"width": "96", "height": 64})), "annotation_bad_size"),
-        (mutated(lambda p: p["asset"].update(size={"width": 0, "height": 64})), "annotation_bad_size"),
-        (mutated(lambda p: p["asset"].update(size={"width": True, "height": 64})), "annotation_bad_size"),
-        (mutated(lambda p: p["asset"].update(size={"width": 60000, "height": 60000})), "annotation_bad_size"),
-        (mutated(lambda p: p.update(regions={"0": {}})), "annotation_invalid"),
-        (mutated(lambda p: p["regions"][0].update(tags=[3])), "annotation_invalid"),
-        (mutated(lambda p: p["regions"][0].update(tags="spaghetti")), "annotation_invalid"),
-        (mutated(lambda p: p["regions"][0]["boundingBox"].update(left="10")), "annotation_invalid"),
-        (mutated(lambda p: p["regions"][0]["boundingBox"].update(left=None)), "annotation_invalid"),
-        (mutated(lambda p: p.update(regions=p["regions"] * 51)), "annotation_too_many_regions"),
-        (mutated(lambda p: p["regions"][0].update(tags=["x" * 41])), "annotation_bad_label"),
-        (mutated(lambda p: p["regions"][0].update(tags=["bad\nlabel"])), "annotation_bad_label"),
-        (mutated(lambda p: p["regions"][0].update(tags=["   "])), "annotation_bad_label"),
-        (mutated(lambda p: p["regions"][0]["boundingBox"].update(left=90)), "annotation_box_outside"),
-        (mutated(lambda p: p["regions"][0]["boundingBox"].update(width=-5)), "annotation_box_outside"),
-        (mutated(lambda p: p["regions"][0]["boundingBox"].update(top=-20)), "annotation_box_outside"),
-        (mutated(lambda p: p["regions"][0]["boundingBox"].update(height=0)), "annotation_box_outside"),
-        (mutated(lambda p: p["scores"][0].update(score=1.5)), "annotation_bad_score"),
-        (mutated(lambda p: p["scores"][0].update(score="0.5")), "annotation_bad_score"),
-        (mutated(lambda p: p.update(scores={"a": 1})), "annotation_invalid"),
-        (mutated(lambda p: p.update(frame_id="/etc/passwd")), "annotation_frame_id_mismatch"),
-        (mutated(lambda p: p.update(frame_id=["f1"])), "annotation_frame_id_mismatch"),
-        (mutated(lambda p: p.update(model={"name": "x"})), "annotation_invalid"),
-    ],
-)
-def test_malformed_annotations_are_refused_with_a_reason(payload, reason):
-    assert reason_of(parse, payload) == reason
-
-
-def test_paths_inside_an_annotation_are_ignored():
-    """The receiver names files after the topic's frame id; asset paths and names in the payload
-    never reach the disk."""
-    payload = agent_annotation()
-    payload["asset"].update(path="file:/etc/passwd", name="../../etc/passwd", id="../x")
-    note = parse(payload)
-    assert note.frame_id == "f1" and not hasattr(note, "path")
-
-
-def test_numbers_stay_finite():
-    note = parse(agent_annotation(boxes=((1e-9, 0, 96, 64),)))
-    assert all(math.isfinite(v) for v in note.boxes[0])
 
 
 # ---- config -----------------------------------------------------------------------------------

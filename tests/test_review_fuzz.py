@@ -33,7 +33,8 @@ import yaml
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 from agent.detections import Detections
-from agent.vott import annotation_json
+from agent.frames import Frame, FrameResult
+from agent.mqtt.schema import detections_record
 from tests.mosquitto import mosquitto  # noqa: F401 (fixture)
 
 REPO = Path(__file__).resolve().parent.parent
@@ -44,15 +45,16 @@ MAX_ANNOTATION_BYTES = 64 * 1024  # max_annotation_kb 64
 MAX_PX = 2048
 MAX_DEVICES = 5
 GOOD_DEVICES = ["cam-a", "cam_b", "printer.3"]
+RSS_BOUND_MB = 150  # docs/review.md
 ACCEPTED = ("frames_written", "annotations_stored", "annotations_updated", "duplicates")
 
 BAD_DEVICE_IDS = [
-    "..", ".", "%2e%2e", "%2e%2e%2f", ".ssh", "a b", "CON", "nul", "lpt1.x", "dev.", "", "x" * 161, "é",
+    "..", ".", "%2e%2e", "%2e%2e%2f", ".ssh", "-rf", "--help", "a b", "CON", "nul", "lpt1.x", "dev.", "", "x" * 161, "é",
     "$HOME", "~root", "C:", "..\\..\\windows", "dev*", "dev?", "'; rm -rf ~", "a|b", "\u202edev",
 ]  # fmt: skip
 BAD_FRAME_IDS = [
     "..", ".", ".bashrc", "%2e%2e%2fetc%2fpasswd", "..%2F..%2Fetc", "", "a:b", "C:", "nul", "COM1.jpg",
-    "y" * 161, "frame\\..\\x", "f*?", "frame.jpg%00", " lead", "LPT9",
+    "y" * 161, "-rf", "--x", "frame\\..\\x", "f*?", "frame.jpg%00", " lead", "LPT9",
 ]  # fmt: skip
 
 
@@ -74,12 +76,18 @@ def scan_start(data: bytes) -> int:
 
 
 def annotation(frame_id: str, boxes=((5, 6, 30, 40),), labels=("spaghetti",), size=(64, 48)) -> dict:
+    """The agent's detections record for a frame (built by the agent's code)."""
+    frame = Frame(np.zeros((size[1], size[0], 3), np.uint8), "cam", 1, 1_790_000_000.0, frame_id)
     dets = Detections.create(list(boxes) or np.zeros((0, 4)), [0.7] * len(boxes), list(range(len(boxes))),
                              list(labels))  # fmt: skip
-    payload = annotation_json(f"{frame_id}.jpg", size[0], size[1], dets)
+    payload = detections_record(FrameResult(frame, dets, "fuzz.tflite", "litert", 1.0), "fuzz", True)
     payload["frame_id"] = frame_id
-    payload["model"] = "fuzz.tflite"
+    payload.pop("device_id")  # the receiver checks it against the topic's device when present
     return payload
+
+
+def det(payload: dict) -> dict:
+    return payload["detections"][0]
 
 
 def dumps(obj) -> bytes:
@@ -151,7 +159,11 @@ def build_messages(rng: np.random.Generator) -> list[tuple[str, bytes, str]]:
     for _ in range(600):
         add("annotations", b"\xff" + rng.bytes(int(rng.integers(0, 2000))), "annotation_not_json")
     for _ in range(100):
-        add("annotations", b'{"asset": {"size": x' + rng.bytes(20).hex().encode(), "annotation_not_json")
+        add(
+            "annotations",
+            b'{"schema": "edge-agent.detections/1", "width": x' + rng.bytes(20).hex().encode(),
+            "annotation_not_json",
+        )
     for _ in range(50):
         add("annotations", b"[" * 50_000 + b"]" * 10_000, "annotation_not_json")
     for _ in range(60):
@@ -161,7 +173,7 @@ def build_messages(rng: np.random.Generator) -> list[tuple[str, bytes, str]]:
     for i in range(400):
         frame_id = fid()
         text = dumps(annotation(frame_id)).replace(
-            b'"left": 5', b'"left": ' + not_finite[i % len(not_finite)]
+            b'"width": 64', b'"width": ' + not_finite[i % len(not_finite)]
         )
         add("annotations", text, "annotation_not_finite", frame_id=frame_id)
 
@@ -172,32 +184,33 @@ def build_messages(rng: np.random.Generator) -> list[tuple[str, bytes, str]]:
         return frame_id, dumps(payload)
 
     mutations = [
-        (lambda p: p.pop("asset"), "annotation_invalid"),
-        (lambda p: p["asset"].update(size=[64, 48]), "annotation_invalid"),
-        (lambda p: p.update(regions={"0": {}}), "annotation_invalid"),
-        (lambda p: p.update(regions="../../etc/passwd"), "annotation_invalid"),
-        (lambda p: p["regions"][0].update(tags=[7]), "annotation_invalid"),
-        (lambda p: p["regions"][0].update(boundingBox=[5, 6, 25, 34]), "annotation_invalid"),
-        (lambda p: p["regions"][0]["boundingBox"].update(width="25"), "annotation_invalid"),
-        (lambda p: p["regions"][0]["boundingBox"].update(top=True), "annotation_invalid"),
-        (lambda p: p.update(scores=[{"region_id": 5, "score": 0.5}]), "annotation_invalid"),
+        (lambda p: p.pop("schema"), "annotation_unknown_schema"),
+        (lambda p: p.update(schema="vott-asset"), "annotation_unknown_schema"),
+        (lambda p: p.pop("detections"), "annotation_invalid"),
+        (lambda p: p.update(detections={"0": {}}), "annotation_invalid"),
+        (lambda p: p.update(detections="../../etc/passwd"), "annotation_invalid"),
+        (lambda p: p.update(detections=[7]), "annotation_invalid"),
+        (lambda p: det(p).update(box_xyxy=[5, 6, 25]), "annotation_invalid"),
+        (lambda p: det(p).update(box_xyxy=[5, 6, "25", 34]), "annotation_invalid"),
+        (lambda p: det(p).update(box_xyxy=[True, 6, 25, 34]), "annotation_invalid"),
         (lambda p: p.update(model=["x"] * 3), "annotation_invalid"),
-        (lambda p: p["asset"].update(size={"width": -64, "height": 48}), "annotation_bad_size"),
-        (lambda p: p["asset"].update(size={"width": 60000, "height": 60000}), "annotation_bad_size"),
-        (lambda p: p["asset"].update(size={"width": 64.5, "height": 48}), "annotation_bad_size"),
-        (lambda p: p.update(regions=p["regions"] * 51), "annotation_too_many_regions"),
-        (lambda p: p["regions"][0].update(tags=["\x00evil"]), "annotation_bad_label"),
-        (lambda p: p["regions"][0].update(tags=["L" * 101]), "annotation_bad_label"),
-        (lambda p: p["regions"][0].update(tags=["\n"]), "annotation_bad_label"),
-        (lambda p: p["regions"][0]["boundingBox"].update(left=1e6), "annotation_box_outside"),
-        (lambda p: p["regions"][0]["boundingBox"].update(left=-50), "annotation_box_outside"),
-        (lambda p: p["regions"][0]["boundingBox"].update(width=0), "annotation_box_outside"),
-        (lambda p: p["regions"][0]["boundingBox"].update(height=100), "annotation_box_outside"),
-        (lambda p: p["scores"][0].update(score=-0.1), "annotation_bad_score"),
-        (lambda p: p["scores"][0].update(score=None), "annotation_bad_score"),
+        (lambda p: p.update(width=-64), "annotation_bad_size"),
+        (lambda p: p.update(width=60000, height=60000), "annotation_bad_size"),
+        (lambda p: p.update(width=64.5), "annotation_bad_size"),
+        (lambda p: p.update(detections=p["detections"] * 51), "annotation_too_many_regions"),
+        (lambda p: det(p).update(label="\x00evil"), "annotation_bad_label"),
+        (lambda p: det(p).update(label="L" * 101), "annotation_bad_label"),
+        (lambda p: det(p).update(label="\n"), "annotation_bad_label"),
+        (lambda p: det(p).update(box_xyxy=[1e6, 6, 2e6, 40]), "annotation_box_outside"),
+        (lambda p: det(p).update(box_xyxy=[-50, 6, 30, 40]), "annotation_box_outside"),
+        (lambda p: det(p).update(box_xyxy=[5, 6, 5, 40]), "annotation_box_outside"),
+        (lambda p: det(p).update(box_xyxy=[5, 6, 30, 100]), "annotation_box_outside"),
+        (lambda p: det(p).update(score=-0.1), "annotation_bad_score"),
+        (lambda p: det(p).update(score=None), "annotation_bad_score"),
         (lambda p: p.update(frame_id="../../etc/passwd"), "annotation_frame_id_mismatch"),
         (lambda p: p.update(frame_id="/etc/passwd"), "annotation_frame_id_mismatch"),
         (lambda p: p.update(frame_id=12), "annotation_frame_id_mismatch"),
+        (lambda p: p.update(device_id="another-device"), "annotation_device_id_mismatch"),
     ]
     for i in range(2080):
         change, reason = mutations[i % len(mutations)]
@@ -221,7 +234,7 @@ def build_messages(rng: np.random.Generator) -> list[tuple[str, bytes, str]]:
     for _ in range(100):
         frame_id = fid()
         payload = annotation(frame_id)
-        payload["asset"].update(path="file:/etc/passwd", name="../../../etc/cron.d/x", id="../../x")
+        payload.update(path="file:/etc/passwd", name="../../../etc/cron.d/x", image="../../x")
         add("annotations", dumps(payload), "accepted", frame_id=frame_id)
     # one valid frame from each of 20 new devices: 2 fit under max_devices, 18 do not
     for i in range(20):
@@ -234,6 +247,14 @@ def build_messages(rng: np.random.Generator) -> list[tuple[str, bytes, str]]:
     while len(out) + len(head) < TOTAL:
         add("frames", junk(int(rng.integers(0, 500))), "not_jpeg")
     return head + [out[i] for i in rng.permutation(len(out))]
+
+
+def peak_rss(pid: int) -> float:
+    """A running process's peak resident memory (VmHWM), MB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmHWM")
 
 
 def snapshot(folder: Path, skip: set[Path]) -> dict[str, str]:
@@ -264,9 +285,10 @@ def wait_for(condition, timeout_s: float, what: str, log_path: Path) -> None:
 
 
 ALLOWED_IN_ROOT = re.compile(
-    r"^(\.edge-agent-review(/locks(/[a-z]+-?[A-Za-z0-9._-]*\.lock)?|/[A-Za-z0-9._-]+\.(json|lock))?"
-    r"|[A-Za-z0-9_-][A-Za-z0-9._-]*(/\d{8}-\d{6}(-\d+)?(/(SEALED|CLOSED|frames|annotations)"
-    r"(/[A-Za-z0-9_-][A-Za-z0-9._-]*\.(jpg|json))?)?)?)$"
+    r"^(\.edge-agent-review(/locks(/[a-z]+-?[A-Za-z0-9._-]*\.lock)?|/receivers(/[A-Za-z0-9._-]+\.json)?"
+    r"|/[A-Za-z0-9._-]+\.json)?"
+    r"|[A-Za-z0-9_][A-Za-z0-9._-]*(/\d{8}-\d{6}(-\d+)?(/(SEALED|CLOSED|frames|annotations)"
+    r"(/[A-Za-z0-9_][A-Za-z0-9._-]*\.(jpg|json))?)?)?)$"
 )
 
 
@@ -318,20 +340,21 @@ def test_ten_thousand_hostile_messages(mosquitto, tmp_path, capsys):  # noqa: F8
         for info in infos:
             info.wait_for_publish(60)
         published_s = time.monotonic() - started
-        # A packet over the receiver's MQTT 5 Maximum Packet Size (the larger cap + 64 KiB) is dropped
-        # by the broker and never reaches it; then one valid frame shows the receiver still works.
+        # A packet over the larger cap + 64 KiB is cut on the way in (its bytes are read and thrown
+        # away), counted as too large and acknowledged; then one valid frame shows the receiver works.
         publisher.publish(
             f"{PREFIX}/cam-a/frames/oversized", b"\xff\xd8\xff" + b"\0" * 3_000_000, qos=1
         ).wait_for_publish(30)
         publisher.publish(f"{PREFIX}/cam-a/frames/after-the-storm", jpeg(99), qos=1).wait_for_publish(30)
 
         wait_for(
-            lambda: read_stats(root).get("received", 0) >= TOTAL + 1 and read_stats(root).get("waiting") == 0,
+            lambda: read_stats(root).get("received", 0) >= TOTAL + 2 and read_stats(root).get("waiting") == 0,
             120,
             "all messages processed",
             log_path,
         )
         assert receiver.poll() is None, "the receiver died"
+        peak_rss_mb = peak_rss(receiver.pid)
         receiver.send_signal(signal.SIGTERM)
         assert receiver.wait(30) == 0
     finally:
@@ -343,14 +366,17 @@ def test_ten_thousand_hostile_messages(mosquitto, tmp_path, capsys):  # noqa: F8
     stats = read_stats(root)
     log_text = log_path.read_text(errors="replace")
     # Every message is accounted for, under the reason it was built for.
-    assert stats["received"] == TOTAL + 1, "the oversized packet must not reach the receiver"
+    assert stats["received"] == TOTAL + 2
+    assert stats["oversized_cut"] == 1, "the 3 MB packet was cut on the way in, not read into memory"
     accepted = sum(stats[k] for k in ACCEPTED)
     assert stats["dropped_total"] + accepted == stats["received"]
     drops = {k: v for k, v in expected.items() if k not in ("accepted", "new_device")}
     new_device_drops = expected["new_device"] - (MAX_DEVICES - len(GOOD_DEVICES))
     drops["too_many_devices"] = new_device_drops
+    drops["frame_too_large"] += 1  # the oversized packet
     assert stats["dropped"] == drops
     assert accepted == expected["accepted"] + (MAX_DEVICES - len(GOOD_DEVICES)) + 1
+    assert peak_rss_mb < RSS_BOUND_MB, f"peak RSS {peak_rss_mb:.0f} MB"
     assert stats["duplicates"] == 100
     assert stats["frames_written"] == len(GOOD_DEVICES) + 300 + 2 + 1
     assert stats["annotations_stored"] == 300 + 100
@@ -374,5 +400,6 @@ def test_ten_thousand_hostile_messages(mosquitto, tmp_path, capsys):  # noqa: F8
         print(
             f"\n[review fuzz] {TOTAL} messages published in {published_s:.1f} s, all processed in "
             f"{time.monotonic() - started:.1f} s; accepted {accepted}, dropped {stats['dropped_total']} "
-            f"for {len(stats['dropped'])} reasons"
+            f"for {len(stats['dropped'])} reasons; peak RSS {peak_rss_mb:.0f} MB, queue peak "
+            f"{stats['queue']['peak_messages']} messages"
         )

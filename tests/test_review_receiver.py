@@ -27,7 +27,7 @@ from agent.detections import Detections
 from agent.frames import Frame, FrameResult
 from agent.mqtt.client import MqttPublisher
 from agent.review.receiver import ReviewReceiver
-from agent.vott import annotation_json, load_project
+from agent.vott import load_project
 from tests.helpers import run_cli
 from tests.mosquitto import (
     CertificateAuthority,
@@ -46,18 +46,17 @@ def jpeg(seed: int) -> bytes:
 
 
 def note(frame_id: str, right: int = 30) -> bytes:
+    """An ``edge-agent.detections/1`` record for a 64x48 frame with one box."""
     return json.dumps(
         {
+            "schema": "edge-agent.detections/1",
             "frame_id": frame_id,
-            "asset": {"size": {"width": 64, "height": 48}},
-            "regions": [
-                {
-                    "id": "r1",
-                    "tags": ["part"],
-                    "boundingBox": {"left": 2, "top": 3, "width": right, "height": 20},
-                }
+            "width": 64,
+            "height": 48,
+            "model": "test.tflite",
+            "detections": [
+                {"label": "part", "class_id": 0, "score": 0.75, "box_xyxy": [2, 3, 2 + right, 23]}
             ],
-            "scores": [{"region_id": "r1", "label": "part", "score": 0.75}],
         }
     ).encode()
 
@@ -246,9 +245,7 @@ def test_tls_client_certificate_and_password_with_the_agents_publisher(mosquitto
     dets = Detections.create([[200, 100, 900, 300]], [0.91], [0], ["spaghetti"])
     result = FrameResult(frame, dets, "print3d", "litert", 5.0)
     with Running(config) as receiver, MqttPublisher(agent_settings) as agent:
-        # the agent names its own reviewer path; the receiver ignores it. Resized to 1920 px on the way.
-        annotation = annotation_json("/home/pi/edge-agent-data/frames/frame_0001.jpg", 2400, 480, dets)
-        agent.publish_frame(result, annotation)
+        agent.publish_frame(result)  # resized to 1920 px on the way, its annotation with it
         assert wait(lambda: receiver.stats_snapshot()["received"] == 2)
         stats = receiver.stats_snapshot()
     assert (stats["frames_written"], stats["annotations_stored"]) == (1, 1), stats
@@ -280,13 +277,15 @@ def test_the_command_line_checks_lists_and_closes(tmp_path):
     assert run_cli("review", "--config", str(config), "--check").code == 0
     assert "no batches" in run_cli("review", "--config", str(config), "--list").out
 
-    from agent.review.checks import parse_annotation
+    from agent.review.annotation import parse_annotation
     from agent.review.store import ReviewStore
 
     store = ReviewStore(ReviewSettings.model_validate(yaml.safe_load(config.read_text())))
     store.put_frame("cam", "f1", jpeg(1))
     store.put_annotation(
-        "cam", "f1", parse_annotation(note("f1"), "f1", max_side_px=99, max_regions=9, max_label_chars=9)
+        "cam",
+        "f1",
+        parse_annotation(note("f1"), "cam", "f1", max_side_px=99, max_regions=9, max_label_chars=9),
     )
     store.put_frame("cam", "f2", jpeg(2))
     store.close()

@@ -17,7 +17,10 @@ import pytest
 
 from agent.config.review import ReviewSettings
 from agent.detections import Detections
-from agent.review.checks import Annotation, Rejected, check_jpeg, parse_annotation
+from agent.frames import Frame, FrameResult
+from agent.mqtt.schema import detections_record
+from agent.review.annotation import Annotation, parse_annotation
+from agent.review.checks import Rejected, check_jpeg
 from agent.review.store import (
     ANNOTATION_STORED,
     ANNOTATION_UPDATED,
@@ -25,7 +28,7 @@ from agent.review.store import (
     FRAME_WRITTEN,
     ReviewStore,
 )
-from agent.vott import annotation_json, asset_id, load_project
+from agent.vott import asset_id, load_project
 from tests.conftest import SHARED
 
 VALIDATOR = SHARED / "vott" / "validate_vott.py"
@@ -40,14 +43,14 @@ def jpeg(width: int = 64, height: int = 48, seed: int = 0) -> bytes:
 
 
 def annotation(frame_id: str, boxes: list[list[float]], labels: list[str], size=(64, 48)) -> Annotation:
-    """An annotation as the agent publishes it, validated like the receiver does."""
+    """An annotation as the agent publishes it (its detections record), checked like the receiver does."""
+    frame = Frame(np.zeros((size[1], size[0], 3), np.uint8), "cam", 1, T0, frame_id)
     dets = Detections.create(boxes or np.zeros((0, 4)), [0.5 + i / 100 for i in range(len(boxes))],
                              list(range(len(boxes))), labels)  # fmt: skip
-    payload = annotation_json(f"{frame_id}.jpg", size[0], size[1], dets)
+    payload = detections_record(FrameResult(frame, dets, "test.tflite", "litert", 1.0), "cam", True)
     payload["frame_id"] = frame_id
-    payload["model"] = "test.tflite"
     return parse_annotation(
-        json.dumps(payload).encode(), frame_id, max_side_px=8192, max_regions=100, max_label_chars=100
+        json.dumps(payload).encode(), "cam", frame_id, max_side_px=8192, max_regions=100, max_label_chars=100
     )
 
 
@@ -304,3 +307,28 @@ def test_temporary_files_of_a_killed_receiver_are_removed_but_never_in_closed_ba
     assert store.remove_temp_files() == 2
     assert not any(p.exists() for p in left_over) and in_closed.exists()
     assert check_jpeg((open_batch / "frames" / "f2.jpg").read_bytes(), 8192).width == 64
+
+
+def test_frames_resent_after_a_device_restart_are_counted_not_stored_twice(tmp_path):
+    """An agent restarted before the broker acknowledged sends the same frames again (same id,
+    same bytes): recognised in the open batch, in a sealed one and in a closed one; other bytes
+    under a stored id are refused, and the stored frame stays."""
+    root = tmp_path / "root"
+    store = ReviewStore(settings(root, batch_by="count", batch_size=2))
+    frames = {f"f{i}": jpeg(seed=i) for i in range(5)}
+    for fid in ("f0", "f1", "f2"):  # f0 and f1 fill the first batch (sealed), f2 opens the next
+        assert store.put_frame("cam", fid, frames[fid], now=T0) == FRAME_WRITTEN
+    [first, second] = batch_dirs(root, "cam")
+    assert (first / "SEALED").exists() and not (second / "SEALED").exists()
+    assert store.put_frame("cam", "f2", frames["f2"], now=T0) == DUPLICATE  # open batch
+    assert store.put_frame("cam", "f0", frames["f0"], now=T0) == DUPLICATE  # sealed batch
+    store.housekeeping(now=T0, force_close=True, device="cam")
+    assert (first / "CLOSED").exists()
+    assert store.put_frame("cam", "f1", frames["f1"], now=T0) == DUPLICATE  # closed batch
+    with pytest.raises(Rejected) as other_bytes:
+        store.put_frame("cam", "f2", frames["f4"], now=T0)
+    assert other_bytes.value.reason == "frame_id_reused"
+    assert (second / "frames" / "f2.jpg").read_bytes() == frames["f2"]
+    assert store.counters["frames_resent"] == 3
+    stored = sorted(p.name for p in root.glob("cam/*/frames/*.jpg"))
+    assert stored == ["f0.jpg", "f1.jpg", "f2.jpg"]

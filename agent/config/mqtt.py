@@ -167,7 +167,7 @@ class MqttSettings(BrokerConnection):
     def _device_id_is_topic_level(cls, value: str) -> str:
         if not value or safe_name(value, max_len=64) != value:
             raise ValueError(
-                f"device_id {value!r} must be 1-64 characters from A-Z a-z 0-9 . _ - "
+                f"device_id {value!r} must be 1-64 characters from A-Z a-z 0-9 . _ -, not starting with . or - "
                 f"(it is a topic level and, with an ACL, the MQTT user name); "
                 f"for example {safe_name(value or 'edge-agent', max_len=64)!r}"
             )

@@ -3,8 +3,10 @@
 Top-level keys: ``mqtt`` (broker connection, topic prefix, shared group), ``root`` and
 ``reviewer_root`` (where projects are written and where the reviewer sees them), batching
 (``batch_by``, ``batch_size``, ``close_grace_s``), caps on untrusted input (``max_jpeg_mb``,
-``max_annotation_kb``, ``max_image_px``, ``max_devices``, ``max_regions``, ``max_label_chars``,
-``min_free_mb``), ``security_token``, ``fsync`` and ``stats_interval_s``. Every key has a
+``max_annotation_kb``, ``max_image_px``, ``max_image_mpx``, ``max_devices``, ``max_regions``,
+``max_label_chars``, ``min_free_mb``), memory (``queue_max_messages``, ``queue_max_mb``), locks
+on a shared root (``lock_lease_s``, ``lock_wait_s``), ``security_token``, ``fsync`` and
+``stats_interval_s``. Every key has a
 default that works against a broker on localhost.
 """
 
@@ -49,7 +51,11 @@ class ReviewMqttSettings(BrokerConnection):
         7 * 24 * 3600, ge=0, le=4294967295, description="MQTT 5: how long the broker keeps our session"
     )
     inflight_max: int = Field(
-        16, ge=1, le=65535, description="MQTT 5 receive maximum: messages sent to us but not yet stored"
+        64,
+        ge=1,
+        le=65535,
+        description="MQTT 5 receive maximum: messages sent to us but not yet acknowledged (a hint: "
+        "memory is bounded by queue_max_messages and queue_max_mb whatever the broker sends)",
     )
 
     @field_validator("topic_prefix")
@@ -120,6 +126,35 @@ class ReviewSettings(StrictModel):
     max_label_chars: int = Field(100, ge=1, le=1000, description="characters per label")
     min_free_mb: float = Field(500.0, ge=0, description="drop messages when the disk has less free space")
 
+    max_image_mpx: float = Field(
+        8.0, gt=0, le=1000, description="frames of more megapixels are dropped (bounds decoding memory)"
+    )
+
+    queue_max_messages: int = Field(
+        256, ge=1, le=100_000, description="messages read but not yet stored; when full, reading pauses"
+    )
+    queue_max_mb: float = Field(
+        16.0,
+        gt=0,
+        le=4096,
+        description="bytes of messages read but not yet stored; when full, reading pauses",
+    )
+    lock_lease_s: float = Field(
+        30.0,
+        ge=1,
+        le=3600,
+        description="a lock file unchanged this long (its holder died or hangs) is broken by another receiver",
+    )
+    lock_wait_s: float = Field(
+        20.0, gt=0, le=3600, description="how long a message waits for its device's lock before it is retried"
+    )
+    workers: int = Field(
+        4,
+        ge=1,
+        le=64,
+        description="threads storing messages (each on other devices): overlap fsync and decoding",
+    )
+
     fsync: bool = Field(True, description="flush every file to the device before acknowledging")
     stats_interval_s: float = Field(60.0, gt=0, le=86400, description="log and write stats this often")
 
@@ -138,6 +173,11 @@ class ReviewSettings(StrictModel):
     def max_jpeg_bytes(self) -> int:
         """``max_jpeg_mb`` in bytes."""
         return int(self.max_jpeg_mb * 1024 * 1024)
+
+    @property
+    def queue_max_bytes(self) -> int:
+        """``queue_max_mb`` in bytes."""
+        return int(self.queue_max_mb * 1024 * 1024)
 
     @property
     def max_annotation_bytes(self) -> int:

@@ -195,16 +195,15 @@ class MqttPublisher:
         """Queue the ``detections`` JSON of one processed frame."""
         self._store(detections_message(self.topics, result, kept))
 
-    def publish_frame(self, result: FrameResult, annotation: Mapping[str, Any] | None = None) -> None:
-        """Queue a kept frame's JPEG (resized to ``frame_max_width_px`` when wider) and, when given, its
-        annotation (VoTT asset JSON plus scores, geometry scaled with the JPEG). With Home Assistant
+    def publish_frame(self, result: FrameResult, annotation: bool = True) -> None:
+        """Queue a kept frame's JPEG (resized to ``frame_max_width_px`` when wider) and, with
+        ``annotation``, its annotation (the detections record for that JPEG). With Home Assistant
         on, the frame with its boxes drawn also becomes the retained ``image``."""
         self._store(*self._frame_messages(result, annotation, None, None))
 
     def publish_result(
         self,
         result: FrameResult,
-        annotation: Mapping[str, Any] | None = None,
         *,
         kept: bool,
         picture: EncodedImage | None = None,
@@ -216,23 +215,19 @@ class MqttPublisher:
         messages = [detections_message(self.topics, result, kept)]
         try:
             if kept:
-                messages += self._frame_messages(result, annotation, picture, picture_file)
+                messages += self._frame_messages(result, True, picture, picture_file)
         finally:  # a frame that cannot be encoded still has its detections published
             self._store(*messages)
 
     def _frame_messages(
-        self,
-        result: FrameResult,
-        annotation: Mapping[str, Any] | None,
-        picture: EncodedImage | None,
-        picture_file: Path | None,
+        self, result: FrameResult, annotation: bool, picture: EncodedImage | None, picture_file: Path | None
     ) -> list[Message]:
         s = self.settings
         encoded = published_jpeg(result.frame, picture, s.frame_max_width_px, s.frame_jpeg_quality)
         on_disk = str(picture_file) if picture_file is not None and encoded is picture else None
         messages = [frame_message(self.topics, result.frame, encoded, s.frame_expiry_s, on_disk)]
-        if annotation is not None:
-            messages.append(annotation_message(self.topics, result.frame.frame_id, annotation, encoded.scale))
+        if annotation:
+            messages.append(annotation_message(self.topics, result, encoded))
         if s.home_assistant.enabled:
             image = annotated_jpeg(result, s.frame_max_width_px, s.frame_jpeg_quality)
             self._set_latest(self.topics.image, image)

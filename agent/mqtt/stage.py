@@ -4,8 +4,7 @@ alert, into the outbox (the sender thread takes them to the broker)."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
-from pathlib import Path
+from collections.abc import Mapping
 from typing import Any
 
 from agent.alerts.events import alert_payload
@@ -14,7 +13,6 @@ from agent.flow import Outputs, Stage
 from agent.frames import FrameResult
 from agent.harvest.decision import KeepDecision
 from agent.mqtt.client import MqttPublisher
-from agent.vott import annotation_json
 from agent.vott.stage import StoredFrame
 
 log = logging.getLogger(__name__)
@@ -27,34 +25,18 @@ class MqttStage(Stage):
     needs = (KeepDecision,)
     uses = (StoredFrame, AlertEvents)
 
-    def __init__(self, publisher: MqttPublisher, reviewer_path: Callable[[Path], str]) -> None:
+    def __init__(self, publisher: MqttPublisher) -> None:
         self.publisher = publisher
-        self.reviewer_path = reviewer_path
 
     def handle(self, result: FrameResult, outputs: Outputs) -> None:
         """Publish this result's detections, its picture and annotation when kept, its alerts."""
         alerts = outputs.find(AlertEvents)
         for event in alerts.events if alerts is not None else ():
             self.publisher.publish_alert(alert_payload(event, device_id=self.publisher.topics.device_id))
-        kept = outputs.get(KeepDecision).keep
         stored = outputs.find(StoredFrame)
-        annotation = None
-        if kept:
-            frame = result.frame
-            image = (
-                stored.image_path
-                if stored is not None and stored.image_path
-                else Path(f"{frame.frame_id}.jpg")
-            )
-            annotation = dict(
-                annotation_json(self.reviewer_path(image), frame.width, frame.height, result.detections)
-            )
-            annotation["frame_id"] = frame.frame_id
-            annotation["model"] = result.model
         self.publisher.publish_result(
             result,
-            annotation,
-            kept=kept,
+            kept=outputs.get(KeepDecision).keep,
             picture=stored.image if stored is not None else None,
             picture_file=stored.image_path if stored is not None else None,
         )

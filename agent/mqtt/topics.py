@@ -6,7 +6,7 @@ or the TLS certificate's CN keeps devices apart:
 - ``status``: ``online`` / ``offline`` (last will) / ``stopped``, retained.
 - ``detections``: JSON per processed frame, QoS 1, through the outbox.
 - ``frames/<frame_id>``: JPEG bytes, QoS 1, outbox, MQTT 5 content type, user properties and expiry.
-- ``annotations/<frame_id>``: the VoTT asset JSON plus scores given by the caller, QoS 1, outbox.
+- ``annotations/<frame_id>``: the same record as ``detections`` for the published JPEG, QoS 1, outbox.
 - ``alerts``: JSON, QoS 1, outbox (sent before anything else waiting).
 - ``stats``: JSON, retained, latest value only. ``failure``: ``ON``/``OFF``, retained.
 - ``image``: the latest kept frame with its boxes drawn (JPEG), retained, for Home Assistant.
@@ -14,7 +14,6 @@ or the TLS certificate's CN keeps devices apart:
 
 from __future__ import annotations
 
-import copy
 import json
 import time
 from collections.abc import Mapping
@@ -27,6 +26,7 @@ import numpy as np
 from agent.encode import EncodedImage, encode_jpeg, fit_width
 from agent.frames import Frame, FrameResult
 from agent.mqtt.messages import Message, MessageClass
+from agent.mqtt.schema import detections_record
 from agent.utc import utc_iso
 
 ONLINE = "online"
@@ -83,7 +83,7 @@ class Topics:
         return f"{self.base}/frames/{frame_id}"
 
     def annotation(self, frame_id: str) -> str:
-        """The VoTT asset JSON (plus scores) of one kept frame."""
+        """The detections record of one kept frame, for its published JPEG."""
         return f"{self.base}/annotations/{frame_id}"
 
 
@@ -101,26 +101,10 @@ def _json_default(value: Any) -> Any:
 
 
 def detections_payload(result: FrameResult, device_id: str, kept: bool) -> dict[str, Any]:
-    """The ``detections`` JSON for one processed frame (boxes in pixels and normalised to [0, 1]);
-    ``kept``: the frame is kept for labelling (its picture is published too)."""
-    frame = result.frame
-    dets = result.detections
-    return {
-        "frame_id": frame.frame_id,
-        "device_id": device_id,
-        "timestamp": utc_iso(frame.timestamp),
-        "source": frame.source_id,
-        "sequence": frame.sequence,
-        "model": result.model,
-        "runtime": result.runtime,
-        "inference_ms": round(float(result.inference_ms), 2),
-        "width": frame.width,
-        "height": frame.height,
-        "skipped_inference": result.skipped_inference,
-        "kept": kept,
-        "top_score": round(dets.top_score, 5),
-        "detections": dets.to_records(frame.width, frame.height),
-    }
+    """The ``detections`` JSON for one processed frame: the wire record (``agent.mqtt.schema``) with
+    the frame's own size (boxes in pixels and normalised to [0, 1]); ``kept``: its picture is
+    published too."""
+    return detections_record(result, device_id, kept)
 
 
 def detections_message(topics: Topics, result: FrameResult, kept: bool) -> Message:
@@ -164,16 +148,14 @@ def frame_message(
     )
 
 
-def annotation_message(topics: Topics, frame_id: str, annotation: Mapping[str, Any], scale: float) -> Message:
-    """The outbox message carrying a frame's annotation (VoTT asset JSON plus scores).
-
-    When the published JPEG was resized, the VoTT geometry is scaled by ``scale`` so that
-    frame and annotation agree; every other key is passed through as given.
-    """
-    body = scale_vott_asset(annotation, scale) if scale != 1.0 else annotation
+def annotation_message(topics: Topics, result: FrameResult, encoded: EncodedImage) -> Message:
+    """The outbox message carrying a kept frame's annotation: the wire record for the published
+    JPEG (``encoded``), its boxes scaled when the frame was resized."""
+    frame_id = result.frame.frame_id
+    record = detections_record(result, topics.device_id, True, (encoded.width, encoded.height))
     return Message(
         topic=topics.annotation(frame_id),
-        payload=json_bytes(body),
+        payload=json_bytes(record),
         klass=MessageClass.ANNOTATION,
         content_type=JSON_TYPE,
         user_properties=(("frame_id", frame_id),),
@@ -203,34 +185,6 @@ def stats_payload(device_id: str, stats: Mapping[str, Any], mqtt_stats: Mapping[
     body.setdefault("timestamp", utc_iso(time.time()))
     body["mqtt"] = dict(mqtt_stats)
     return json_bytes(body)
-
-
-def scale_vott_asset(asset: Mapping[str, Any], scale: float) -> dict[str, Any]:
-    """A copy of a VoTT 2.2.0 asset JSON for the image resized by ``scale``.
-
-    Scales ``asset.size`` and every region's ``boundingBox`` and ``points`` (pixels);
-    everything else is copied unchanged.
-    """
-    out = copy.deepcopy(dict(asset))
-    size = out.get("asset", {}).get("size") if isinstance(out.get("asset"), dict) else None
-    if isinstance(size, dict):
-        for key in ("width", "height"):
-            if isinstance(size.get(key), int | float):
-                size[key] = max(1, round(size[key] * scale))
-    for region in out.get("regions") or []:
-        if not isinstance(region, dict):
-            continue
-        box = region.get("boundingBox")
-        if isinstance(box, dict):
-            for key in ("left", "top", "width", "height"):
-                if isinstance(box.get(key), int | float):
-                    box[key] = round(box[key] * scale, 2)
-        for point in region.get("points") or []:
-            if isinstance(point, dict):
-                for key in ("x", "y"):
-                    if isinstance(point.get(key), int | float):
-                        point[key] = round(point[key] * scale, 2)
-    return out
 
 
 def annotated_jpeg(result: FrameResult, max_width_px: int, quality: int) -> bytes:

@@ -53,4 +53,10 @@ How a reviewer works through batches
 5. Export a reviewed batch with ``edge-agent export --project <batch>/vott --source-folder
    <batch>/frames --format coco|voc|yolo|automl-csv|vott-csv --out DIR`` (``--source-folder``
    because VoTT has encrypted the folder paths in the ``.vott`` by then).
+
+More: ``docs/review.md`` (drop reasons, memory bound, several receivers on shared storage, systemd).
+Modules: ``connection`` (MQTT session) and ``guard`` (oversized packets) -> ``receiver`` (fast
+refusals, the fair ``inbox``, worker threads) -> ``checks`` / ``annotation`` (untrusted input) ->
+``store`` (batches under ``locks``) -> ``closing`` (the VoTT project); ``service`` (systemd),
+``cli``, ``stats``, ``presence``.
 """

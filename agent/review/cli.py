@@ -16,8 +16,9 @@ from agent.commands.values import number
 from agent.config.loading import load_yaml_model
 from agent.config.review import ReviewSettings
 from agent.errors import ConfigError
+from agent.review.batches import CLOSED, Batch
 from agent.review.checks import id_problem
-from agent.review.store import CLOSED, Batch, ReviewStore
+from agent.review.store import ReviewStore
 
 log = logging.getLogger(__name__)
 
@@ -70,17 +71,17 @@ def run_review(args: argparse.Namespace) -> int:
         return _list_batches(settings, args.device)
     if args.close_batch:
         return _close_batches(settings, args.device, args.wait_s)
-    from agent.review.receiver import ReviewReceiver
+    from agent.review.service import supervised_receiver
 
-    receiver = ReviewReceiver(settings)
+    with supervised_receiver(settings) as receiver:
 
-    def on_signal(signum: int, _frame: FrameType | None) -> None:
-        log.info("received %s", signal.Signals(signum).name)
-        receiver.stop()
+        def on_signal(signum: int, _frame: FrameType | None) -> None:
+            log.info("received %s", signal.Signals(signum).name)
+            receiver.stop()
 
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
-    stats = receiver.run()
+        signal.signal(signal.SIGINT, on_signal)
+        signal.signal(signal.SIGTERM, on_signal)
+        stats = receiver.run()
     print(
         f"received {stats['received']} messages: {stats['frames_written']} frames and "
         f"{stats['annotations_stored']} annotations stored, {stats['duplicates']} duplicates, "
@@ -100,10 +101,10 @@ def _closed_line(batch: Batch) -> str:
 
 
 def _close_batches(settings: ReviewSettings, device: str | None, wait_s: float | None) -> int:
-    store = ReviewStore(settings)
+    store = ReviewStore(settings, owner=f"{settings.mqtt.client_id}-cli")
     try:
         sealed = store.request_close(device)
-        if not store.receivers_running():
+        if not store.presence.others_or_self_running():
             # Nobody else will close them: do it now.
             results = store.housekeeping(force_close=True, device=device)
             for result in results:
@@ -132,7 +133,7 @@ def _close_batches(settings: ReviewSettings, device: str | None, wait_s: float |
 
 
 def _list_batches(settings: ReviewSettings, device: str | None) -> int:
-    store = ReviewStore(settings)
+    store = ReviewStore(settings, owner=f"{settings.mqtt.client_id}-cli")
     try:
         devices = [device] if device is not None else store.devices()
         rows = 0

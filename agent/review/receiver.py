@@ -1,39 +1,49 @@
-"""The receiver: subscribes to the agents' frames and annotations and files them in the store.
+"""The receiver: takes the agents' frames and annotations off the broker into the store.
 
-Threads: paho's network thread only enqueues messages (``on_message``); one worker thread
-(``run()``) checks each message, stores it, and only then acknowledges it (paho's manual acks),
-so a message is removed from our broker session only once it is on disk. The session is
-persistent (MQTT 5: clean start off and ``session_expiry_s``; 3.1.1: clean session off) with a
-fixed client id, so what agents publish while the receiver is down is delivered when it comes
-back. The broker sends at most ``inflight_max`` unacknowledged messages at a time (MQTT 5
-Receive Maximum), which bounds the queue, and none bigger than the larger size cap plus 64 KiB
-(MQTT 5 Maximum Packet Size: the broker drops those without sending them, so they never reach
-the receiver or its stats; slightly oversized ones arrive and are counted as too large).
+Threads and what bounds them:
 
-Every second the worker also seals and closes due batches (``ReviewStore.housekeeping``); every
-``stats_interval_s`` it logs a summary and writes ``<root>/.edge-agent-review/stats-<client>.json``.
+* paho's network thread reads messages through ``guard.PacketGuard`` (an oversized packet never
+  enters memory) and runs ``_on_message``, which refuses at once, acknowledges and counts what
+  needs no payload parsing: a topic that is not ours, bad ids, a payload over its size cap, a
+  QoS 0 message while the queue is full. Everything else goes into the ``FairInbox`` (bounded by
+  ``queue_max_messages`` and ``queue_max_mb``); while it is full, the network thread waits there
+  and stops reading the socket, so the broker keeps the rest in our session.
+* ``workers`` worker threads take messages round-robin per device (one device to one worker
+  at a time), check the payload (JPEG, the annotation's schema), store it, and only then
+  acknowledge it: a message leaves our broker session once it is on disk or refused. Several
+  workers overlap the waits (fsync, a network file system) and the decoding, which releases
+  the GIL. A message whose device lock cannot be had in ``lock_wait_s`` (another receiver holds
+  it) is retried later by the same worker, never dropped.
+* the main thread (``run()``) seals and closes due batches every second, writes the heartbeat
+  and, every ``stats_interval_s``, logs a summary and writes
+  ``<root>/.edge-agent-review/stats-<client>.json``.
+
+So no device can stall another: refused messages leave the broker's in-flight window as soon as
+they are read, and accepted ones are served device by device. ``on_progress`` (the systemd
+watchdog) is called by the main thread, every 0.2 s, unless a worker has been on one message
+since its previous look: a stuck worker, or a stuck main thread, stops it.
 """
 
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 import time
-from dataclasses import dataclass
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
-from paho.mqtt.reasoncodes import ReasonCode
-from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from agent.config.review import ReviewSettings
 from agent.fsutil import atomic_write_json
-from agent.mqtt.connection import explain_refusal, new_paho_client
 from agent.naming import safe_name
-from agent.review.checks import Rejected, check_jpeg, parse_annotation, parse_topic
+from agent.review.annotation import Annotation, parse_annotation
+from agent.review.checks import Rejected, check_jpeg, parse_topic
+from agent.review.connection import ReviewConnection
+from agent.review.inbox import FairInbox
+from agent.review.locks import LockLost, LockTimeout
 from agent.review.stats import ReviewStats
 from agent.review.store import ReviewStore
 from agent.utc import utc_iso
@@ -41,17 +51,30 @@ from agent.utc import utc_iso
 log = logging.getLogger(__name__)
 
 HOUSEKEEPING_INTERVAL_S = 1.0
-_MAX_PACKET_LIMIT = 268_435_455  # the largest packet MQTT can describe
-_QOS0_QUEUE_LIMIT = 1000
+HEARTBEAT_INTERVAL_S = 5.0
+RETRY_DELAY_S = 1.0
+DEVICE_RUN = 16  # a device's queued messages stored under one hold of its lock, at most
+_PACKET_HEADROOM = 65536  # topic and properties on top of the largest payload we accept
 
 
 @dataclass(frozen=True, slots=True)
 class _Item:
     topic: str
+    device: str
+    kind: str
+    frame_id: str
     payload: bytes
     qos: int
     mid: int
-    connection: int  # which connection delivered it: acks go only to the connection that sent it
+    connection: int
+
+
+@dataclass
+class _WorkerState:
+    busy: bool = False
+    finished: int = 0  # messages finished (stored, refused or put aside for a retry)
+    seen: int = 0  # ``finished`` when the main loop last looked
+    retry: deque[tuple[float, _Item]] = field(default_factory=deque)  # (when, message), its own
 
 
 class ReviewReceiver:
@@ -59,147 +82,117 @@ class ReviewReceiver:
 
     ``run()`` blocks until ``stop()`` (safe from a signal handler) and returns the final stats."""
 
-    def __init__(self, settings: ReviewSettings, store: ReviewStore | None = None) -> None:
+    def __init__(
+        self,
+        settings: ReviewSettings,
+        store: ReviewStore | None = None,
+        *,
+        on_progress: Callable[[], None] | None = None,
+        on_subscribed: Callable[[], None] | None = None,
+    ) -> None:
         self.settings = settings
-        self.store = store if store is not None else ReviewStore(settings)
+        self.store = store if store is not None else ReviewStore(settings, owner=settings.mqtt.client_id)
         self.stats = ReviewStats()
-        self._v5 = settings.mqtt.protocol == "5"
-        self._queue: queue.Queue[_Item] = queue.Queue()
+        self.inbox: FairInbox[_Item] = FairInbox(settings.queue_max_messages, settings.queue_max_bytes)
+        self._workers = [_WorkerState() for _ in range(settings.workers)]
+        self._on_progress = on_progress
         self._stop = threading.Event()
-        self._connection = 0
-        self._connected = False
-        self._subscribed = False
-        self._problem_logged = False
         self._started_at = time.time()
         self._stats_file = self.store.state_dir / f"stats-{safe_name(settings.mqtt.client_id, 100)}.json"
-        self._client = self._build_client()
+        largest = max(settings.max_jpeg_bytes, settings.max_annotation_bytes)
+        self.connection = ReviewConnection(
+            settings.mqtt, largest + _PACKET_HEADROOM, self._on_message, on_subscribed
+        )
 
-    # ---- the connection ---------------------------------------------------------------------
-    def _build_client(self) -> mqtt.Client:
-        m = self.settings.mqtt
-        client = new_paho_client(m, m.client_id, mqtt.Client, persistent_session=True, manual_ack=True)
-        client.on_connect = self._on_connect
-        client.on_connect_fail = self._on_connect_fail
-        client.on_disconnect = self._on_disconnect
-        client.on_subscribe = self._on_subscribe
-        client.on_message = self._on_message
-        return client
+    # ---- paho's network thread ----------------------------------------------------------------
+    def _on_message(self, message: mqtt.MQTTMessage, connection: int) -> None:
+        """Refuse, acknowledge and count at once what needs no parsing; queue the rest."""
+        mid, qos, payload = message.mid, message.qos, message.payload
+        try:
+            topic = message.topic
+        except UnicodeDecodeError:  # a broker must not deliver this; refuse it all the same
+            self._finish(mid, qos, connection, "other", drop=("bad_topic", "topic is not UTF-8"))
+            return
+        try:
+            device, kind, frame_id = parse_topic(topic, self.settings.mqtt.topic_prefix)
+        except Rejected as exc:
+            self._finish(mid, qos, connection, "other", drop=(exc.reason, exc.detail), topic=topic)
+            return
+        try:
+            self._check_size(kind, payload)
+        except Rejected as exc:
+            self._finish(mid, qos, connection, kind, drop=(exc.reason, exc.detail), topic=topic)
+            return
+        item = _Item(topic, device, kind, frame_id, bytes(payload), qos, mid, connection)
+        if not self.inbox.put(device, item, len(payload), block=qos > 0) and qos == 0:
+            self._finish(
+                mid,
+                0,
+                connection,
+                kind,
+                drop=("overloaded", "QoS 0 message while the queue is full"),
+                topic=topic,
+            )
+        # a QoS 1 message refused by a closed inbox: we are stopping; the broker sends it again
 
-    def _max_packet_bytes(self) -> int:
-        largest = max(self.settings.max_jpeg_bytes, self.settings.max_annotation_bytes)
-        return min(_MAX_PACKET_LIMIT, largest + 65536)
+    def _check_size(self, kind: str, payload: bytes | bytearray) -> None:
+        s = self.settings
+        prefix = self.connection.oversized_prefix()
+        oversized = prefix is not None and payload.startswith(prefix)
+        size = int(payload[len(prefix) :]) if oversized and prefix is not None else len(payload)
+        if kind == "frames" and (oversized or size > s.max_jpeg_bytes):
+            raise Rejected("frame_too_large", f"{size} bytes, max_jpeg_mb is {s.max_jpeg_mb:g}")
+        if kind == "annotations" and (oversized or size > s.max_annotation_bytes):
+            raise Rejected(
+                "annotation_too_large", f"{size} bytes, max_annotation_kb is {s.max_annotation_kb:g}"
+            )
 
-    def _connect(self) -> None:
-        m = self.settings.mqtt
-        port = m.effective_port
-        if self._v5:
-            props = Properties(PacketTypes.CONNECT)
-            props.SessionExpiryInterval = m.session_expiry_s
-            props.ReceiveMaximum = m.inflight_max
-            props.MaximumPacketSize = self._max_packet_bytes()
-            self._client.connect_async(m.host, port, m.keepalive_s, clean_start=False, properties=props)
-        else:
-            self._client.connect_async(m.host, port, m.keepalive_s)
-        self._client.loop_start()
-
-    def _on_connect(
-        self, client: mqtt.Client, userdata: Any, flags: Any, reason: ReasonCode, props: Any
+    def _finish(
+        self,
+        mid: int,
+        qos: int,
+        connection: int,
+        kind: str,
+        *,
+        outcome: str | None = None,
+        drop: tuple[str, str] | None = None,
+        topic: str = "",
     ) -> None:
-        if reason.is_failure:
-            if not self._problem_logged:
-                self._problem_logged = True
-                m = self.settings.mqtt
-                log.error("review: the broker %s (retrying)", explain_refusal(m, reason, m.client_id))
-            return
-        self._connection += 1
-        self._connected = True
-        self._problem_logged = False
-        log.info(
-            "review: connected to %s:%d as %r (session %s)",
-            self.settings.mqtt.host,
-            self.settings.mqtt.effective_port,
-            self.settings.mqtt.client_id,
-            "resumed" if flags.session_present else "new",
-        )
-        filters = self.settings.mqtt.topic_filters()
-        if self._v5:
-            options = SubscribeOptions(qos=1, retainHandling=SubscribeOptions.RETAIN_DO_NOT_SEND)
-            client.subscribe([(f, options) for f in filters])
-        else:
-            client.subscribe([(f, 1) for f in filters])
+        """Count what happened to a message, then acknowledge it."""
+        self.stats.received(kind)
+        if drop is not None:
+            self.stats.dropped(*drop, topic)
+        elif outcome is not None:
+            self.stats.outcome(outcome)
+        self.connection.ack(mid, qos, connection)
 
-    def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
-        if not self._problem_logged:
-            self._problem_logged = True
-            log.warning(
-                "review: the broker %s:%d is not reachable; retrying with backoff (messages wait in our "
-                "session on the broker)",
-                self.settings.mqtt.host, self.settings.mqtt.effective_port,
-            )  # fmt: skip
-
-    def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
-        was_connected, self._connected = self._connected, False
-        if was_connected and not self._stop.is_set():
-            log.warning(
-                "review: connection lost (%s); reconnecting", getattr(reason, "getName", lambda: reason)()
-            )
-
-    def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int, codes: Any, props: Any) -> None:
-        failed = [c for c in codes if getattr(c, "is_failure", False)]
-        if failed:
-            log.error(
-                "review: the broker refused the subscriptions %s (%s); its ACL must let this user read "
-                "%s/+/frames/+ and %s/+/annotations/+",
-                self.settings.mqtt.topic_filters(),
-                ", ".join(c.getName() for c in failed),
-                self.settings.mqtt.topic_prefix,
-                self.settings.mqtt.topic_prefix,
-            )
-            return
-        self._subscribed = True
-        log.info("review: subscribed to %s", " and ".join(self.settings.mqtt.topic_filters()))
-
-    def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
-        if message.qos == 0 and self._queue.qsize() >= _QOS0_QUEUE_LIMIT:
-            self.stats.received("other")
-            self.stats.dropped("overloaded", "QoS 0 message while the queue is full", message.topic)
-            return
-        self._queue.put(
-            _Item(message.topic, bytes(message.payload), message.qos, message.mid, self._connection)
-        )
-
-    # ---- the worker -------------------------------------------------------------------------
+    # ---- the worker ---------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
         """Connect and process messages until ``stop()``; returns the final stats."""
         s = self.settings
-        reviewer = s.reviewer_root or str(self.store.root)
         log.info(
             "review: %s:%d (MQTT %s, TLS %s), client %r%s; projects under %s (reviewer sees %s); batches by %s",
-            s.mqtt.host,
-            s.mqtt.effective_port,
-            s.mqtt.protocol,
-            "on" if s.mqtt.use_tls else "off",
-            s.mqtt.client_id,
-            f", shared group {s.mqtt.shared_group!r}" if s.mqtt.shared_group else "",
-            self.store.root,
-            reviewer,
+            s.mqtt.host, s.mqtt.effective_port, s.mqtt.protocol, "on" if s.mqtt.use_tls else "off",
+            s.mqtt.client_id, f", shared group {s.mqtt.shared_group!r}" if s.mqtt.shared_group else "",
+            self.store.root, s.reviewer_root or str(self.store.root),
             f"count ({s.batch_size})" if s.batch_by == "count" else s.batch_by,
-        )
-        next_housekeeping = time.monotonic() + HOUSEKEEPING_INTERVAL_S
-        next_stats = time.monotonic() + s.stats_interval_s
+        )  # fmt: skip
+        now = time.monotonic()
+        next_housekeeping, next_stats, next_beat = now, now + s.stats_interval_s, now
+        workers = [
+            threading.Thread(target=self._work, args=(state,), name=f"review-worker-{i}", daemon=True)
+            for i, state in enumerate(self._workers)
+        ]
         try:
-            self.store.hold_receiver_lock()
             self.store.remove_temp_files()
-            self._housekeeping()
-            self._connect()
-            while not self._stop.is_set():
-                try:
-                    item = self._queue.get(timeout=min(HOUSEKEEPING_INTERVAL_S, 0.2))
-                except queue.Empty:
-                    item = None
-                if item is not None:
-                    self._process(item)
+            self.connection.start()
+            for worker in workers:
+                worker.start()
+            while not self._stop.wait(0.2):
                 now = time.monotonic()
+                if now >= next_beat:
+                    next_beat = now + HEARTBEAT_INTERVAL_S
+                    self._beat()
                 if now >= next_housekeeping:
                     next_housekeeping = now + HOUSEKEEPING_INTERVAL_S
                     self._housekeeping()
@@ -207,14 +200,20 @@ class ReviewReceiver:
                     next_stats = now + s.stats_interval_s
                     log.info("review: %s%s", self.stats.interval_summary(), self._batch_summary())
                     self._write_stats()
+                if self._on_progress is not None and self._workers_progress():
+                    self._on_progress()
         finally:
-            self._client.disconnect()
-            self._client.loop_stop()
-            left = self._queue.qsize()
+            self._stop.set()
+            self.inbox.close()
+            self.connection.stop()
+            for worker in workers:
+                worker.join(max(5.0, s.lock_wait_s + 5.0))
+            left = self.inbox.stats().messages + sum(len(w.retry) for w in self._workers)
             if left:
                 log.info("review: %d message(s) not processed; the broker sends them again next time", left)
             log.info("review: stopped; %s%s", self.stats.interval_summary(), self._batch_summary())
             self._write_stats()
+            self.store.presence.leave()
             self.store.close()
         return self.stats_snapshot()
 
@@ -222,70 +221,171 @@ class ReviewReceiver:
         """Finish the message at hand and stop (unprocessed messages stay with the broker)."""
         self._stop.set()
 
-    def _process(self, item: _Item) -> None:
-        """Check and store one message, count what happened to it, then acknowledge it."""
-        kind = "other"
+    def _work(self, state: _WorkerState) -> None:
+        """One worker: messages from the inbox (or its own due retries), one device at a time; the
+        device's other queued messages (up to ``DEVICE_RUN``) go with the first under one lock."""
+        while not self._stop.is_set():
+            item = self._next_item(state)
+            if item is None:
+                continue
+            items = [item, *self.inbox.take_more(item.device, DEVICE_RUN - 1)]
+            state.busy = True
+            try:
+                self._process_run(items, state)
+            finally:
+                self.inbox.done(item.device)
+                state.busy = False
+                state.finished += len(items)
+
+    def _next_item(self, state: _WorkerState) -> _Item | None:
+        """A retried message that is due, else the inbox's next (waiting up to 0.2 s)."""
+        if state.retry and state.retry[0][0] <= time.monotonic():
+            return state.retry.popleft()[1]
+        if len(state.retry) >= self.settings.queue_max_messages:
+            time.sleep(0.05)  # the retries are our queue now: take nothing new meanwhile
+            return None
+        got = self.inbox.get(timeout_s=0.2)
+        return got[1] if got is not None else None
+
+    def _workers_progress(self) -> bool:
+        """True unless a worker has been on one message since the last call (stuck, or slow)."""
+        progressing = True
+        for state in self._workers:
+            finished = state.finished
+            if state.busy and finished == state.seen:
+                progressing = False
+            state.seen = finished
+        return progressing
+
+    def _process_run(self, items: list[_Item], state: _WorkerState) -> None:
+        """Check each message (refused ones are counted and acknowledged at once), then store the
+        rest under one hold of their device's lock, acknowledging each once it is on disk."""
+        checked = []
+        for item in items:
+            ok, note = self._check(item)
+            if ok:
+                checked.append((item, note))
+        if not checked:
+            return
+        try:
+            with self.store.holding(items[0].device):
+                for item, note in checked:
+                    self._put(item, note, state)
+                return
+        except (LockTimeout, LockLost) as exc:  # the device's lock could not be had: all wait
+            state.retry.extend((time.monotonic() + RETRY_DELAY_S, item) for item, _ in checked)
+            self.stats.retried(str(exc))
+            return
+        except Rejected as exc:  # e.g. a new device over max_devices
+            drop = exc.reason, exc.detail
+        except OSError as exc:
+            drop = "write_failed", f"{exc.strerror or exc} ({exc.filename})"
+        except Exception as exc:  # a bug must not stop the receiver; the messages are dropped
+            log.exception("review: unexpected error on device %r", items[0].device)
+            drop = "internal_error", f"{type(exc).__name__}: {exc}"
+        for item, _ in checked:
+            self._finish(item.mid, item.qos, item.connection, item.kind, drop=drop, topic=item.topic)
+
+    def _check(self, item: _Item) -> tuple[bool, Annotation | None]:
+        """``(True, annotation)`` or ``(True, None)`` for a frame when the payload passes;
+        ``(False, None)`` when it was refused (counted and acknowledged)."""
+        s = self.settings
+        try:
+            if item.kind == "frames":
+                check_jpeg(item.payload, s.max_image_px, int(s.max_image_mpx * 1e6))
+                return True, None
+            return True, parse_annotation(
+                item.payload,
+                item.device,
+                item.frame_id,
+                max_side_px=s.max_image_px,
+                max_regions=s.max_regions,
+                max_label_chars=s.max_label_chars,
+            )
+        except Rejected as exc:
+            drop = exc.reason, exc.detail
+        except Exception as exc:  # a bug must not stop the receiver; the message is dropped
+            log.exception("review: unexpected error on %r", item.topic[:200])
+            drop = "internal_error", f"{type(exc).__name__}: {exc}"
+        self._finish(item.mid, item.qos, item.connection, item.kind, drop=drop, topic=item.topic)
+        return False, None
+
+    def _put(self, item: _Item, note: Annotation | None, state: _WorkerState) -> None:
+        """Store one checked message, count what happened to it, then acknowledge it."""
         outcome: str | None = None
         drop: tuple[str, str] | None = None
         try:
-            device, kind, frame_id = parse_topic(item.topic, self.settings.mqtt.topic_prefix)
-            outcome = self._store(device, kind, frame_id, item.payload)
+            if note is None:
+                outcome = self.store.put_frame(item.device, item.frame_id, item.payload)
+            else:
+                outcome = self.store.put_annotation(item.device, item.frame_id, note)
         except Rejected as exc:
             drop = exc.reason, exc.detail
+        except (LockTimeout, LockLost) as exc:
+            state.retry.append((time.monotonic() + RETRY_DELAY_S, item))
+            self.stats.retried(str(exc))
+            return
         except OSError as exc:
             drop = "write_failed", f"{exc.strerror or exc} ({exc.filename})"
         except Exception as exc:  # a bug must not stop the receiver; the message is dropped
             log.exception("review: unexpected error on %r", item.topic[:200])
             drop = "internal_error", f"{type(exc).__name__}: {exc}"
-        self.stats.received(kind)
-        if drop is not None:
-            self.stats.dropped(*drop, item.topic)
-        elif outcome is not None:
-            self.stats.outcome(outcome)
-        if item.qos > 0 and item.connection == self._connection:
-            self._client.ack(item.mid, item.qos)
-
-    def _store(self, device: str, kind: str, frame_id: str, payload: bytes) -> str:
-        s = self.settings
-        if kind == "frames":
-            if len(payload) > s.max_jpeg_bytes:
-                raise Rejected("frame_too_large", f"{len(payload)} bytes, max_jpeg_mb is {s.max_jpeg_mb:g}")
-            check_jpeg(payload, s.max_image_px)
-            return self.store.put_frame(device, frame_id, payload)
-        if len(payload) > s.max_annotation_bytes:
-            raise Rejected(
-                "annotation_too_large", f"{len(payload)} bytes, max_annotation_kb is {s.max_annotation_kb:g}"
-            )
-        annotation = parse_annotation(
-            payload,
-            frame_id,
-            max_side_px=s.max_image_px,
-            max_regions=s.max_regions,
-            max_label_chars=s.max_label_chars,
+        self._finish(
+            item.mid, item.qos, item.connection, item.kind, outcome=outcome, drop=drop, topic=item.topic
         )
-        return self.store.put_annotation(device, frame_id, annotation)
 
     def _housekeeping(self) -> None:
         try:
             self.store.housekeeping()
+        except (LockTimeout, LockLost) as exc:
+            log.warning("review: sealing/closing batches waits for another receiver (%s)", exc)
         except Exception:
             log.exception("review: sealing/closing batches failed; retrying in a second")
 
-    # ---- stats ------------------------------------------------------------------------------
+    def _beat(self) -> None:
+        try:
+            self.store.presence.beat()
+        except OSError as exc:
+            log.warning("review: cannot write the receiver heartbeat: %s", exc)
+
+    # ---- stats --------------------------------------------------------------------------------
     def stats_snapshot(self) -> dict[str, Any]:
-        """Message counters (``ReviewStats.snapshot``) plus connection state, queue length and the
-        store's counters (batches sealed/closed, assets written, ...)."""
+        """Message counters (``ReviewStats.snapshot``) plus connection state, queue and the store's
+        counters (batches sealed/closed, assets written, frames re-sent, ...)."""
+        queue = self.inbox.stats()
+        retrying = sum(len(w.retry) for w in self._workers)
+        guard = self.connection.client.guard
         out: dict[str, Any] = {
             "client_id": self.settings.mqtt.client_id,
             "updated_at": utc_iso(time.time()),
             "started_at": utc_iso(self._started_at),
-            "connected": self._connected,
-            "subscribed": self._subscribed,
-            "waiting": self._queue.qsize(),
+            "connected": self.connection.connected,
+            "subscribed": self.connection.subscribed,
+            "waiting": queue.messages + retrying,
+            "queue": {
+                "messages": queue.messages,
+                "bytes": queue.bytes,
+                "devices": queue.devices,
+                "peak_messages": queue.peak_messages,
+                "peak_bytes": queue.peak_bytes,
+                "reading_paused_s": queue.blocked_s,
+                "retrying": retrying,
+            },
+            "oversized_cut": guard.oversized if guard is not None else 0,
         }
         out.update(self.stats.snapshot())
         out.update(dict(self.store.counters))
+        out["locks_broken"] = self.store.locks.broken
         return out
+
+    def status_line(self) -> str:
+        """One line for systemd's STATUS."""
+        snap = self.stats_snapshot()
+        link = "subscribed" if snap["subscribed"] else ("connected" if snap["connected"] else "not connected")
+        return (
+            f"{link}; {snap['frames_written']} frames, {snap['annotations_stored']} annotations stored, "
+            f"{snap['duplicates']} duplicates, {snap['dropped_total']} dropped; queue {snap['waiting']}"
+        )
 
     def _batch_summary(self) -> str:
         c = self.store.counters

@@ -30,6 +30,8 @@ class ReviewStats:
         self._dropped: Counter[str] = Counter()
         self._logged: Counter[str] = Counter()  # drops logged in this interval, by reason
         self._suppressed: Counter[str] = Counter()
+        self._retries = 0
+        self._retry_logged = False
 
     def received(self, kind: str) -> None:
         """A message was taken for processing (``kind``: frames, annotations or other)."""
@@ -53,6 +55,14 @@ class ReviewStats:
         if show:
             log.warning("dropped a message on %r: %s: %s", topic[:200], reason, detail)
 
+    def retried(self, detail: str) -> None:
+        """A message must wait for another receiver (its device's lock) and is tried again later."""
+        with self._lock:
+            self._retries += 1
+            show, self._retry_logged = not self._retry_logged, True
+        if show:
+            log.warning("a message waits for another receiver: %s; retrying it", detail)
+
     def snapshot(self) -> dict[str, Any]:
         """Counters as JSON-ready data: ``received``, ``received_by_kind``, each outcome,
         ``dropped_total`` and ``dropped`` by reason."""
@@ -62,6 +72,7 @@ class ReviewStats:
                 "received_by_kind": dict(self._received),
             }
             out.update({name: self._outcomes[name] for name in OUTCOMES})
+            out["retries"] = self._retries
             out["dropped_total"] = sum(self._dropped.values())
             out["dropped"] = dict(sorted(self._dropped.items()))
         return out
@@ -74,6 +85,7 @@ class ReviewStats:
             suppressed = dict(self._suppressed)
             self._suppressed.clear()
             self._logged.clear()
+            self._retry_logged = False
         parts = [
             f"received {snap['received']}",
             f"frames written {snap['frames_written']}",

@@ -9,7 +9,7 @@ them back. The rules come from ``../shared/vott/SPEC.md`` (§7 is the writer's c
 - ``reader``: ``load_project``, a project read back for export and training.
 """
 
-from agent.vott.asset import RegionBoxes, annotation_json, asset_json, make_asset, make_regions, parse_regions
+from agent.vott.asset import RegionBoxes, asset_json, make_asset, make_regions, parse_regions
 from agent.vott.paths import (
     PathMapping,
     asset_format,
@@ -37,7 +37,6 @@ __all__ = [
     "RegionBoxes",
     "VottProject",
     "WriteOutcome",
-    "annotation_json",
     "asset_format",
     "asset_id",
     "asset_json",

@@ -95,19 +95,6 @@ def asset_json(reviewer_path: str, width: int, height: int, detections: Detectio
     return asset_metadata(reviewer_path, width, height, detections)[0]
 
 
-def annotation_json(reviewer_path: str, width: int, height: int, detections: Detections) -> dict[str, Any]:
-    """A frame's VoTT asset JSON (``asset``, ``regions``, ``version``) plus ``scores``:
-    ``[{"region_id", "label", "score"}]`` for each region. The asset file holds all but the scores
-    (VoTT has no score field); the ``annotations/<frame_id>`` MQTT message holds all of it."""
-    meta, kept = asset_metadata(reviewer_path, width, height, detections)
-    names = detections.label_names()
-    meta["scores"] = [
-        {"region_id": region["id"], "label": names[i], "score": round(float(detections.score[i]), 5)}
-        for region, i in zip(meta["regions"], kept.tolist(), strict=True)
-    ]
-    return meta
-
-
 @dataclass(frozen=True)
 class RegionBoxes:
     """Boxes read from VoTT regions: one row per (region, tag) pair, as VoTT's exporters do."""
