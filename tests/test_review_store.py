@@ -332,3 +332,41 @@ def test_frames_resent_after_a_device_restart_are_counted_not_stored_twice(tmp_p
     assert store.counters["frames_resent"] == 3
     stored = sorted(p.name for p in root.glob("cam/*/frames/*.jpg"))
     assert stored == ["f0.jpg", "f1.jpg", "f2.jpg"]
+
+
+def test_a_reviewers_edits_in_a_closed_batch_survive_new_frames_and_resends(shared_dir, tmp_path):
+    """Edits made as VoTT 2.2.0 makes them (moved and retagged box, deleted box, added box, an asset
+    emptied, the project saved with encrypted options) in a closed batch: new frames for the device,
+    a re-sent frame and annotation of that batch, and closing the next batch leave every file of it
+    byte for byte as the reviewer saved it."""
+    from tests.vott_reviewer import Reviewer
+
+    root = tmp_path / "root"
+    store = ReviewStore(settings(root, batch_by="manual"))
+    for i in range(4):
+        fid = f"f{i}"
+        store.put_frame("cam", fid, jpeg(seed=i), now=T0)
+        store.put_annotation(
+            "cam", fid, annotation(fid, [[5, 6, 30, 40], [34, 8, 60, 44]], ["cat", "dog"]), now=T0
+        )
+    store.request_close("cam", now=T0 + 1)
+    [closed] = store.housekeeping(now=T0 + 1, force_close=True)
+    batch = closed.batch.path
+    reviewer = Reviewer(batch / "vott", shared_dir)
+    ids = [asset_id(str(batch / "frames" / f"f{i}.jpg")) for i in range(4)]
+    reviewer.move_and_retag(ids[0], dx=3, new_tag="spaghetti")
+    reviewer.delete_box(ids[1])
+    reviewer.add_box(ids[2], (2, 2, 20, 20), "adhesion")
+    reviewer.empty(ids[3])
+    before = tree(batch)
+
+    assert store.put_frame("cam", "f1", jpeg(seed=1), now=T0 + 5) == DUPLICATE  # a device restart re-sends
+    with pytest.raises(Rejected, match="batch_closed"):  # counted and dropped by the receiver
+        store.put_annotation("cam", "f1", annotation("f1", [[1, 1, 9, 9]], ["cat"]), now=T0 + 5)
+    store.put_frame("cam", "f9", jpeg(seed=9), now=T0 + 5)  # a new frame: the next batch
+    store.put_annotation("cam", "f9", annotation("f9", [[5, 6, 30, 40]], ["cat"]), now=T0 + 5)
+    store.request_close("cam", now=T0 + 6)
+    store.housekeeping(now=T0 + 6, force_close=True)
+
+    assert tree(batch) == before, "a closed batch the reviewer worked on was written again"
+    assert len(batch_dirs(root, "cam")) == 2
