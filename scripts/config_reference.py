@@ -2,10 +2,11 @@
 """Print the configuration reference (Markdown) from the config models themselves.
 
     python scripts/config_reference.py            # print it
-    python scripts/config_reference.py --check README.md   # exit 1 if README's copy is stale
+    python scripts/config_reference.py --check docs/configuration.md   # exit 1 if its copy is stale
 
-The README holds the output between ``<!-- config-reference:start -->`` and
-``<!-- config-reference:end -->``; a test runs ``--check`` so the two never drift apart.
+docs/configuration.md holds the output between ``<!-- config-reference:start -->`` and
+``<!-- config-reference:end -->`` (``scripts/update_docs.py`` writes it); a test runs ``--check`` so
+the two never drift apart.
 """
 
 from __future__ import annotations
@@ -107,14 +108,14 @@ def reference() -> str:
         model = _section_model(field.annotation)
         assert model is not None
         doc = " ".join((model.__doc__ or "").strip().split("\n\n")[0].split())
-        parts.append(f"#### `{name}:`\n\n{doc}\n\n| key | type | default | meaning |\n|---|---|---|---|")
+        parts.append(f"## `{name}:`\n\n{doc}\n\n| key | type | default | meaning |\n|---|---|---|---|")
         parts.append("\n".join(rows(model, f"{name}.")) + "\n")
     return "\n".join(parts)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--check", metavar="README", help="fail when README's reference is not current")
+    parser.add_argument("--check", metavar="README", help="fail when that file's reference is not current")
     args = parser.parse_args()
     text = reference()
     if not args.check:

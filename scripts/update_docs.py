@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Rewrite the configuration reference block in README.md from the config models."""
+"""Rewrite the configuration reference block in docs/configuration.md from the config models."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from config_reference import END, START, reference
 
-readme = Path(__file__).resolve().parent.parent / "README.md"
+readme = Path(__file__).resolve().parent.parent / "docs" / "configuration.md"
 text = readme.read_text(encoding="utf-8")
 head, rest = text.split(START, 1)
 _, tail = rest.split(END, 1)
