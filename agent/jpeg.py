@@ -44,29 +44,11 @@ def jpeg_info(data: bytes) -> JpegInfo:
     components, precision = 3, 8
     orientation: int | None = 1
     seen_app1 = False
-    i, n = 2, len(data)
+    i = 2
     while True:
-        if i >= n:
-            raise JpegError("jpeg_truncated", "data ends inside the JPEG headers")
-        if data[i] != 0xFF:
-            raise JpegError("jpeg_malformed", f"no marker at byte {i}")
-        while i < n and data[i] == 0xFF:  # fill bytes
-            i += 1
-        if i >= n:
-            raise JpegError("jpeg_truncated", "data ends inside the JPEG headers")
-        marker = data[i]
-        i += 1
-        if 0xD0 <= marker <= 0xD7 or marker == 0x01:  # standalone markers carry no length
+        marker, i, length = _next_segment(data, i)
+        if length == 0:  # standalone markers carry no length
             continue
-        if marker in (0x00, 0xD8, 0xD9):
-            raise JpegError("jpeg_malformed", f"unexpected marker 0xFF{marker:02X} before the image data")
-        if i + 2 > n:
-            raise JpegError("jpeg_truncated", "data ends inside a JPEG segment length")
-        length = int.from_bytes(data[i : i + 2], "big")
-        if length < 2:
-            raise JpegError("jpeg_malformed", f"segment 0xFF{marker:02X} has length {length}")
-        if i + length > n:
-            raise JpegError("jpeg_truncated", f"data ends inside segment 0xFF{marker:02X}")
         if marker in _SOF_MARKERS:
             if length < 8:
                 raise JpegError("jpeg_malformed", "start-of-frame segment is too short")
@@ -85,6 +67,34 @@ def jpeg_info(data: bytes) -> JpegInfo:
                 raise JpegError("jpeg_malformed", "no start-of-frame marker before the image data")
             return JpegInfo(size[0], size[1], i + length, components, precision, orientation)
         i += length
+
+
+def _next_segment(data: bytes, i: int) -> tuple[int, int, int]:
+    """The marker at byte ``i`` (after any fill bytes), where its segment starts and its length
+    (0 for a standalone marker). Raises ``JpegError`` for a truncated or malformed header."""
+    n = len(data)
+    if i >= n:
+        raise JpegError("jpeg_truncated", "data ends inside the JPEG headers")
+    if data[i] != 0xFF:
+        raise JpegError("jpeg_malformed", f"no marker at byte {i}")
+    while i < n and data[i] == 0xFF:  # fill bytes
+        i += 1
+    if i >= n:
+        raise JpegError("jpeg_truncated", "data ends inside the JPEG headers")
+    marker = data[i]
+    i += 1
+    if 0xD0 <= marker <= 0xD7 or marker == 0x01:
+        return marker, i, 0
+    if marker in (0x00, 0xD8, 0xD9):
+        raise JpegError("jpeg_malformed", f"unexpected marker 0xFF{marker:02X} before the image data")
+    if i + 2 > n:
+        raise JpegError("jpeg_truncated", "data ends inside a JPEG segment length")
+    length = int.from_bytes(data[i : i + 2], "big")
+    if length < 2:
+        raise JpegError("jpeg_malformed", f"segment 0xFF{marker:02X} has length {length}")
+    if i + length > n:
+        raise JpegError("jpeg_truncated", f"data ends inside segment 0xFF{marker:02X}")
+    return marker, i, length
 
 
 _ORIENTATION_TAG = 0x0112

@@ -155,7 +155,7 @@ class Pipeline:
     """Runs one source through one detector (or several copies of it, in parallel on successive
     frames) into the output stages until the source ends or ``stop()`` is called."""
 
-    def __init__(
+    def __init__(  # noqa: PLR0913 (the collaborators, then keyword-only options with defaults)
         self,
         source: FrameSourceLike,
         detector: DetectorLike | Sequence[DetectorLike],

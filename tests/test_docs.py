@@ -11,7 +11,12 @@ from tests.helpers import REPO
 
 def test_configuration_reference_is_current() -> None:
     result = subprocess.run(
-        [sys.executable, str(REPO / "scripts" / "config_reference.py"), "--check", str(REPO / "docs" / "configuration.md")],
+        [
+            sys.executable,
+            str(REPO / "scripts" / "config_reference.py"),
+            "--check",
+            str(REPO / "docs" / "configuration.md"),
+        ],
         capture_output=True,
         text=True,
     )

@@ -143,7 +143,7 @@ class HarvestStore:
 
     # ----------------------------------------------------------------- changes
 
-    def add(
+    def add(  # noqa: PLR0913 (the facts the store keeps of a frame; all but four keyword-only)
         self,
         frame_id: str,
         paths: Iterable[str | os.PathLike[str]],

@@ -88,6 +88,27 @@ def asset_metadata(
     return {"asset": asset, "regions": regions, "version": VOTT_VERSION}, kept
 
 
+def scored_regions(
+    meta: dict[str, Any], kept: Sequence[int], detections: Detections, *, with_scores: bool = True
+) -> list[dict[str, Any]]:
+    """Each region of ``meta`` (from ``asset_metadata``, ``kept`` its detection indices) with its
+    label, score (None unless ``with_scores``) and ``box_xyxy``: what the scores sidecar records."""
+    names = detections.label_names()
+    scores = detections.score.tolist()
+    out = []
+    for region, i in zip(meta["regions"], kept, strict=True):
+        p = region["points"]
+        out.append(
+            {
+                "id": region["id"],
+                "label": names[i],
+                "score": round(float(scores[i]), 5) if with_scores else None,
+                "box_xyxy": [p[0]["x"], p[0]["y"], p[2]["x"], p[2]["y"]],
+            }
+        )
+    return out
+
+
 def asset_json(reviewer_path: str, width: int, height: int, detections: Detections) -> dict[str, Any]:
     """The VoTT ``IAssetMetadata`` (``{asset, regions, version}``, the content of an
     ``<id>-asset.json``) for one frame at the reviewer-side ``reviewer_path`` of ``width`` x

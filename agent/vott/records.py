@@ -22,7 +22,6 @@ import re
 from pathlib import Path
 from typing import Any
 
-from agent.detections import Detections
 from agent.fsutil import atomic_write_bytes, atomic_write_json
 from agent.utc import utc_iso
 
@@ -137,26 +136,11 @@ def sidecar_record(
     image: str,
     model: str | None,
     timestamp: float | None,
-    meta: dict[str, Any],
-    kept: list[int],
-    detections: Detections,
-    record_scores: bool,
+    regions: list[dict[str, Any]],
     asset_bytes: bytes,
 ) -> dict[str, Any]:
-    """The scores sidecar of one asset: each region's label, score and box, and the asset file's hash."""
-    names = detections.label_names()
-    scores = detections.score.tolist()
-    regions = []
-    for region, i in zip(meta["regions"], kept, strict=True):
-        p = region["points"]
-        regions.append(
-            {
-                "id": region["id"],
-                "label": names[i],
-                "score": round(float(scores[i]), 5) if record_scores else None,
-                "box_xyxy": [p[0]["x"], p[0]["y"], p[2]["x"], p[2]["y"]],
-            }
-        )
+    """The scores sidecar of one asset: its ``regions`` (each region's id, label, score and box) and
+    the hash of the asset file written (``asset_bytes``)."""
     return {
         "asset_id": aid,
         "image": image,

@@ -39,7 +39,7 @@ from agent.config.output import DEFAULT_SECURITY_TOKEN
 from agent.detections import Detections
 from agent.errors import ConfigError, UserError
 from agent.fsutil import GroupSync, atomic_write_bytes, remove_stale_temp_files
-from agent.vott.asset import VOTT_VERSION, asset_metadata
+from agent.vott.asset import VOTT_VERSION, asset_metadata, scored_regions
 from agent.vott.paths import PathMapping, asset_id, reviewer_frame_path
 from agent.vott.project_file import (
     ASSET_SUFFIX,
@@ -88,7 +88,7 @@ class VottProject:
     project is rewritten each time. Thread-safe.
     """
 
-    def __init__(
+    def __init__(  # noqa: PLR0913 (two folders, then keyword-only options with defaults)
         self,
         target_dir: str | os.PathLike[str],
         frames_dir: str | os.PathLike[str],
@@ -308,10 +308,7 @@ class VottProject:
                     Path(image_path).name,
                     model,
                     timestamp,
-                    meta,
-                    kept.tolist(),
-                    detections,
-                    record_scores,
+                    scored_regions(meta, kept.tolist(), detections, with_scores=record_scores),
                     data,
                 ),
                 fsync=self._fsync_each,
