@@ -35,6 +35,7 @@ from agent.flow import EventBus, Outputs, Stage, check_stage_order
 from agent.frames import Frame, FrameResult
 from agent.harvest.decision import KeepDecision
 from agent.stall import Part, stalled
+from agent.stats import PipelineStats
 
 log = logging.getLogger(__name__)
 
@@ -547,7 +548,8 @@ class Pipeline:
 
     # ---- stats ----------------------------------------------------------------------------------
     def stats(self) -> dict[str, Any]:
-        """Counters, rates and queue depths now; per-stage and source counters nested by name."""
+        """Counters, rates and queue depths now (``agent.stats.PipelineStats``); per-stage and source
+        counters nested by name."""
         c = self.counters
         now = time.monotonic()
         recent = [t for t in c.completed_at if now - t <= 60.0]
@@ -556,7 +558,7 @@ class Pipeline:
             if len(recent) > 1 and recent[-1] > recent[0]
             else 0.0
         )
-        stats: dict[str, Any] = {
+        stats: PipelineStats = {
             "uptime_s": round(now - self.started_monotonic, 1),
             "fps": round(fps, 2),
             "inference_ms": round(statistics.median(c.inference_ms), 2) if c.inference_ms else None,
@@ -571,20 +573,24 @@ class Pipeline:
             },
             "queues": {"capture": self._capture_q.qsize(), "results": self._result_q.qsize()},
             "stage_errors": dict(c.stage_errors),
+            "source": self._source_stats(),
         }
         describe = getattr(self.detector, "describe", None)
         if describe is not None:
             stats["detector"] = describe()
-        try:
-            stats["source"] = self.source.stats()
-        except Exception:
-            stats["source"] = {}
+        out: dict[str, Any] = dict(stats)
         for stage in self.stages:
             try:
-                stats[stage.name] = stage.stats()
+                out[stage.name] = stage.stats()
             except Exception:
-                stats[stage.name] = {}
-        return stats
+                out[stage.name] = {}
+        return out
+
+    def _source_stats(self) -> dict[str, int]:
+        try:
+            return dict(self.source.stats())
+        except Exception:
+            return {}
 
     def _report_stats(self) -> None:
         stats = self.stats()

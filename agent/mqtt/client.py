@@ -63,6 +63,7 @@ from agent.mqtt.topics import (
     frame_message,
     stats_payload,
 )
+from agent.stats import MqttStats
 
 log = logging.getLogger(__name__)
 
@@ -251,13 +252,20 @@ class MqttPublisher:
         Only the latest value is kept; call it every ``pipeline.stats_interval_s``."""
         self._set_latest(self.topics.stats, stats_payload(self.topics.device_id, stats, self.stats()))
 
-    def stats(self) -> dict[str, Any]:
-        """Connection and outbox figures: ``connected``, ``last_error``, ``sent``, ``acked``,
-        ``refused``, ``connects``, ``store_failed`` and ``outbox`` (messages, bytes, by_class,
-        inflight, stored, dropped by reason and class, dropped_total, oldest_age_s)."""
+    def stats(self) -> MqttStats:
+        """Connection and outbox figures (``agent.stats.MqttStats``)."""
         with self._lock:
-            out: dict[str, Any] = {"connected": self._link_up, "last_error": self._last_error}
-            out.update(self._counters)
+            counters = dict(self._counters)
+            out: MqttStats = {
+                "connected": self._link_up,
+                "last_error": self._last_error,
+                "sent": counters["sent"],
+                "acked": counters["acked"],
+                "refused": counters["refused"],
+                "connects": counters["connects"],
+                "store_failed": counters["store_failed"],
+                "outbox": {},
+            }
         out["outbox"] = self._outbox.stats() if not self._closed else {}
         return out
 

@@ -64,6 +64,7 @@ from agent.mqtt.messages import (
 )
 from agent.mqtt.payload_links import PayloadLinks
 from agent.sqlitedb import Schema, checkpoint, open_database, transaction
+from agent.stats import OutboxStats
 
 log = logging.getLogger(__name__)
 
@@ -415,8 +416,8 @@ class Outbox:
         """Messages taken and not yet acknowledged, refused or released."""
         return len(self._inflight)
 
-    def stats(self) -> dict[str, Any]:
-        """Counts for the stats topic: ``messages``, ``bytes``, ``by_class`` (messages), ``inflight``,
+    def stats(self) -> OutboxStats:
+        """Counts for the stats topic (``agent.stats.OutboxStats``): ``messages``, ``bytes``, ``by_class`` (messages), ``inflight``,
         ``stored`` (since start), ``dropped`` (reason -> class -> count), ``dropped_total`` and
         ``oldest_age_s`` (None when empty)."""
         with self._lock:
