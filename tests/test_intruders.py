@@ -2,10 +2,12 @@
 ``agent/intruders.py``) inserted into the healthy part of the bundled sample print must never
 warn or act.
 
-Print Nanny's print3d model is silent on them today and must stay so. The bundled guidance model
-is not on every case: those cases are strict expected failures with its figures today, and flip
-(XPASS, which fails the run) when the scene-aware alert check of issue 19 (part 3: a failure
-counts only while the camera still sees the print scene) lands; then drop their xfail marks.
+Print Nanny's print3d model and the bundled guidance model are silent on most of them today and
+must stay so. Where a model is not (the bundled model on a rocket filling the view, print3d on a
+crowd with kites filling it), the case is a strict expected failure with that model's figures
+today: it flips (XPASS, which fails the run) when the scene-aware alert check of issue 19 (part 3:
+a failure counts only while the camera still sees the print scene) lands; then drop its entry
+from ``TODAY``.
 The failure itself must still alert through the same replays, or a silent harness would pass.
 """
 
@@ -35,17 +37,20 @@ CASES = [
     ("astronaut", "part", 12),
     ("chelsea", "whole", 12),
     ("coffee", "part", 30),
+    ("kite_and_cold", "whole", 12),
+    ("rocket", "whole", 30),
 ]
-# The bundled model's figures with the printer config's thresholds, measured with
-# scripts/intruder_replay.py (docs/guidance-model.md): warns/acts, first warn/act frame
+# Each model's figures with the printer config's thresholds where it is not silent, measured with
+# scripts/intruder_replay.py (docs/guidance-model.md). The bundled model before its retraining with
+# hard negatives warned on 7 of the other 8 cases and acted on 6 (first warn at intruder frame 2-11).
 BUNDLED_TODAY: dict[tuple[str, str, int], str] = {
-    ("pets", "part", 12): "1 warn at intruder frame 5, 1 act at 12",
-    ("pets", "whole", 30): "1 warn at intruder frame 4, 1 act at 12",
-    ("grace_hopper", "whole", 4): "1 warn at intruder frame 2, 1 act at 4",
-    ("astronaut", "part", 12): "1 warn at intruder frame 2, 1 act at 4",
-    ("chelsea", "whole", 12): "1 warn at intruder frame 2, 1 act at 3",
-    ("coffee", "part", 30): "1 warn at intruder frame 3, 1 act at 7",
+    ("rocket", "whole", 30): "1 warn at intruder frame 5, 1 act at 8",
 }
+# print3d is not silent on every photo either: a crowd with kites filling the view warns
+PRINT3D_TODAY: dict[tuple[str, str, int], str] = {
+    ("kite_and_cold", "whole", 12): "1 warn at intruder frame 5, no act",
+}
+TODAY = {"bundled": BUNDLED_TODAY, "print3d": PRINT3D_TODAY}
 
 
 def config_file(tmp_path: Path, model: Path, source: Path) -> Path:
@@ -69,7 +74,7 @@ def replay(tmp_path: Path, config: Path, layout: ReplayLayout) -> tuple[dict[str
 
 
 def photo_image(shared_dir: Path, name: str) -> Any:
-    if name in {"astronaut", "chelsea", "coffee"} and not skimage_available():
+    if name in {"astronaut", "chelsea", "coffee", "rocket"} and not skimage_available():
         pytest.skip("scikit-image (the test extra) is not installed: its bundled photos are missing")
     (photo,) = [p for p in find_photos(shared_dir) if p.name == name]
     return photo.load()
@@ -79,12 +84,9 @@ def _cases(model: str) -> list[Any]:
     params = []
     for case in CASES:
         marks = []
-        if model == "bundled" and case in BUNDLED_TODAY:
-            marks.append(
-                pytest.mark.xfail(
-                    strict=True, reason=f"bundled model today: {BUNDLED_TODAY[case]}; {SCENE_CHECK}"
-                )
-            )
+        if case in TODAY[model]:
+            reason = f"{model} model today: {TODAY[model][case]}; {SCENE_CHECK}"
+            marks.append(pytest.mark.xfail(strict=True, reason=reason))
         params.append(pytest.param(model, *case, marks=marks, id=f"{model}-{case[0]}-{case[1]}-{case[2]}"))
     return params
 
