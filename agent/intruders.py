@@ -61,7 +61,7 @@ SKIMAGE_PHOTOS = {
     "chelsea": "a cat (skimage.data, CC0)",
     "coffee": "a cup of coffee (skimage.data, CC0)",
     "rocket": "a rocket on its launch pad (skimage.data, public domain)",
-    "camera": "a person with a camera, greyscale (skimage.data)",
+    "camera": "a person with a camera, greyscale (skimage.data, CC0)",
 }
 
 
