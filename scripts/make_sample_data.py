@@ -31,7 +31,7 @@ import logging
 import math
 import os
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -1207,10 +1207,17 @@ def train_frame(seed: int, index: int, width: int, height: int) -> tuple[Image, 
 
 
 def generate_train(
-    out: Path, count: int, seed: int, sizes: Sequence[tuple[int, int]], workers: int = 1
+    out: Path,
+    count: int,
+    seed: int,
+    sizes: Sequence[tuple[int, int]],
+    workers: int = 1,
+    make: Callable[[tuple[int, int, int, int, str]], Frame] | None = None,
 ) -> list[Frame]:
-    """Write ``count`` random frames to ``out``; sizes are picked per frame from ``sizes``."""
+    """Write ``count`` random frames to ``out``; sizes are picked per frame from ``sizes``.
+    ``make`` writes one frame from ``(seed, index, width, height, out)`` (default: a training frame)."""
     out.mkdir(parents=True, exist_ok=True)
+    make = make or _train_job
     jobs = []
     for i in range(count):
         w, h = sizes[int(np.random.default_rng([seed, i, 7]).integers(len(sizes)))]
@@ -1218,10 +1225,10 @@ def generate_train(
     if workers > 1:
         import multiprocessing
 
-        with multiprocessing.get_context("fork").Pool(workers) as pool:
-            frames = pool.map(_train_job, jobs, chunksize=8)
+        with multiprocessing.get_context("fork").Pool(workers) as pool:  # forked: module state is inherited
+            frames = pool.map(make, jobs, chunksize=8)
     else:
-        frames = [_train_job(job) for job in jobs]
+        frames = [make(job) for job in jobs]
     return frames
 
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from agent.bundled import BUNDLED_DATA
 from agent.config import AgentConfig, load_config
-from agent.config.loading import BUNDLED_DATA
 from agent.errors import ConfigError
 from tests.helpers import REPO, run_cli
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from agent.config.loading import BUNDLED_DATA
+from agent.bundled import BUNDLED_DATA
 from tests.helpers import CliResult, outbox_topics, run_cli, validate_vott
 
 TRUTH = json.loads((BUNDLED_DATA / "sample_timelapse_truth.json").read_text())

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from agent.bundled import BUNDLED_MODEL
 from agent.config import AgentConfig
 from agent.detect.edgetpu_pairs import (
     InstalledRuntime,
@@ -27,7 +28,7 @@ from agent.detect.edgetpu_pairs import (
     load_pairs,
     runtime_for_edgetpu,
 )
-from agent.detect.edgetpu_probe import BUNDLED_MODEL, edgetpu_pair_checks, run_probe
+from agent.detect.edgetpu_probe import edgetpu_pair_checks, run_probe
 from agent.detect.runtime import installed_runtimes
 from agent.doctor import Status
 from tests.helpers import run_cli

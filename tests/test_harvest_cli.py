@@ -13,7 +13,7 @@ import cv2
 import pytest
 import yaml
 
-from agent.config.loading import BUNDLED_DATA
+from agent.bundled import BUNDLED_DATA
 from tests.helpers import run_cli
 from tests.mosquitto import MessageCollector, mosquitto  # noqa: F401 (fixture)
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.config.loading import BUNDLED_DATA
+from agent.bundled import BUNDLED_DATA
 from agent.vott import asset_id, load_project
 from agent.vott.records import STATE_DIR
 from tests.helpers import run_cli

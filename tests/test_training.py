@@ -27,7 +27,8 @@ import numpy as np
 import pytest
 import yaml
 
-from agent.config.detector import BUNDLED_MODEL, DetectorSettings
+from agent.bundled import BUNDLED_MODEL
+from agent.config.detector import DetectorSettings
 from agent.detect.detector import Detector
 from agent.errors import UserError
 from export.metrics import ImageBoxes, evaluate
@@ -90,10 +91,10 @@ def card_map50() -> float:
 
 
 def test_bundled_model_keeps_its_measured_map50_on_heldout_frames(fixtures_dir: Path) -> None:
-    """A regression guard at the shipped model's level on these 120 frames (0.887); the issue's
-    bar is the test below."""
+    """A regression guard at the shipped model's level on these 120 frames (0.868; 0.887 before the
+    hard negatives of docs/guidance-model.md); the issue's bar is the test below."""
     report = heldout_map50(fixtures_dir)
-    assert report.map50 >= 0.87, report.format_table()
+    assert report.map50 >= 0.86, report.format_table()
     assert (report.per_class_ap50["nozzle"] or 0.0) >= 0.95, report.format_table()
 
 

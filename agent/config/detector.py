@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import re
-from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, ValidationInfo, field_validator
@@ -12,7 +11,6 @@ from pydantic import Field, ValidationInfo, field_validator
 from agent.config.base import StrictModel
 from agent.errors import ConfigError
 
-BUNDLED_MODEL = Path(__file__).resolve().parent.parent / "data" / "print3d_guidance.tflite"
 Layout = Literal["auto", "ssd_tf1", "ssd_tf2", "yolov5", "yolov8", "yolo_end2end"]
 RuntimeName = Literal["auto", "ai_edge_litert", "tflite_runtime", "tensorflow"]
 EDGETPU_DEVICE = re.compile(r"^(usb|pci)(:\d+)?$")

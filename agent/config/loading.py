@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 import yaml
 from pydantic import ValidationError
 
+from agent.bundled import BUNDLED_DATA
 from agent.config.base import StrictModel
 from agent.errors import ConfigError
 
@@ -141,7 +142,6 @@ def load_yaml_model(
     return validate_data(expand(data) if expand else data, model, str(file), lines)
 
 
-BUNDLED_DATA = Path(__file__).resolve().parent.parent / "data"
 DEFAULT_CONFIG = BUNDLED_DATA / "default.yaml"
 BUNDLED_PLACEHOLDER = "{bundled}"
 

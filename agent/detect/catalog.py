@@ -16,11 +16,11 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from agent.bundled import BUNDLED_DATA
 from agent.config.base import StrictModel
 from agent.detect.model import ModelCard
 from agent.errors import ConfigError
 
-BUNDLED_DATA = Path(__file__).resolve().parent.parent / "data"
 CATALOG_FILE = BUNDLED_DATA / "model-catalog.yaml"
 MODEL_FILE = "model.tflite"
 CARD_FILE = "model.yaml"

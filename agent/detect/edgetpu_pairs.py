@@ -17,7 +17,9 @@ from functools import cache
 from pathlib import Path
 from typing import Any, Literal
 
-PAIRS_FILE = Path(__file__).resolve().parent.parent / "data" / "edgetpu-pairs.json"
+from agent.bundled import BUNDLED_DATA
+
+PAIRS_FILE = BUNDLED_DATA / "edgetpu-pairs.json"
 LIBRARY_PACKAGES = ("libedgetpu1-std", "libedgetpu1-max")
 LIBRARY_DIRS = ("usr/lib", "usr/local/lib", "usr/lib/x86_64-linux-gnu", "usr/lib/aarch64-linux-gnu")
 RUNTIME_DISTRIBUTIONS = {

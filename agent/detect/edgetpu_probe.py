@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from agent.bundled import BUNDLED_MODEL
 from agent.detect.edgetpu_pairs import (
     installed_library,
     installed_runtimes,
@@ -41,7 +42,6 @@ if TYPE_CHECKING:
     from agent.config.detector import DetectorSettings
     from agent.doctor import Check
 
-BUNDLED_MODEL = Path(__file__).resolve().parent.parent / "data" / "print3d_guidance.tflite"
 PROBE_TIMEOUT_S = 90.0  # the first invoke on a USB Accelerator also uploads its firmware
 FIX = "sudo scripts/install-pi.sh --edgetpu installs the pinned pair ({pair}); see docs/coral.md"
 

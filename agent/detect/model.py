@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
+from agent.bundled import BUNDLED_DATA
 from agent.config.base import StrictModel
 from agent.config.detector import Layout
 from agent.config.loading import load_yaml_model
@@ -101,7 +102,7 @@ def resolve_model(model: str | Path, labels: str | Path | None = None) -> ModelS
     ``labels_file``, labels embedded in the model, a labels file beside the model.
     """
     path = Path(model).expanduser()
-    bundled = Path(__file__).resolve().parent.parent / "data"
+    bundled = BUNDLED_DATA
     if not path.is_file() and path.resolve().parent == bundled:
         raise ConfigError(
             f"the bundled guidance model ({path.name}) is not part of this build yet; pass a model with "

@@ -21,7 +21,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from agent.config.detector import BUNDLED_MODEL, DetectorSettings
+from agent.bundled import BUNDLED_MODEL
+from agent.config.detector import DetectorSettings
 from agent.detect.catalog import (
     CARD_FILE,
     MODEL_FILE,

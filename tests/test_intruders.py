@@ -1,0 +1,123 @@
+"""Intruder replays through ``edge-agent replay --json``: a real photo (a person, a pet, an object;
+``agent/intruders.py``) inserted into the healthy part of the bundled sample print must never
+warn or act.
+
+Print Nanny's print3d model and the bundled guidance model are silent on most of them today and
+must stay so. Where a model is not (the bundled model on a rocket filling the view, print3d on a
+crowd with kites filling it), the case is a strict expected failure with that model's figures
+today: it flips (XPASS, which fails the run) when the scene-aware alert check of issue 19 (part 3:
+a failure counts only while the camera still sees the print scene) lands; then drop its entry
+from ``TODAY``.
+The failure itself must still alert through the same replays, or a silent harness would pass.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from agent.bundled import BUNDLED_MODEL
+from agent.intruders import DEFAULT_AFTER, ReplayLayout, build_replay, find_photos, outcome, skimage_available
+from tests.helpers import run_cli
+
+REPO = Path(__file__).resolve().parent.parent
+PRINTER_CONFIG = REPO / "configs" / "printer-octoprint.yaml"
+DEFAULT_CONFIG = REPO / "configs" / "default.yaml"
+SCENE_CHECK = "issue 19 part 3 (scene-aware alerts) is not built yet; this flips when it lands"
+
+# (photo, mode, intruder frames): people, pets and an object, whole view and partly in view
+CASES = [
+    ("pets", "part", 12),
+    ("pets", "whole", 30),
+    ("grace_hopper", "whole", 4),
+    ("kite_and_cold", "part", 8),
+    ("astronaut", "part", 12),
+    ("chelsea", "whole", 12),
+    ("coffee", "part", 30),
+    ("kite_and_cold", "whole", 12),
+    ("rocket", "whole", 30),
+]
+# Each model's figures with the printer config's thresholds where it is not silent, measured with
+# scripts/intruder_replay.py (docs/guidance-model.md). The bundled model before its retraining with
+# hard negatives warned on 7 of the other 8 cases and acted on 6 (first warn at intruder frame 2-11).
+BUNDLED_TODAY: dict[tuple[str, str, int], str] = {
+    ("rocket", "whole", 30): "1 warn at intruder frame 5, 1 act at 8",
+}
+# print3d is not silent on every photo either: a crowd with kites filling the view warns
+PRINT3D_TODAY: dict[tuple[str, str, int], str] = {
+    ("kite_and_cold", "whole", 12): "1 warn at intruder frame 5, no act",
+}
+TODAY = {"bundled": BUNDLED_TODAY, "print3d": PRINT3D_TODAY}
+
+
+def config_file(tmp_path: Path, model: Path, source: Path) -> Path:
+    """``source``'s detector thresholds and alerts section, with ``model``."""
+    doc = yaml.safe_load(source.read_text(encoding="utf-8"))
+    config: dict[str, Any] = {"detector": {**doc["detector"], "model": str(model)}, "alerts": doc["alerts"]}
+    path = tmp_path / f"{model.stem}-{source.stem}.yaml"
+    path.write_text(yaml.safe_dump(config), encoding="utf-8")
+    return path
+
+
+def replay(tmp_path: Path, config: Path, layout: ReplayLayout) -> tuple[dict[str, Any], Any]:
+    """``edge-agent replay --json`` on the layout's folder: its summary and the sorted outcome."""
+    result = run_cli("replay", "--config", str(config), str(layout.folder), "--json", cwd=tmp_path)
+    assert result.code == 0, result.err
+    records = result.json_lines()
+    summary = records.pop()["summary"]
+    assert summary["frames"] == len(layout.kinds) == len(records)
+    assert summary["in_grace"] <= DEFAULT_AFTER, "the intruder must come after the startup grace"
+    return summary, outcome(layout, records)
+
+
+def photo_image(shared_dir: Path, name: str) -> Any:
+    if name in {"astronaut", "chelsea", "coffee", "rocket"} and not skimage_available():
+        pytest.skip("scikit-image (the test extra) is not installed: its bundled photos are missing")
+    (photo,) = [p for p in find_photos(shared_dir) if p.name == name]
+    return photo.load()
+
+
+def _cases(model: str) -> list[Any]:
+    params = []
+    for case in CASES:
+        marks = []
+        if case in TODAY[model]:
+            reason = f"{model} model today: {TODAY[model][case]}; {SCENE_CHECK}"
+            marks.append(pytest.mark.xfail(strict=True, reason=reason))
+        params.append(pytest.param(model, *case, marks=marks, id=f"{model}-{case[0]}-{case[1]}-{case[2]}"))
+    return params
+
+
+@pytest.mark.parametrize(("model", "photo", "mode", "frames"), _cases("print3d") + _cases("bundled"))
+def test_a_photo_in_view_never_warns_or_acts(
+    shared_dir: Path, tmp_path: Path, model: str, photo: str, mode: str, frames: int
+) -> None:
+    path = (
+        BUNDLED_MODEL
+        if model == "bundled"
+        else shared_dir / "models/print3d/print3d_2020-10-23_ssd_uint8.tflite"
+    )
+    layout = build_replay(tmp_path / "replay", photo_image(shared_dir, photo), mode, frames)  # type: ignore[arg-type]
+    assert layout.kinds.count("intruder") == frames and "failure" not in layout.kinds
+    summary, result = replay(tmp_path, config_file(tmp_path, path, PRINTER_CONFIG), layout)
+    assert (summary["events"]["warn"], summary["events"]["act"]) == (0, 0), result.cell()
+    assert (result.warn, result.act) == (0, 0)
+
+
+@pytest.mark.parametrize("model", ["print3d", "bundled"])
+def test_the_same_replay_alerts_on_the_real_failure(shared_dir: Path, tmp_path: Path, model: str) -> None:
+    """Built the same way but without a photo and on into the failure (frame 48 on), a replay warns
+    and acts there and only there: a silent intruder replay is silent because of the model, not
+    because the harness cannot alert."""
+    path = (
+        BUNDLED_MODEL
+        if model == "bundled"
+        else shared_dir / "models/print3d/print3d_2020-10-23_ssd_uint8.tflite"
+    )
+    control = build_replay(tmp_path / "control", None, "whole", 0, through_failure=True)
+    _, result = replay(tmp_path, config_file(tmp_path, path, DEFAULT_CONFIG), control)
+    assert (result.warn, result.act) == (0, 0), result.cell()
+    assert result.failure_warn is not None and result.failure_act is not None, result
