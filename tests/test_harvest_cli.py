@@ -86,7 +86,7 @@ def test_uncertainty_on_the_sample_keeps_the_frames_with_detections_near_the_thr
     kept = _kept_for_uncertainty(summary)
     assert set(kept) == _with_score_in(scores, 0.3, 0.6)
     near = _with_score_in(scores, 0.3, 0.45)
-    assert len(near) >= 20 and near <= set(kept), "the frames with a detection near the threshold"
+    assert len(near) >= 10 and near <= set(kept), "the frames with a detection near the threshold"
     for frame_id, triggers in kept.items():  # why: the unsure detections, lowest score first, at most 3
         _assert_triggers(triggers, scores[frame_id], 0.3, 0.6)
     reasons = {r for f in summary["kept_frames"] for r in f["reasons"]}
@@ -94,8 +94,9 @@ def test_uncertainty_on_the_sample_keeps_the_frames_with_detections_near_the_thr
     assert summary["frames"]["kept"] == len(summary["kept_frames"]) == summary["disk"]["frames_on_disk"]
 
 
-def test_the_narrow_band_keeps_the_23_frames_the_detector_alone_finds(tmp_path: Path) -> None:
-    """Against ``edge-agent detect --json`` (full-size decode, as the issue counted them)."""
+def test_the_narrow_band_keeps_exactly_the_frames_the_detector_alone_finds(tmp_path: Path) -> None:
+    """Against ``edge-agent detect --json`` (full-size decode, as the issue counted them: 23 frames
+    with the first bundled model, 17 with the one retrained on hard negatives)."""
     result = run_cli("detect", "--model", str(GUIDANCE_MODEL), "--threshold", "0.3", "--json", str(SAMPLE))
     assert result.code == 0, result.err
     records = [json.loads(line) for line in result.out.splitlines() if line.strip()]
@@ -104,7 +105,9 @@ def test_the_narrow_band_keeps_the_23_frames_the_detector_alone_finds(tmp_path: 
         for r in records
     }
     near = _with_score_in(scores, 0.3, 0.45)
-    assert len(scores) == 90 and len(near) == 23
+    assert len(scores) == 90 and len(near) >= 10, (
+        "enough near-threshold frames for the test to mean something"
+    )
 
     harvest = {"policies": ["uncertainty"], "uncertainty": {"max_score": 0.45}}
     kept = _kept_for_uncertainty(_run(tmp_path, harvest, reduced_decode=False))
