@@ -19,6 +19,7 @@ import cv2
 from agent.alerts import AlertMonitor, validate_failure_labels
 from agent.config import AgentConfig
 from agent.detect.detector import Detector, open_detector
+from agent.detect.known_answer import check_known_answer
 from agent.errors import ConfigError
 from agent.frames import safe_name
 from agent.fsutil import GroupSync
@@ -99,9 +100,10 @@ def project_name(config: AgentConfig) -> str:
     return config.output.project_name or safe_name(f"edge-agent-{config.source.source_id}")
 
 
-def build_agent(config: AgentConfig, *, on_result: Any = None) -> Agent:
-    """Open the detector, the output folders, the outbox and the source, and wire the stages:
-    alerts (so an alerting frame is always kept) -> harvest + VoTT writer -> MQTT."""
+def build_agent(config: AgentConfig, *, on_result: Any = None, allow_drift: bool = False) -> Agent:
+    """Open the detector (and check its known answers: a mismatch stops here unless ``allow_drift``),
+    the output folders, the outbox and the source, and wire the stages: alerts (so an alerting frame
+    is always kept) -> harvest + VoTT writer -> MQTT."""
     # OpenCV's own thread pool would fight the interpreter's threads for the same cores; the
     # resizes and JPEG work here are small and run beside inference anyway (measured: +7 %).
     cv2.setNumThreads(1)
@@ -109,6 +111,9 @@ def build_agent(config: AgentConfig, *, on_result: Any = None) -> Agent:
     detector_settings = config.detector.model_copy(update={"num_threads": threads})
     detectors = [open_detector(detector_settings) for _ in range(interpreters)]
     detector = detectors[0]
+    known = check_known_answer(detector, data_dir=config.output.data_dir(), allow_drift=allow_drift)
+    for opened in detectors:
+        known.attach(opened)
     alerts_on = config.alerts.enabled
     if alerts_on:
         validate_failure_labels(config.alerts, detector.labels)
@@ -177,7 +182,7 @@ def build_agent(config: AgentConfig, *, on_result: Any = None) -> Agent:
         gate=gate,
         on_result=on_result,
         on_stats=publisher.publish_stats if publisher is not None else None,
-        detector_factory=lambda: open_detector(detector_settings),
+        detector_factory=lambda: known.attach(open_detector(detector_settings)),
     )
     log.info(
         "%s on %s (%s, %dx%d input, %d interpreter%s x %d thread%s) -> %s",

@@ -672,6 +672,7 @@ def check_model(config: AgentConfig, options: DoctorOptions, frame: Frame | None
     """The model loads as a detector with the config's settings, then an invoke timing on every
     installed runtime and thread count (and the Edge TPU when configured), and the fastest."""
     from agent.detect.detector import Detector
+    from agent.detect.known_answer_doctor import known_answer_check
 
     settings = config.detector
     if options.model:
@@ -694,6 +695,7 @@ def check_model(config: AgentConfig, options: DoctorOptions, frame: Frame | None
         f"{detector.preprocess.dtype.name} input, {labels} ({spec.labels_source}), loads on {detector.runtime}"
     )
     checks = [Check("model", Status.OK, detail, required=True, data={"path": str(spec.path)})]
+    checks.append(known_answer_check(detector, config.output.data_dir()))
     tensor = detector.preprocess(frame.image)[0].copy() if frame is not None else None
 
     interpreters_now, threads_now = settings.parallelism()

@@ -48,6 +48,11 @@ def add_run_command(subparsers: Any) -> None:
     parser.add_argument("--output-dir", help="override output.dir")
     parser.add_argument("--max-frames", type=int, help="stop after this many frames")
     parser.add_argument("--no-mqtt", action="store_true", help="do not connect to a broker (outbox off)")
+    parser.add_argument(
+        "--allow-drift",
+        action="store_true",
+        help="start even when the model's known-answer check fails (logged as a warning)",
+    )
     parser.set_defaults(handler=run_run)
 
 
@@ -123,7 +128,7 @@ def run_run(args: argparse.Namespace) -> int:
         return 0
     from agent.app import build_agent
 
-    agent = build_agent(config)
+    agent = build_agent(config, allow_drift=args.allow_drift)
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
         log.info("received %s", signal.Signals(signum).name)

@@ -62,6 +62,7 @@ class Detector:
     def __init__(self, settings: DetectorSettings, *, warm_up: bool = True) -> None:
         self.settings = settings
         self.fallback_reason: str | None = None  # set when this is the CPU fallback for a failed TPU
+        self.known_answer: dict[str, Any] | None = None  # the start-up known-answer check's summary
         self.spec: ModelSpec = resolve_model(settings.model_path(), settings.labels)
         card = self.spec.card
         self.interpreter, self.runtime = make_interpreter(
@@ -143,6 +144,7 @@ class Detector:
             "runtime": self.runtime,
             "edgetpu": self.settings.edgetpu,
             "fallback": self.fallback_reason,
+            "known_answer": self.known_answer,
         }
 
     def _check_labels(self, labels: list[str] | None) -> tuple[str, ...]:
@@ -229,10 +231,18 @@ class Detector:
             timings["postprocess"] = (t3 - t2) * 1000.0
         return detections
 
-    def decode(self, raw: list[NDArray[Any]], transform: InputTransform) -> Detections:
-        """Raw outputs to filtered, NMS-ed detections in original-frame pixels."""
-        p = self.params
-        low = float(self._class_thresholds.min()) if self._class_thresholds is not None else p.score_threshold
+    def decode(
+        self, raw: list[NDArray[Any]], transform: InputTransform, params: DetectionParams | None = None
+    ) -> Detections:
+        """Raw outputs to filtered, NMS-ed detections in original-frame pixels. ``params`` replaces
+        the configured thresholds and drops the class filters (the known-answer check's own decode)."""
+        filtered = params is None
+        p = params or self.params
+        low = (
+            float(self._class_thresholds.min())
+            if filtered and self._class_thresholds is not None
+            else p.score_threshold
+        )
         if self.layout.family == "ssd":
             cand = decode_ssd(raw, self.outputs, self.layout, low)
             keep = np.arange(len(cand.score))[: p.max_detections]  # NMS already ran in the graph
@@ -242,7 +252,8 @@ class Detector:
         else:
             cand = decode_yolo(raw[0], self.outputs[0], self.layout, low)
             keep = None
-        cand = self._filter(cand)
+        if filtered:
+            cand = self._filter(cand)
         if keep is None:
             keep = nms(
                 cand.xyxy,
