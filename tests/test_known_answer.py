@@ -119,9 +119,15 @@ def test_the_most_specific_entry_wins_and_other_versions_are_upgrades() -> None:
     shipped = load_answers(BUNDLED_MODEL.with_name("print3d_guidance.answers.json"))
     litert = select_entry(shipped, platform_for("ai_edge_litert", "9.9", "riscv64"))
     assert litert is not None and litert[0].runtime == "ai_edge_litert" and litert[1] == "exact"
-    classic = select_entry(shipped, platform_for("tflite_runtime", "2.14.0", "x86_64"))
-    assert classic is not None and classic[0].machine == "x86_64"
     assert select_entry(shipped, platform_for("tensorflow", "2.16.1")) is None
+
+    classic = next(e for e in shipped.answers if e.runtime == "tflite_runtime")
+    on_arm = classic.model_copy(update={"machine": "aarch64", "why": "its aarch64 kernels differ"})
+    both = shipped.model_copy(update={"answers": [classic, on_arm]})
+    chosen = select_entry(both, platform_for("tflite_runtime", "2.14.0", "aarch64"))
+    assert chosen is not None and chosen[0].why == "its aarch64 kernels differ"
+    chosen = select_entry(both, platform_for("tflite_runtime", "2.14.0", "x86_64"))
+    assert chosen is not None and chosen[0].machine == "*"
 
     pinned = shipped.model_copy(deep=True)
     for entry in pinned.answers:
