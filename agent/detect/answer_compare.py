@@ -75,17 +75,19 @@ class Comparison:
         ious = iou_matrix([wanted.box_xyxy], [g.box_xyxy for g in same])[0]
         return same[int(np.argmax(ious))]
 
-    def summary(self) -> dict[str, Any]:
-        """JSON-ready: counts, the largest differences, and every missing, extra and current answer."""
+    def summary(self, limit: int = 20) -> dict[str, Any]:
+        """JSON-ready: counts, the largest differences, and the first ``limit`` missing, extra and
+        current answers (the stats message carries this every ``stats_interval_s``)."""
         return {
             "ok": self.ok,
             "expected": len(self.expected),
             "matched": len(self.pairs),
+            "now_count": len(self.got),
             "largest_score_difference": round(self.largest_score_difference, 4),
             "smallest_iou": round(self.smallest_iou, 4),
-            "missing": [a.model_dump() for a in self.missing],
-            "extra": [a.model_dump() for a in self.extra],
-            "now": [a.model_dump() for a in self.got],
+            "missing": [a.model_dump() for a in self.missing[:limit]],
+            "extra": [a.model_dump() for a in self.extra[:limit]],
+            "now": [a.model_dump() for a in self.got[:limit]],
         }
 
 

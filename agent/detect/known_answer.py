@@ -6,9 +6,10 @@ show), and compares with the model's known detections (``agent.detect.known_answ
 
 - answers shipped beside the model (``<stem>.answers.json``; the bundled model has them) for the
   most specific entry that fits this runtime and machine;
-- else answers this machine recorded (``<stem>.answers.recorded.json`` beside the model, or in
-  ``<data_dir>/known-answers/`` when the model's folder cannot be written): compared when the
-  runtime or delegate version changed since, recorded now when the model never ran here.
+- else answers this machine recorded (``<stem>.answers.recorded.json`` beside the model's card, or
+  in ``<data_dir>/known-answers/`` for a model without a card or whose folder cannot be written):
+  compared when the runtime or delegate version changed since, recorded now when the model never
+  ran here with this runtime and delegate.
 
 A difference beyond the file's tolerance raises ``UserError`` (one line: runtime and version,
 delegate, machine and CPU, and what differs), or with ``allow_drift`` logs it as a warning.
@@ -108,7 +109,7 @@ class KnownAnswerResult:
         if self.comparison is not None:
             out["comparison"] = self.comparison.summary()
         else:
-            out["now"] = [a.model_dump() for a in self.got]
+            out["now"] = [a.model_dump() for a in self.got[:20]]
         return out
 
     def attach(self, detector: Detector) -> Detector:
