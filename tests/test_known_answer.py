@@ -353,3 +353,18 @@ def test_the_answers_format_round_trips(tmp_path: Path) -> None:
     save_answers(tmp_path / "copy.answers.json", shipped)
     assert load_answers(tmp_path / "copy.answers.json") == shipped
     assert KnownAnswers.model_json_schema()["properties"]["format"]["const"] == "edge-agent-known-answers/1"
+
+
+def test_a_missing_known_frame_is_a_warning_not_a_refusal(tmp_path: Path) -> None:
+    """A broken install (the frame the answers name is gone) cannot be checked; the agent still runs."""
+    model = copy_bundled(tmp_path / "mine", "mine")
+    shipped = load_answers(BUNDLED_MODEL.with_name("print3d_guidance.answers.json"))
+    shipped.model.sha256 = sha256_file(model)
+    shipped.frame.path = "frames/gone.jpg"
+    save_answers(tmp_path / "mine" / "mine.answers.json", shipped)
+    result = run_cli(
+        "run", "--model", str(model), "--output-dir", str(tmp_path / "out"), "--no-mqtt", "--max-frames", "1"
+    )
+    assert result.code == 0, result.err
+    warning = next(line for line in result.err.splitlines() if "known answer:" in line)
+    assert "WARNING" in warning and "not checked: the known frame" in warning and "gone.jpg" in warning

@@ -284,10 +284,11 @@ def _compare(
     source: Source,
 ) -> KnownAnswerResult:
     base.source, base.answers_file, base.compared_with = source, answers_file, entry
+    where = f"{detector.name} on {base.platform.text()}"
     try:
         image, base.frame = _load_frame(answers_file, answers)
     except UserError as exc:
-        base.detail = f"not checked: {exc}"
+        base.detail = f"{where}: not checked: {exc}"
         return base
     base.got = answers_now(detector, image, answers.decode)
     comparison = compare_answers(
@@ -295,7 +296,6 @@ def _compare(
     )
     base.comparison = comparison
     made = f"{source} answers (made with {entry.runtime} {entry.recorded.runtime_version} on {entry.recorded.machine})"
-    where = f"{detector.name} on {base.platform.text()}"
     if comparison.ok:
         base.status = "ok"
         base.detail = f"{where}: {comparison.agreement()} with the {made} on {base.frame}"
