@@ -5,7 +5,8 @@ Builds (once, cached) a Debian 12 arm64 root with debootstrap, runs it under qem
 Pi 4's CPU (``QEMU_CPU=cortex-a72`` and its cpuinfo; facts in ../shared/arm64/NOTES.md), and there:
 
 1. installs the project as the README does (``python3 -m venv .venv && .venv/bin/pip install -e .``)
-   and as ``scripts/install-pi.sh --root`` does (with ``--tflite-runtime``);
+   and as ``scripts/install-pi.sh --root`` does (with ``--tflite-runtime --with-mosquitto``: the
+   broker lets the MQTT test of step 4 run too);
 2. runs the main job (``edge-agent run`` on the bundled demo) with ai-edge-litert and with
    tflite-runtime, and compares each run's detections with the same run on this x86_64 machine
    (boxes within a pixel, scores within 0.02; the same alerts, VoTT assets and outbox messages);
@@ -246,7 +247,9 @@ def installs(root: EmulatedRoot, report: Report) -> None:
             f"{CHECKOUT}/.venv/bin/pip list 2>/dev/null | grep -iE 'litert|tflite|numpy|opencv'"
         )
         record["versions"] = " ".join(versions.stdout.split())
-    with report.step("scripts/install-pi.sh --root ROOT --no-start --tflite-runtime") as record:
+    with report.step(
+        "scripts/install-pi.sh --root ROOT --no-start --tflite-runtime --with-mosquitto"
+    ) as record:
         # As a user runs it on a Pi, from the checkout; apt and pip run in the root through chroot.
         result = subprocess.run(
             [
@@ -256,6 +259,7 @@ def installs(root: EmulatedRoot, report: Report) -> None:
                 str(root.path),
                 "--no-start",
                 "--tflite-runtime",
+                "--with-mosquitto",
             ],
             capture_output=True,
             text=True,
