@@ -34,9 +34,10 @@ from agent.detect.known_answers_file import (
     save_answers,
     select_entry,
 )
+from agent.detect.platform_facts import EDGETPU_PACKAGES, cpu_description, installed_deb_version
 from agent.detect.runtime import installed_runtimes, runtime_version
 from agent.detect.settings import DetectorSettings
-from tests.helpers import run_cli, zero_weight_buffers
+from tests.helpers import REPO, run_cli, zero_weight_buffers
 from tests.mosquitto import MessageCollector, free_port, mosquitto  # noqa: F401 (fixture)
 
 BUNDLED_MODEL = BUNDLED_DATA / "print3d_guidance.tflite"
@@ -368,3 +369,25 @@ def test_a_missing_known_frame_is_a_warning_not_a_refusal(tmp_path: Path) -> Non
     assert result.code == 0, result.err
     warning = next(line for line in result.err.splitlines() if "known answer:" in line)
     assert "WARNING" in warning and "not checked: the known frame" in warning and "gone.jpg" in warning
+
+
+# ---------------------------------------------------------------------------- platform facts
+
+
+def test_the_cpu_is_named_from_cpuinfo(tmp_path: Path) -> None:
+    pi4 = REPO / "scripts" / "arm64" / "cpuinfo-pi4.txt"  # what scripts/arm64/check.py shows aarch64 programs
+    assert cpu_description(pi4).startswith("Cortex-A72, Raspberry Pi 4 Model B Rev 1.4")
+    x86 = tmp_path / "cpuinfo"
+    x86.write_text("processor\t: 0\nmodel name\t: Intel(R) Xeon(R) Processor\nflags\t\t: fpu sse\n")
+    assert cpu_description(x86) == "Intel(R) Xeon(R) Processor"
+    assert cpu_description(tmp_path / "absent") == "unknown CPU"
+
+
+def test_the_edgetpu_library_version_comes_from_dpkg(tmp_path: Path) -> None:
+    status = tmp_path / "status"
+    status.write_text(
+        "Package: libedgetpu1-max\nStatus: deinstall ok config-files\nVersion: 16.0\n\n"
+        "Package: libedgetpu1-std\nStatus: install ok installed\nVersion: 16.0tf2.17.1-1.bookworm\n"
+    )
+    assert installed_deb_version(EDGETPU_PACKAGES, status) == "libedgetpu1-std 16.0tf2.17.1-1.bookworm"
+    assert installed_deb_version(EDGETPU_PACKAGES, tmp_path / "absent") is None

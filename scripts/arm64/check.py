@@ -322,7 +322,7 @@ def main(argv: list[str] | None = None) -> int:
         with report.step("host tools and binfmt") as record:
             record["installed"] = " ".join(install_host_tools()) or "nothing"
             record["binfmt_flags"] = enable_binfmt()
-        with report.step("debootstrap bookworm arm64 (cached)") as record:
+        with report.step("debootstrap bookworm arm64 (unless cached)") as record:
             took = root.ensure(rebuild=args.rebuild)
             record["built"] = took is not None
         with root.mounted():
