@@ -241,7 +241,7 @@ def installs(root: EmulatedRoot, report: Report) -> None:
     report.check("README install", result.returncode == 0, result.stderr[-500:] if result.returncode else "")
     with report.step("test tools: pip install tflite-runtime pytest pytest-timeout") as record:
         result = root.run(
-            f"cd {CHECKOUT} && .venv/bin/pip install -q -e '.[tflite-runtime]' pytest pytest-timeout"
+            f"cd {CHECKOUT} && .venv/bin/pip install -q 'tflite-runtime>=2.14' pytest pytest-timeout"
         )
         versions = root.run(
             f"{CHECKOUT}/.venv/bin/pip list 2>/dev/null | grep -iE 'litert|tflite|numpy|opencv'"
