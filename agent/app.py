@@ -22,6 +22,7 @@ from agent.config import AgentConfig
 from agent.config.mqtt import MqttSettings
 from agent.config.source import SourceSettings
 from agent.detect.detector import Detector, open_detector
+from agent.detect.known_answer import check_known_answer
 from agent.errors import ConfigError
 from agent.flow import EventBus, Stage
 from agent.fsutil import GroupSync
@@ -107,11 +108,16 @@ def project_name(config: AgentConfig) -> str:
 
 
 def build_agent(
-    config: AgentConfig, *, on_result: Callable[[HandledFrame], None] | None = None, from_start: bool = False
+    config: AgentConfig,
+    *,
+    on_result: Callable[[HandledFrame], None] | None = None,
+    from_start: bool = False,
+    allow_drift: bool = False,
 ) -> Agent:
-    """Open the detector, the output folders, the outbox and the source, and wire the stages:
-    alerts -> harvest decision -> VoTT writer -> disk quota -> MQTT -> resume point. ``from_start``:
-    process a folder or video from its beginning, not after where the last run stopped."""
+    """Open the detector (and check its known answers: a mismatch stops here unless ``allow_drift``),
+    the output folders, the outbox and the source, and wire the stages: alerts -> harvest decision
+    -> VoTT writer -> disk quota -> MQTT -> resume point. ``from_start``: process a folder or video
+    from its beginning, not after where the last run stopped."""
     # OpenCV's own thread pool would fight the interpreter's threads for the same cores; the
     # resizes and JPEG work here are small and run beside inference anyway (measured: +7 %).
     cv2.setNumThreads(1)
@@ -119,6 +125,9 @@ def build_agent(
     detector_settings = config.detector.model_copy(update={"num_threads": threads})
     detectors = [open_detector(detector_settings) for _ in range(interpreters)]
     detector = detectors[0]
+    known = check_known_answer(detector, data_dir=config.output.data_dir(), allow_drift=allow_drift)
+    for opened in detectors:
+        known.attach(opened)
     if config.alerts.enabled:
         validate_failure_labels(config.alerts, detector.labels)
     out = config.output
@@ -154,7 +163,7 @@ def build_agent(
         gate=gate,
         on_result=on_result,
         on_stats=publisher.publish_stats if publisher is not None else None,
-        detector_factory=lambda: open_detector(detector_settings),
+        detector_factory=lambda: known.attach(open_detector(detector_settings)),
         events=events,
     )
     log.info(

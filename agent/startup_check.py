@@ -10,8 +10,10 @@ The checks run in ``STARTUP_CHECKS`` order and stop at the first mistake, as ``r
 3. output folders: ``output.dir``, its frames and VoTT folders, the outbox's and the alert state's
    folders can be written (a probe file is written and removed; nothing is created);
 4. the model: built as ``run`` builds it (labels, Edge TPU or its fallback, one warm-up inference);
-5. the alerts' failure labels are among the model's labels;
-6. the source opens (a camera or URL answers, a folder exists and holds images) and is closed.
+5. its known answers: the model's detections on a known frame are the expected ones (nothing is
+   recorded; drift stops here unless ``--allow-drift``);
+6. the alerts' failure labels are among the model's labels;
+7. the source opens (a camera or URL answers, a folder exists and holds images) and is closed.
 
 ``run`` itself runs the first three (``BEFORE_RUN``) before it builds the agent, so a read-only
 folder or a missing password file is one clear line there too, not a traceback halfway through.
@@ -40,6 +42,7 @@ class StartupContext:
     """The config being checked, and what the checks opened for the ones after them."""
 
     config: AgentConfig
+    allow_drift: bool = False  # run --allow-drift: a known-answer mismatch is a warning
     detector: Detector | None = None  # set by check_model: later checks may run it on a known image
     opened: list[str] = field(default_factory=list)  # one line per check that passed
 
@@ -120,6 +123,17 @@ def check_model(context: StartupContext) -> str:
     return f"model: {detector.name} loads on {detector.runtime} with {labels}, warmed up"
 
 
+def check_known_answers(context: StartupContext) -> str:
+    """The model gives its known answers on a known frame, as ``run`` checks it (never records)."""
+    from agent.detect.known_answer import drift_error, known_answer
+
+    assert context.detector is not None
+    result = known_answer(context.detector, data_dir=context.config.output.data_dir(), record=False)
+    if result.status == "drift" and not context.allow_drift:
+        raise drift_error(result)
+    return f"known answer: {result.detail}"
+
+
 def check_alert_labels(context: StartupContext) -> str:
     """With alerts on: at least one of ``alerts.failure_labels`` is a label of the model."""
     settings = context.config.alerts
@@ -145,13 +159,14 @@ def check_source(context: StartupContext) -> str:
 
 
 # What `run` opens before any thread starts, in order. A check added by another part of the agent
-# goes here: the model's known-answer check after check_model (it reads context.detector), and the
-# printer's reachability and API key check (a function of the printer package) after check_source.
+# goes here: the printer's reachability and API key check (a function of the printer package)
+# after check_source.
 STARTUP_CHECKS: list[StartupCheck] = [
     check_secrets,
     check_tls_files,
     check_output_folders,
     check_model,
+    check_known_answers,
     check_alert_labels,
     check_source,
 ]
@@ -160,9 +175,11 @@ STARTUP_CHECKS: list[StartupCheck] = [
 BEFORE_RUN: list[StartupCheck] = [check_secrets, check_tls_files, check_output_folders]
 
 
-def run_startup_checks(config: AgentConfig, checks: Sequence[StartupCheck] = STARTUP_CHECKS) -> list[str]:
+def run_startup_checks(
+    config: AgentConfig, checks: Sequence[StartupCheck] = STARTUP_CHECKS, *, allow_drift: bool = False
+) -> list[str]:
     """Run ``checks`` in order; returns their lines, or raises the first ``UserError``."""
-    context = StartupContext(config)
+    context = StartupContext(config, allow_drift=allow_drift)
     for check in checks:
         context.opened.append(check(context))
     return context.opened

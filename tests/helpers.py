@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import struct
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -111,3 +112,38 @@ def load_validator(shared: Path) -> ModuleType:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def zero_weight_buffers(source: Path, target: Path, min_bytes: int = 256) -> int:
+    """Copy the ``.tflite`` model at ``source`` to ``target`` with every constant buffer of at least
+    ``min_bytes`` bytes (the weights; the small ones are shapes and short biases) set to zeros: a
+    real model that loads and runs but computes nothing sensible. Returns the bytes zeroed."""
+    data = bytearray(source.read_bytes())
+
+    def u32(pos: int) -> int:
+        return int(struct.unpack_from("<I", data, pos)[0])
+
+    def field(table: int, index: int) -> int | None:  # FlatBuffer table field position
+        vtable = table - int(struct.unpack_from("<i", data, table)[0])
+        slot = 4 + 2 * index
+        if slot >= int(struct.unpack_from("<H", data, vtable)[0]):
+            return None
+        offset = int(struct.unpack_from("<H", data, vtable + slot)[0])
+        return table + offset if offset else None
+
+    model_buffers = field(u32(0), 4)  # tflite/schema.fbs: Model.buffers is field 4
+    assert model_buffers is not None, f"{source} has no buffers"
+    vector = model_buffers + u32(model_buffers)
+    zeroed = 0
+    for i in range(u32(vector)):
+        element = vector + 4 + 4 * i
+        buffer_data = field(element + u32(element), 0)  # Buffer.data
+        if buffer_data is None:
+            continue
+        start = buffer_data + u32(buffer_data)
+        length = u32(start)
+        if length >= min_bytes:
+            data[start + 4 : start + 4 + length] = bytes(length)
+            zeroed += length
+    target.write_bytes(bytes(data))
+    return zeroed

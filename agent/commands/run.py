@@ -69,6 +69,11 @@ def add_run_command(subparsers: Any) -> None:
         action="store_true",
         help="a folder or video: process it from the beginning, not after where the last run stopped",
     )
+    parser.add_argument(
+        "--allow-drift",
+        action="store_true",
+        help="start even when the model's known-answer check fails (logged as a warning)",
+    )
     parser.set_defaults(handler=run_run)
 
 
@@ -145,14 +150,14 @@ def run_run(args: argparse.Namespace) -> int:
     config = apply_overrides(load_config(args.config), args)
     config = alerts_for_model(config, from_default_config=args.config is None, no_alerts=args.no_alerts)
     if args.check:
-        for line in run_startup_checks(config):
+        for line in run_startup_checks(config, allow_drift=args.allow_drift):
             print(line)
         print(f"{args.config or 'the bundled default config'}: ok")
         return 0
     run_startup_checks(config, BEFORE_RUN)
     from agent.app import build_agent
 
-    agent = build_agent(config, from_start=args.from_start)
+    agent = build_agent(config, from_start=args.from_start, allow_drift=args.allow_drift)
     with Interrupts(agent.stop) as interrupts, supervise(agent.pipeline):
         stats = agent.run()
     frames = stats["frames"]

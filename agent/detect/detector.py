@@ -63,6 +63,7 @@ class Detector:
     def __init__(self, settings: DetectorSettings, *, warm_up: bool = True) -> None:
         self.settings = settings
         self.fallback_reason: str | None = None  # set when this is the fallback model
+        self.known_answer: dict[str, Any] | None = None  # the start-up known-answer check's summary
         self.spec: ModelSpec = resolve_model(configured_model(settings), settings.labels)
         card = self.spec.card
         self.interpreter, self.runtime = make_interpreter(
@@ -160,6 +161,7 @@ class Detector:
             "runtime": self.runtime,
             "edgetpu": self.settings.edgetpu,
             "fallback": self.fallback_reason,
+            "known_answer": self.known_answer,
         }
 
     def _check_labels(self, labels: list[str] | None) -> tuple[str, ...]:
@@ -246,19 +248,28 @@ class Detector:
             timings["postprocess"] = (t3 - t2) * 1000.0
         return detections
 
-    def decode(self, raw: list[NDArray[Any]], transform: InputTransform) -> Detections:
+    def decode(
+        self, raw: list[NDArray[Any]], transform: InputTransform, params: DetectionParams | None = None
+    ) -> Detections:
         """Raw outputs to filtered, NMS-ed detections in original-frame pixels, best first, at most
-        ``max_detections`` of them: the limit cuts what NMS kept (and the class filters left)."""
-        p = self.params
-        low = float(self._class_thresholds.min()) if self._class_thresholds is not None else p.score_threshold
+        ``max_detections`` of them: the limit cuts what NMS kept (and the class filters left).
+        ``params`` replaces the configured thresholds and drops the class filters (the known-answer
+        check's own decode)."""
+        p = params or self.params
+        keep_class = self._filter if params is None else _all_candidates
+        low = (
+            float(self._class_thresholds.min())
+            if params is None and self._class_thresholds is not None
+            else p.score_threshold
+        )
         if self.layout.family == "ssd":
-            cand = self._filter(decode_ssd(raw, self.outputs, self.layout, low))  # NMS ran in the graph
+            cand = keep_class(decode_ssd(raw, self.outputs, self.layout, low))  # NMS ran in the graph
             keep = np.argsort(-cand.score, kind="stable")
         elif self.layout.kind == "yolo_end2end":
-            cand = self._filter(decode_end2end(raw[0], self.outputs[0], low))  # one box per object
+            cand = keep_class(decode_end2end(raw[0], self.outputs[0], low))  # one box per object
             keep = np.argsort(-cand.score, kind="stable")
         else:
-            cand = self._filter(decode_yolo(raw[0], self.outputs[0], self.layout, low))
+            cand = keep_class(decode_yolo(raw[0], self.outputs[0], self.layout, low))
             keep = nms(
                 cand.xyxy,
                 cand.score,
@@ -275,6 +286,7 @@ class Detector:
         return result.clipped(transform.width, transform.height).sorted_by_score()
 
     def _filter(self, cand: Candidates) -> Candidates:
+        """The candidates of known labels that pass the class filter and per-class thresholds."""
         n_labels = len(self.labels)
         mask = (
             (cand.class_id >= 0) & (cand.class_id < n_labels) if n_labels else np.ones(len(cand.score), bool)
@@ -327,3 +339,7 @@ def open_detector(settings: DetectorSettings) -> Detector:
     detector = Detector(cpu)
     detector.fallback_reason = reason
     return detector
+
+
+def _all_candidates(cand: Candidates) -> Candidates:
+    return cand

@@ -9,6 +9,7 @@ whichever runtime is in use.
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
 import importlib.util
 import logging
 import os
@@ -42,6 +43,24 @@ def installed_runtimes() -> list[str]:
         "tensorflow": "tensorflow",
     }
     return [name for name in RUNTIME_PREFERENCE if importlib.util.find_spec(modules[name]) is not None]
+
+
+# The pip distributions that provide each runtime's module, in the order they are looked for.
+RUNTIME_DISTRIBUTIONS = {
+    "ai_edge_litert": ("ai-edge-litert", "ai-edge-litert-nightly"),
+    "tflite_runtime": ("tflite-runtime", "tflite-runtime-nightly"),
+    "tensorflow": ("tensorflow", "tensorflow-cpu", "tensorflow-aarch64"),
+}
+
+
+def runtime_version(runtime: str) -> str:
+    """The installed version of ``runtime``'s package (e.g. ``2.3.0``), ``unknown`` when not found."""
+    for dist in RUNTIME_DISTRIBUTIONS.get(runtime, ()):
+        try:
+            return importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return "unknown"
 
 
 def _interpreter_api(runtime: str) -> tuple[type[Any], Callable[..., Any]]:

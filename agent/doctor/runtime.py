@@ -14,6 +14,7 @@ from agent.detect.model_store import configured_model, with_installed_model
 from agent.detect.runtime import EDGETPU_LIBRARY, installed_runtimes
 from agent.doctor.checks import Check, CheckFunction, DoctorContext, LoadedModel, Status, problem
 from agent.doctor.edgetpu import library_loads
+from agent.doctor.known_answer import check_known_answer
 from agent.doctor.timing import ADVICE_MARGIN, Advice, Plan, PlanRunner, Timing, advise, time_interleaved
 from agent.errors import UserError
 
@@ -197,4 +198,4 @@ def check_edgetpu_delegate(context: DoctorContext) -> list[Check]:
     return [check]
 
 
-CHECKS: list[CheckFunction] = [check_model, check_timings, check_edgetpu_delegate]
+CHECKS: list[CheckFunction] = [check_model, check_known_answer, check_timings, check_edgetpu_delegate]
