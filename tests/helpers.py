@@ -8,6 +8,8 @@ import os
 import struct
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -147,3 +149,13 @@ def zero_weight_buffers(source: Path, target: Path, min_bytes: int = 256) -> int
             zeroed += length
     target.write_bytes(bytes(data))
     return zeroed
+
+
+def wait_until(predicate: Callable[[], bool], timeout_s: float = 10.0) -> bool:
+    """Poll ``predicate`` every 50 ms until it holds or ``timeout_s`` seconds pass; its last value."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return predicate()

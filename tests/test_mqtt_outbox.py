@@ -6,6 +6,7 @@ The publisher-level tests point at a loopback port where nothing listens (no bro
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import signal
@@ -25,6 +26,7 @@ from agent.frames import Frame, FrameResult
 from agent.mqtt.client import MqttPublisher
 from agent.mqtt.messages import Message, MessageClass
 from agent.mqtt.outbox import Outbox
+from tests.helpers import wait_until
 from tests.mosquitto import free_port
 
 REPO = Path(__file__).resolve().parent.parent
@@ -203,12 +205,17 @@ def _unreachable(tmp_path: Path, **kw) -> MqttSettings:
 
 
 def test_with_no_broker_at_all_the_outbox_grows_and_stats_say_so(tmp_path, caplog):
+    caplog.set_level(logging.DEBUG, logger="agent.mqtt.client")  # retries repeat the problem at debug
+
+    def attempts() -> int:
+        return sum("not reachable" in r.getMessage() for r in caplog.records)
+
     publisher = MqttPublisher(_unreachable(tmp_path))
     publisher.start()
     for i in range(20):
         publisher.publish_detections(_result(i))
         publisher.publish_frame(_result(i))
-    time.sleep(1.5)  # several connection attempts
+    assert wait_until(lambda: attempts() >= 3 and publisher.stats()["outbox"]["messages"] == 60, timeout_s=30)
     stats = publisher.stats()
     publisher.close()
     assert stats["connected"] is False
