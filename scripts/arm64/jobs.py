@@ -117,19 +117,34 @@ def _corner_gap(a: dict[str, Any], b: dict[str, Any]) -> float:
 
 
 def _pair(frame: str, mine: list[dict[str, Any]], theirs: list[dict[str, Any]], out: JobComparison) -> None:
-    left = list(theirs)
-    for det in mine:
-        candidates = [d for d in left if d["label"] == det["label"]]
-        if not candidates:
-            out.unmatched.append(f"{frame}: {det['label']} {det['score']:.3f} only on x86_64")
+    """Pair same-label detections closest first over the whole frame (pairing each of ``mine`` in
+    turn with its closest could take another's twin: two boxes of one label, scores equal, 5 px apart)."""
+    gaps = sorted(
+        (_corner_gap(a, b), i, j)
+        for i, a in enumerate(mine)
+        for j, b in enumerate(theirs)
+        if a["label"] == b["label"]
+    )
+    paired_mine: set[int] = set()
+    paired_theirs: set[int] = set()
+    for box, i, j in gaps:
+        if i in paired_mine or j in paired_theirs:
             continue
-        best = min(candidates, key=lambda d: _corner_gap(d, det))
-        left.remove(best)
-        box = _corner_gap(best, det)
+        paired_mine.add(i)
+        paired_theirs.add(j)
         out.largest_box_px = max(out.largest_box_px, box)
-        out.largest_score = max(out.largest_score, abs(best["score"] - det["score"]))
+        out.largest_score = max(out.largest_score, abs(mine[i]["score"] - theirs[j]["score"]))
         out.detections += 1
-    out.unmatched += [f"{frame}: {d['label']} {d['score']:.3f} only on arm64" for d in left]
+    out.unmatched += [
+        f"{frame}: {d['label']} {d['score']:.3f} only on x86_64"
+        for i, d in enumerate(mine)
+        if i not in paired_mine
+    ]
+    out.unmatched += [
+        f"{frame}: {d['label']} {d['score']:.3f} only on arm64"
+        for j, d in enumerate(theirs)
+        if j not in paired_theirs
+    ]
 
 
 def compare_jobs(x86: JobOutput, arm64: JobOutput) -> JobComparison:
