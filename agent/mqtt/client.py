@@ -55,6 +55,7 @@ from agent.mqtt.topics import (
     annotation_message,
     detections_message,
     frame_message,
+    json_bytes,
     stats_payload,
 )
 
@@ -393,6 +394,12 @@ class MqttPublisher:
         active = payload.get("active")
         if isinstance(active, bool):
             self.set_failure(active)
+
+    def publish_view(self, payload: Mapping[str, Any]) -> None:
+        """Queue a view event (``view_changed``, ``obstructed``, ``view_restored``) like an alert, and
+        set it as the retained ``view`` state (the Home Assistant "Camera view" sensor)."""
+        self._store(alert_message(self.topics, payload))
+        self._set_latest(self.topics.view, json_bytes(dict(payload)))
 
     def set_failure(self, active: bool) -> None:
         """Set the retained ``failure`` state (``ON``/``OFF``), the Home Assistant binary sensor."""
