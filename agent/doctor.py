@@ -51,6 +51,7 @@ from agent.detect.runtime import (
 )
 from agent.errors import UserError
 from agent.frames import Frame
+from agent.printer.check import check_printer
 
 MB = 1024 * 1024
 SERVICE_USER = "edge-agent"  # the user scripts/install-pi.sh creates and the systemd units run as
@@ -150,6 +151,19 @@ def run_checks(
     add([source_check])
     add(check_model(config, options, frame))
     add([check_broker(config.mqtt, options.timeout_s)])
+    printer = check_printer(config.printer, min(options.timeout_s, config.printer.timeout_s))
+    add(
+        [
+            Check(
+                "printer",
+                Status(printer.level),
+                printer.detail,
+                printer.fix,
+                printer.level != "SKIP",
+                printer.data,
+            )
+        ]
+    )
     add([check_disk(config)])
     add(check_writable(config))
     return checks

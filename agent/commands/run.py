@@ -36,7 +36,11 @@ def add_run_command(subparsers: Any) -> None:
         "publish over MQTT until the source ends or SIGINT/SIGTERM.",
     )
     parser.add_argument("--config", "-c", help="YAML config file (default: the bundled demo config)")
-    parser.add_argument("--check", action="store_true", help="validate the config and exit")
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="validate the config, reach the printer host (printer.kind) with its API key, and exit",
+    )
     parser.add_argument("--source", help="override source.url (folder, video, /dev/videoN, URL)")
     parser.add_argument("--watch", action="store_true", help="folder source: keep waiting for new files")
     parser.add_argument(
@@ -118,13 +122,28 @@ def supervise(pipeline: Pipeline, check_s: float = 1.0) -> Iterator[sdnotify.Wat
             sdnotify.notify(stopping=True, status="stopping")
 
 
+def check_run(config: AgentConfig, where: str) -> int:
+    """``run --check``: the config is valid (we got here), and the printer host answers with the key.
+
+    Exit code 0 when both are fine, 2 when the printer part of the config is wrong (the key file,
+    a rejected key, a URL that is not the host's API), 1 when the host does not answer."""
+    print(f"{where}: ok")
+    if config.printer.kind == "none":
+        return 0
+    from agent.printer.check import check_printer
+
+    verdict = check_printer(config.printer, config.printer.timeout_s)
+    print(f"printer: {verdict.level}: {verdict.line()}")
+    if verdict.level in ("OK", "WARN"):
+        return 0
+    return 2 if verdict.config_problem else 1
+
+
 def run_run(args: argparse.Namespace) -> int:
     """Load, check, build and run the agent."""
     config = apply_overrides(load_config(args.config), args)
     if args.check:
-        where = args.config or "the bundled default config"
-        print(f"{where}: ok")
-        return 0
+        return check_run(config, args.config or "the bundled default config")
     from agent.app import build_agent
 
     agent = build_agent(config, from_start=args.from_start)
