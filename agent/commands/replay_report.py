@@ -226,10 +226,11 @@ def summary_lines(replay: Replay, info: dict[str, Any]) -> Iterator[str]:
         f"{info['frames']} frames, {info['counted']} counted as samples ({info['in_grace']} in the startup "
         f"grace), one every {replay.interval_s:g} s: {clock_text(replay.points[-1].t_s)} simulated"
     )
-    if info["counted"] < info["frames"]:
+    too_soon = info["frames"] - info["counted"] - info["left_out"]
+    if too_soon > 0:
         yield (
             f"note: alerts.min_sample_interval_s is {s.min_sample_interval_s:g} s, so with one frame every "
-            f"{replay.interval_s:g} s only {info['counted']} of {info['frames']} frames counted; pass "
+            f"{replay.interval_s:g} s {too_soon} of {info['frames']} frames came too soon to count; pass "
             f"--interval-s {s.min_sample_interval_s:g} or more to count every frame"
         )
     for p, e in replay.events:

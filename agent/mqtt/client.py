@@ -55,7 +55,6 @@ from agent.mqtt.topics import (
     annotation_message,
     detections_message,
     frame_message,
-    json_bytes,
     stats_payload,
 )
 
@@ -398,8 +397,9 @@ class MqttPublisher:
     def publish_view(self, payload: Mapping[str, Any]) -> None:
         """Queue a view event (``view_changed``, ``obstructed``, ``view_restored``) like an alert, and
         set it as the retained ``view`` state (the Home Assistant "Camera view" sensor)."""
-        self._store(alert_message(self.topics, payload))
-        self._set_latest(self.topics.view, json_bytes(dict(payload)))
+        message = alert_message(self.topics, payload)  # adds device_id and timestamp when absent
+        self._store(message)
+        self._set_latest(self.topics.view, message.payload)
 
     def set_failure(self, active: bool) -> None:
         """Set the retained ``failure`` state (``ON``/``OFF``), the Home Assistant binary sensor."""

@@ -33,14 +33,7 @@ def parse_moonraker_print_stats(answer: Any, now: float) -> PrintState:
     started_at = None
     if status != PrintStatus.IDLE and isinstance(total, int | float) and total > 0:
         started_at = now - float(total)
-    return PrintState(
-        status=status,
-        job_name=str(name) if name else None,
-        elapsed_s=float(elapsed) if isinstance(elapsed, int | float) else None,
-        started_at=started_at,
-        raw_state=raw,
-        checked_at=now,
-    )
+    return PrintState.read(status, raw, now, name, elapsed, started_at)
 
 
 class MoonrakerClient(HttpPrinterClient):

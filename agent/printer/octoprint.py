@@ -43,14 +43,7 @@ def parse_octoprint_job(answer: Any, now: float) -> PrintState:
     file_info = _as_dict(_as_dict(answer.get("job")).get("file"))
     name = file_info.get("name") or file_info.get("path") or None
     elapsed = _as_dict(answer.get("progress")).get("printTime")
-    return PrintState(
-        status=octoprint_status(raw),
-        job_name=str(name) if name else None,
-        elapsed_s=float(elapsed) if isinstance(elapsed, int | float) else None,
-        started_at=None,
-        raw_state=raw,
-        checked_at=now,
-    )
+    return PrintState.read(octoprint_status(raw), raw, now, name, elapsed)
 
 
 class OctoPrintClient(HttpPrinterClient):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Any
 
 from agent.utc import utc_compact
 
@@ -36,6 +37,27 @@ class PrintState:
     started_at: float | None = None
     raw_state: str = ""
     checked_at: float = 0.0
+
+    @classmethod
+    def read(
+        cls,
+        status: PrintStatus,
+        raw_state: str,
+        checked_at: float,
+        name: Any,
+        elapsed: Any,
+        started_at: float | None = None,
+    ) -> PrintState:
+        """A reading from a host's answer: ``name`` and ``elapsed`` (seconds) as the JSON had them
+        (a missing or empty name and a non-number elapsed time read as None)."""
+        return cls(
+            status=status,
+            job_name=str(name) if name else None,
+            elapsed_s=float(elapsed) if isinstance(elapsed, int | float) else None,
+            started_at=started_at,
+            raw_state=raw_state,
+            checked_at=checked_at,
+        )
 
     @classmethod
     def unknown(cls, checked_at: float, why: str = "") -> PrintState:
