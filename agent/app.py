@@ -9,7 +9,6 @@ or ``stop()`` is called.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +16,8 @@ from typing import Any
 
 import cv2
 
-from agent.alerts import AlertMonitor, AlertStage, SteppedClock, validate_failure_labels
+from agent.alerts import validate_failure_labels
+from agent.alerts.build import build_alert_stage
 from agent.config import AgentConfig
 from agent.config.mqtt import MqttSettings
 from agent.config.source import SourceSettings
@@ -34,7 +34,7 @@ from agent.mqtt.client import create_publisher
 from agent.mqtt.stage import MqttStage
 from agent.naming import safe_name
 from agent.pipeline import HandledFrame, Pipeline
-from agent.printer import PrinterWatcher, make_printer, webcam_urls
+from agent.printer import webcam_urls
 from agent.sources import FrameSource, open_source
 from agent.sources.decode import DecodeHint
 from agent.sources.folder import FolderSource
@@ -71,9 +71,6 @@ class Agent:
     def stop(self) -> None:
         """Finish queued frames and stop (safe from a signal handler)."""
         self.pipeline.stop()
-
-
-RECORDED_STEP_S = 10.0  # simulated seconds between recorded frames (Obico samples every 10 s)
 
 
 def mqtt_settings(config: AgentConfig) -> MqttSettings:
@@ -137,7 +134,7 @@ def build_agent(
     project = _vott_project(config, detector.labels)
     stages: list[Stage] = []
     if config.alerts.enabled:
-        stages.append(_alert_stage(config, live=source.live))
+        stages.append(build_alert_stage(config, source, events, detector.labels))
     harvester = Harvester(config.harvest, out.frames_dir(), index_path=out.data_dir() / INDEX_NAME)
     gate = ChangeGate(config.gate) if config.gate.enabled else None
     stages += [
@@ -199,16 +196,6 @@ def _vott_project(config: AgentConfig, labels: Sequence[str]) -> VottProject:
         fsync=out.fsync,
         group_sync=group_sync,
     )
-
-
-def _alert_stage(config: AgentConfig, *, live: bool) -> AlertStage:
-    settings = config.alerts
-    if settings.state_file is None:
-        settings = settings.model_copy(update={"state_file": config.output.data_dir() / "alert-state.json"})
-    printer = make_printer(config.printer) if config.printer.kind != "none" else None
-    watcher = PrinterWatcher(printer, config.printer.poll_interval_s) if printer is not None else None
-    clock = None if live else SteppedClock(time.time(), config.source.interval_s or RECORDED_STEP_S)
-    return AlertStage(AlertMonitor(settings), printer, watcher, clock=clock)
 
 
 def _resume_stage(config: AgentConfig, source: FrameSource, from_start: bool) -> ResumeStage | None:

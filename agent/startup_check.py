@@ -13,7 +13,8 @@ The checks run in ``STARTUP_CHECKS`` order and stop at the first mistake, as ``r
 5. its known answers: the model's detections on a known frame are the expected ones (nothing is
    recorded; drift stops here unless ``--allow-drift``);
 6. the alerts' failure labels are among the model's labels;
-7. the source opens (a camera or URL answers, a folder exists and holds images) and is closed.
+7. the printer host (``printer.kind``) answers and accepts the API key;
+8. the source opens (a camera or URL answers, a folder exists and holds images) and is closed.
 
 ``run`` itself runs the first three (``BEFORE_RUN``) before it builds the agent, so a read-only
 folder or a missing password file is one clear line there too, not a traceback halfway through.
@@ -146,6 +147,18 @@ def check_alert_labels(context: StartupContext) -> str:
     return f"alerts: the model has the failure labels {', '.join(found)}"
 
 
+def check_printer_host(context: StartupContext) -> str:
+    """The printer host answers with the configured API key (a config problem: ``ConfigError``)."""
+    from agent.errors import ConfigError
+    from agent.printer.check import check_printer
+
+    settings = context.config.printer
+    verdict = check_printer(settings, settings.timeout_s)
+    if verdict.level == "FAIL":
+        raise (ConfigError if verdict.config_problem else UserError)(f"printer: {verdict.line()}")
+    return f"printer: {verdict.line()}"
+
+
 def check_source(context: StartupContext) -> str:
     """The source opens (``source.url: printer`` resolved) and is closed again; no frame is read."""
     from agent.app import printer_webcam
@@ -158,9 +171,8 @@ def check_source(context: StartupContext) -> str:
         source.close()
 
 
-# What `run` opens before any thread starts, in order. A check added by another part of the agent
-# goes here: the printer's reachability and API key check (a function of the printer package)
-# after check_source.
+# What `run` opens before any thread starts, in order; the printer before the source, whose URL
+# may be the printer's webcam.
 STARTUP_CHECKS: list[StartupCheck] = [
     check_secrets,
     check_tls_files,
@@ -168,6 +180,7 @@ STARTUP_CHECKS: list[StartupCheck] = [
     check_model,
     check_known_answers,
     check_alert_labels,
+    check_printer_host,
     check_source,
 ]
 

@@ -4,7 +4,8 @@
 #   ./scripts/test.sh -m slow      # only the opt-in system builds (debootstrap roots), deselected by default
 # Needs Python 3.11 and, for the MQTT tests, the Debian package `mosquitto` (installed here when
 # missing, with sudo when not root). Creates/updates the virtual environment in .venv, and one with
-# TensorFlow in .venv-train for the training test (EDGE_AGENT_SKIP_TRAIN=1: not).
+# TensorFlow in .venv-train for the training test (EDGE_AGENT_SKIP_TRAIN=1: not), and one with a real
+# OctoPrint in .venv-octoprint for the pause test (EDGE_AGENT_SKIP_OCTOPRINT=1: not).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -61,6 +62,19 @@ if [ "${EDGE_AGENT_SKIP_TRAIN:-0}" != 1 ] && [ -z "${EDGE_AGENT_TRAIN_PYTHON:-}"
         export EDGE_AGENT_TRAIN_PYTHON="$PWD/.venv-train/bin/python"
     else
         echo "   TensorFlow does not install here: the training test will be skipped" >&2
+    fi
+fi
+
+# A real OctoPrint 1.11 with its virtual printer for the pause test (tests/test_octoprint_real.py), in
+# its own venv: it pins its own Flask and Tornado (~1 min to install from PyPI, seconds once cached).
+# EDGE_AGENT_SKIP_OCTOPRINT=1 skips it; so does a failed install (the test then says why it skipped).
+if [ "${EDGE_AGENT_SKIP_OCTOPRINT:-0}" != 1 ] && [ -z "${EDGE_AGENT_OCTOPRINT:-}" ]; then
+    echo "== installing OctoPrint (virtual printer) into .venv-octoprint"
+    if { [ -x .venv-octoprint/bin/python ] || "$PYTHON" -m venv .venv-octoprint; } \
+        && .venv-octoprint/bin/python -m pip install -q --disable-pip-version-check "octoprint>=1.11,<1.12"; then
+        export EDGE_AGENT_OCTOPRINT="$PWD/.venv-octoprint/bin/octoprint"
+    else
+        echo "   OctoPrint does not install here: the real-OctoPrint test will be skipped" >&2
     fi
 fi
 

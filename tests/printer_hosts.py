@@ -1,12 +1,16 @@
-"""Stand-ins for OctoPrint and Moonraker (no printer host runs here), shared by the printer tests.
+"""Stand-ins for OctoPrint and Moonraker, shared by the printer tests, for fault injection.
 
 Real HTTP servers on 127.0.0.1 that answer the few endpoints the agent uses, with the JSON shapes
-from the OctoPrint and Moonraker API documentation, and record every call (method, path, headers,
-body) so a test can check what the agent sent.
+from the OctoPrint and Moonraker API documentation (and Moonraker's error body with its Python
+traceback, as ``moonraker/app.py`` writes it), and record every call (method, path, headers, body)
+so a test can check what the agent sent. A test can make them answer the next requests with error
+statuses (``fail_next``) or hang (``hang_s``), which a real host cannot be made to do on demand;
+tests/test_octoprint_real.py runs the agent against a real OctoPrint.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
@@ -21,6 +25,7 @@ class Call:
     path: str
     headers: dict[str, str]
     body: bytes
+    status: int = 0  # what the stand-in answered (0 while it has not)
 
     def json(self) -> Any:
         return json.loads(self.body) if self.body else None
@@ -32,6 +37,8 @@ class StandIn:
     def __init__(self) -> None:
         self.calls: list[Call] = []
         self.fail_next: list[int] = []  # statuses to answer with before behaving normally
+        self.hang_s = 0.0  # wait this long before answering (a host that hangs)
+        self._released = threading.Event()
         stand_in = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -39,11 +46,18 @@ class StandIn:
                 length = int(self.headers.get("Content-Length") or 0)
                 call = Call(self.command, self.path, dict(self.headers), self.rfile.read(length))
                 stand_in.calls.append(call)
+                if stand_in.hang_s:
+                    stand_in._released.wait(stand_in.hang_s)
                 if stand_in.fail_next:
                     status, answer = stand_in.fail_next.pop(0), {"error": "stand-in failure"}
                 else:
                     status, answer = stand_in.answer(call)
                 data = b"" if answer is None else json.dumps(answer).encode()
+                call.status = status
+                with contextlib.suppress(BrokenPipeError, ConnectionResetError):  # the client gave up
+                    self._send(status, data)
+
+            def _send(self, status: int, data: bytes) -> None:
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
@@ -56,6 +70,7 @@ class StandIn:
                 pass
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         self._thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True)
         self._thread.start()
@@ -64,6 +79,7 @@ class StandIn:
         raise NotImplementedError
 
     def close(self) -> None:
+        self._released.set()  # hanging requests answer now
         self.server.shutdown()
         self.server.server_close()
 
@@ -81,6 +97,7 @@ class FakeOctoPrint(StandIn):
         self, api_key: str, *, file_name: str = "benchy.gcode", print_time: int | None = 754
     ) -> None:
         self.api_key = api_key
+        self.fail_pauses: list[int] = []  # statuses for the next pause requests (the state polls still work)
         self.state = "Printing"
         self.file_name = file_name
         self.print_time = print_time
@@ -90,6 +107,8 @@ class FakeOctoPrint(StandIn):
     def answer(self, call: Call) -> tuple[int, Any]:
         if call.headers.get("X-Api-Key") != self.api_key:
             return 403, {"error": "You don't have the permission to access the requested resource."}
+        if call.path == "/api/version" and call.method == "GET":
+            return 200, {"api": "0.1", "server": "1.11.8", "text": "OctoPrint 1.11.8"}
         if call.path != "/api/job":
             return 404, {"error": "Not found"}
         if call.method == "GET":
@@ -102,6 +121,8 @@ class FakeOctoPrint(StandIn):
                 "progress": {"completion": 21.0, "filepos": 259, "printTime": print_time},
                 "state": self.state,
             }
+        if self.fail_pauses:
+            return self.fail_pauses.pop(0), {"error": "stand-in failure"}
         if call.json() != {"command": "pause", "action": "pause"}:
             return 400, {"error": "unknown command"}
         if self.state != "Printing":
@@ -115,15 +136,23 @@ class FakeOctoPrint(StandIn):
         return [c for c in self.calls if c.method == "POST"]
 
     @property
+    def pauses_done(self) -> int:
+        """Pause requests answered 204 (the print was paused)."""
+        return sum(c.method == "POST" and c.status == 204 for c in self.calls)
+
+    @property
     def polls(self) -> int:
         """How many times the job state was asked for."""
         return sum(c.method == "GET" for c in self.calls)
 
 
 class FakeMoonraker(StandIn):
-    """Stands in for Moonraker: ``print_stats`` query and ``/printer/print/pause``."""
+    """Stands in for Moonraker: ``/server/info``, the ``print_stats`` query and ``/printer/print/pause``;
+    with ``api_key`` set, a request without it is answered 401 the way Moonraker does (its error
+    body carries the Python traceback of the refusal)."""
 
-    def __init__(self) -> None:
+    def __init__(self, api_key: str | None = None) -> None:
+        self.api_key = api_key
         self.print_stats: dict[str, Any] = {
             "filename": "bracket.gcode",
             "state": "printing",
@@ -136,6 +165,21 @@ class FakeMoonraker(StandIn):
         super().__init__()
 
     def answer(self, call: Call) -> tuple[int, Any]:
+        if self.api_key is not None and call.headers.get("X-Api-Key") != self.api_key:
+            traceback = (
+                'Traceback (most recent call last):\n  File "/home/pi/moonraker/moonraker/app.py", line 920, '
+                "in prepare\n    auth.check_authorized(self.request)\ntornado.web.HTTPError: HTTP 401: Unauthorized\n"
+            )
+            return 401, {"error": {"code": 401, "message": "Unauthorized", "traceback": traceback}}
+        if call.method == "GET" and call.path == "/server/info":
+            state = "ready" if self.klippy_ready else "startup"
+            return 200, {
+                "result": {
+                    "klippy_connected": self.klippy_ready,
+                    "klippy_state": state,
+                    "moonraker_version": "v0.9.3-1",
+                }
+            }
         if not self.klippy_ready:
             return 503, {"error": {"code": 503, "message": "Klippy Host not connected"}}
         if call.method == "GET" and call.path == "/printer/objects/query?print_stats":

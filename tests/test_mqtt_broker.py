@@ -341,17 +341,19 @@ def test_home_assistant_discovery_image_and_failure_state(mosquitto, tmp_path, m
         publisher.publish_frame(result(3, width=320))
         publisher.publish_alert({"level": "warn", "active": True, "score": 0.7})
         publisher.publish_stats({"fps": 2.5, "inference_ms": 41.0})
+        publisher.publish_view({"level": "obstructed", "blocked": True, "samples": 3})
         assert collector.wait_for(
             lambda _: (
                 bool(collector.on_topic("edge-agent/devA/image"))
                 and bool(collector.on_topic("edge-agent/devA/failure"))
                 and bool(collector.on_topic("edge-agent/devA/stats"))
-                and len(collector.on_topic("homeassistant/+/+/+/config")) == 6
+                and bool(collector.on_topic("edge-agent/devA/view"))
+                and len(collector.on_topic("homeassistant/+/+/+/config")) == 7
             )
         )
         # Home Assistant restarted: it announces itself and gets the configs again.
         collector.client.publish("homeassistant/status", "online", qos=1)
-        assert collector.wait_for(lambda _: len(collector.on_topic("homeassistant/+/+/+/config")) == 12)
+        assert collector.wait_for(lambda _: len(collector.on_topic("homeassistant/+/+/+/config")) == 14)
         publisher.set_failure(False)
         assert collector.wait_for(
             lambda _: collector.on_topic("edge-agent/devA/failure")[-1].payload == b"OFF"
@@ -365,7 +367,11 @@ def test_home_assistant_discovery_image_and_failure_state(mosquitto, tmp_path, m
     assert failure["state_topic"] == "edge-agent/devA/failure" and failure["device_class"] == "problem"
     assert failure["availability"][0]["topic"] == "edge-agent/devA/status"
     assert failure["device"]["name"] == "Printer cam"
-    assert len({c["unique_id"] for c in configs.values()}) == 6
+    assert len({c["unique_id"] for c in configs.values()}) == 7
+    view = json.loads(collector.on_topic("edge-agent/devA/view")[-1].payload)
+    assert view["level"] == "obstructed" and view["blocked"] is True and view["device_id"] == "devA"
+    alerts = [json.loads(m.payload) for m in collector.on_topic("edge-agent/devA/alerts")]
+    assert [a["level"] for a in alerts] == ["warn", "obstructed"], "view events go out with the alerts"
 
     jpeg = collector.on_topic("edge-agent/devA/image")[-1].payload
     assert cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR).shape == (120, 320, 3)

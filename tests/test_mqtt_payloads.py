@@ -188,6 +188,7 @@ def test_home_assistant_discovery_describes_one_device():
     messages = dict(discovery_messages(settings, Topics("edge-agent", "pi.cam-1")))
     assert set(messages) == {
         "homeassistant/binary_sensor/pi_cam-1/failure/config",
+        "homeassistant/binary_sensor/pi_cam-1/camera_view/config",
         "homeassistant/sensor/pi_cam-1/top_score/config",
         "homeassistant/sensor/pi_cam-1/fps/config",
         "homeassistant/sensor/pi_cam-1/inference_ms/config",
@@ -201,6 +202,9 @@ def test_home_assistant_discovery_describes_one_device():
     score = json.loads(messages["homeassistant/sensor/pi_cam-1/top_score/config"])
     assert score["state_topic"] == "edge-agent/pi.cam-1/detections"
     assert score["value_template"] == "{{ value_json.top_score }}"
+    view = json.loads(messages["homeassistant/binary_sensor/pi_cam-1/camera_view/config"])
+    assert view["state_topic"] == view["json_attributes_topic"] == "edge-agent/pi.cam-1/view"
+    assert view["device_class"] == "problem"
 
 
 def test_a_frame_decoded_reduced_is_published_sharp_and_agrees_with_its_annotation():

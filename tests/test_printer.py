@@ -13,24 +13,20 @@ import socket
 from collections.abc import Iterator
 from typing import Any
 
-import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from agent.alerts import AlertMonitor, run_action
-from agent.config.alerts import AlertSettings
 from agent.errors import ConfigError
 from agent.printer import (
     MoonrakerClient,
     NoPrinter,
-    OctoPrintClient,
     PrinterSettings,
-    PrinterWatcher,
     PrintStatus,
     make_printer,
     resolve_api_key,
     webcam_urls,
 )
+from agent.printer.watcher import next_poll_delay
 from tests.printer_hosts import FakeMoonraker, FakeOctoPrint
 
 API_KEY = "0123456789ABCDEF0123456789ABCDEF"
@@ -76,11 +72,20 @@ def closed_port_url() -> str:
     [
         ("Printing", PrintStatus.PRINTING),
         ("Printing from SD", PrintStatus.PRINTING),
+        ("Starting", PrintStatus.PRINTING),
+        ("Starting print from SD", PrintStatus.PRINTING),
+        ("Resuming", PrintStatus.PRINTING),
+        ("Finishing", PrintStatus.PRINTING),
         ("Pausing", PrintStatus.PAUSED),
         ("Paused", PrintStatus.PAUSED),
+        # streaming a file to the printer's SD card moves no axis: not printing
+        ("Starting to send file to SD", PrintStatus.IDLE),
+        ("Sending file to SD", PrintStatus.IDLE),
+        ("Transferring file to SD", PrintStatus.IDLE),
         ("Operational", PrintStatus.IDLE),
         ("Cancelling", PrintStatus.IDLE),
         ("Offline", PrintStatus.IDLE),
+        ("Offline after error", PrintStatus.IDLE),
         ("Error", PrintStatus.IDLE),
     ],
 )
@@ -96,51 +101,41 @@ def test_octoprint_job_state(octoprint: FakeOctoPrint, key_env: str, raw: str, s
     assert octoprint.calls[-1].headers["X-Api-Key"] == API_KEY
 
 
-def test_octoprint_pause_sends_the_documented_command(
-    octoprint: FakeOctoPrint, key_env: str, caplog: pytest.LogCaptureFixture
-) -> None:
+def test_octoprint_pause_sends_the_documented_command(octoprint: FakeOctoPrint, key_env: str) -> None:
     client = make_printer(octo_settings(octoprint.url, key_env))
-    with caplog.at_level(logging.DEBUG):
-        assert client.pause("spaghetti on the bed") is True
+    assert client.request_pause().accepted
     call = octoprint.calls[-1]
     assert (call.method, call.path) == ("POST", "/api/job")
     assert call.json() == {"command": "pause", "action": "pause"}
     assert call.headers["X-Api-Key"] == API_KEY
     assert call.headers["Content-Type"] == "application/json"
-    assert "spaghetti on the bed" in caplog.text, "the log says why the print was paused"
-    assert API_KEY not in caplog.text, "the API key is never logged"
     assert client.get_state().status == PrintStatus.PAUSED
 
 
-def test_octoprint_refusing_a_pause_is_not_retried(octoprint: FakeOctoPrint, key_env: str) -> None:
+def test_a_refused_pause_says_why_in_one_line(octoprint: FakeOctoPrint, key_env: str) -> None:
     octoprint.state = "Operational"
-    client = make_printer(octo_settings(octoprint.url, key_env))
-    assert client.pause("test") is False
-    assert [c.method for c in octoprint.calls] == ["POST"]
+    answer = make_printer(octo_settings(octoprint.url, key_env)).request_pause()
+    assert not answer.accepted and answer.status == 409
+    assert answer.detail == "HTTP 409 Conflict: Printer is not operational or not printing"
 
 
-def test_a_pause_is_retried_after_a_server_error(octoprint: FakeOctoPrint, key_env: str) -> None:
-    octoprint.fail_next = [503, 500]
-    slept: list[float] = []
-    client = make_printer(octo_settings(octoprint.url, key_env, retry_delay_s=1.5), sleep=slept.append)
-    assert client.pause("test") is True
-    assert len(octoprint.calls) == 3
-    assert slept == [1.5, 1.5]
+def test_a_pause_to_a_host_that_is_down_is_not_accepted(key_env: str) -> None:
+    answer = make_printer(octo_settings(closed_port_url(), key_env)).request_pause()
+    assert not answer.accepted and answer.status is None
+    assert answer.detail == "connection refused"
 
 
-def test_a_pause_gives_up_when_the_host_is_down(key_env: str) -> None:
-    slept: list[float] = []
-    client = make_printer(octo_settings(closed_port_url(), key_env, pause_attempts=2), sleep=slept.append)
-    assert client.pause("test") is False
-    assert slept == [2.0]
-
-
-def test_a_wrong_api_key_gives_unknown(octoprint: FakeOctoPrint, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_wrong_api_key_gives_unknown_and_says_so(
+    octoprint: FakeOctoPrint, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     monkeypatch.setenv("WRONG_KEY", "nope")
     client = make_printer(octo_settings(octoprint.url, "WRONG_KEY"))
-    state = client.get_state()
+    with caplog.at_level(logging.WARNING):
+        state = client.get_state()
     assert state.status == PrintStatus.UNKNOWN
     assert "403" in state.raw_state
+    assert "Application Keys" in caplog.text and "printer.api_key_env" in caplog.text
+    assert "nope" not in caplog.text, "the key is never logged"
 
 
 def test_a_host_that_is_down_gives_unknown_and_is_logged_once(
@@ -152,7 +147,7 @@ def test_a_host_that_is_down_gives_unknown_and_is_logged_once(
     assert {s.status for s in states} == {PrintStatus.UNKNOWN}
     warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
     assert len(warnings) == 1
-    assert "OctoPrint" in warnings[0].getMessage()
+    assert "OctoPrint" in warnings[0].getMessage() and "connection refused" in warnings[0].getMessage()
 
 
 def test_recovery_after_errors_is_logged(
@@ -194,7 +189,7 @@ def test_moonraker_pause(moonraker: FakeMoonraker, tmp_path) -> None:
     key_file = tmp_path / "moonraker.key"
     key_file.write_text(API_KEY + "\n")
     client = make_printer(PrinterSettings(kind="moonraker", url=moonraker.url + "/", api_key_file=key_file))
-    assert client.pause("layer shift") is True
+    assert client.request_pause().accepted
     call = moonraker.calls[-1]
     assert (call.method, call.path) == ("POST", "/printer/print/pause")
     assert call.headers["X-Api-Key"] == API_KEY
@@ -204,7 +199,24 @@ def test_moonraker_pause(moonraker: FakeMoonraker, tmp_path) -> None:
 def test_moonraker_without_klippy_gives_unknown(moonraker: FakeMoonraker) -> None:
     moonraker.klippy_ready = False
     client = MoonrakerClient(PrinterSettings(kind="moonraker", url=moonraker.url), None)
-    assert client.get_state().status == PrintStatus.UNKNOWN
+    state = client.get_state()
+    assert state.status == PrintStatus.UNKNOWN
+    assert state.raw_state == "HTTP 503 Service Unavailable: Klippy Host not connected"
+
+
+def test_moonraker_refusal_is_one_line_without_its_traceback(caplog: pytest.LogCaptureFixture) -> None:
+    host = FakeMoonraker(api_key=API_KEY)
+    try:
+        client = MoonrakerClient(PrinterSettings(kind="moonraker", url=host.url), None)
+        with caplog.at_level(logging.WARNING):
+            state = client.get_state()
+        answer = client.request_pause()
+    finally:
+        host.close()
+    assert state.raw_state == "HTTP 401 Unauthorized: Unauthorized"
+    assert answer.detail == "HTTP 401 Unauthorized: Unauthorized"
+    assert "Traceback" not in caplog.text and "app.py" not in caplog.text
+    assert "trusted_clients" in caplog.text, "the log says how to fix it"
 
 
 # -- settings, keys, webcams, watcher ------------------------------------------------------------
@@ -259,62 +271,10 @@ def test_no_printer_is_always_one_untracked_print(caplog: pytest.LogCaptureFixtu
     assert isinstance(client, NoPrinter)
     assert client.get_state().status == PrintStatus.PRINTING
     with caplog.at_level(logging.ERROR):
-        assert client.pause("test") is False
+        assert not client.request_pause().accepted
     assert "no printer configured" in caplog.text
 
 
-def test_watcher_polls_at_most_every_interval_and_backs_off_when_down(
-    octoprint: FakeOctoPrint, key_env: str
-) -> None:
-    clock = [0.0]
-    client = OctoPrintClient(octo_settings(octoprint.url, key_env), API_KEY)
-    watcher = PrinterWatcher(client, poll_interval_s=5.0, monotonic=lambda: clock[0])
-    for t in range(0, 20):
-        clock[0] = float(t)
-        assert watcher.state().status == PrintStatus.PRINTING
-    assert len(octoprint.calls) == 4  # t = 0, 5, 10, 15
-
-    down = PrinterWatcher(
-        OctoPrintClient(octo_settings(closed_port_url(), key_env), API_KEY),
-        poll_interval_s=5.0,
-        monotonic=lambda: clock[0],
-    )
-    polls = []
-    for t in range(0, 200):
-        clock[0] = float(t)
-        before = down._next_poll
-        down.state()
-        if down._next_poll != before:
-            polls.append(t)
-    assert polls == [0, 5, 15, 35, 75, 135, 195], "5, 10, 20, 40, then at most 60 s between tries"
-
-
-# -- alerts acting through a printer ---------------------------------------------------------------
-
-
-def test_alerts_pause_once_and_not_again_after_resume(octoprint: FakeOctoPrint, key_env: str) -> None:
-    """A failure pauses the print through the OctoPrint stand-in; after the user resumes with the
-    same scene in view there is no second pause, only when the score rises again."""
-    client = make_printer(octo_settings(octoprint.url, key_env))
-    monitor = AlertMonitor(AlertSettings(action="pause"))
-    t = NOW
-
-    def frames(scores: Any) -> list[str]:
-        nonlocal t
-        kinds = []
-        for score in scores:
-            for event in monitor.update_score(float(score), now=t, print_state=client.get_state()):
-                kinds.append(event.kind)
-                run_action(event, client)
-            t += 10
-        return kinds
-
-    assert frames(np.random.default_rng(4).uniform(0, 0.1, 60)) == []
-    assert frames(np.full(20, 1.5)) == ["warn", "act"]
-    assert len(octoprint.pauses) == 1 and octoprint.state == "Paused"
-    assert frames(np.full(10, 1.5)) == []  # paused: nothing counts
-    octoprint.state = "Printing"  # the user resumes in OctoPrint
-    assert frames(np.full(100, 1.5)) == ["clear"]
-    assert len(octoprint.pauses) == 1
-    assert frames(np.full(20, 3.5)) == ["warn", "act"]
-    assert len(octoprint.pauses) == 2
+def test_polls_back_off_while_the_host_does_not_answer() -> None:
+    assert [next_poll_delay(n, 5.0) for n in range(7)] == [5.0, 5.0, 10.0, 20.0, 40.0, 60.0, 60.0]
+    assert next_poll_delay(3, 90.0) == 90.0, "never sooner than the poll interval"

@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from agent.cli import main
-from agent.commands.replay import clock_text
+from agent.commands.replay_report import clock_text
 from tests.helpers import run_cli
 from tests.printer_hosts import FakeOctoPrint
 from tests.test_printer_e2e import (
@@ -167,7 +167,10 @@ def test_a_timelapse_video_replays_frame_by_frame_and_the_plot(
         image = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
         writer.write(cv2.resize(image, (640, 480)))
     writer.release()
-    config = write_config(tmp_path, model)
+    # The video cuts between crops of different photos, not one camera's view of one print: the
+    # scene check would (rightly) leave every cut out, so it is off here (tests/test_scene_check.py).
+    alerts = {"enabled": True, "action": "pause", "scene": {"enabled": False}}
+    config = write_config(tmp_path, model, alerts=alerts)
     plot = tmp_path / "plots" / "curve.png"
     result = run_cli(
         "replay", "--config", str(config), str(video), "--interval-s", "12", "--plot", str(plot), cwd=tmp_path

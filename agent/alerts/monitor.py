@@ -35,7 +35,6 @@ atomically after every change so that an agent restarted mid-print carries on wh
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Callable
@@ -45,11 +44,10 @@ import numpy as np
 
 from agent.alerts.events import LEVEL_RANK, AlertEvent, AlertLevel, EventKind, Sample, log_event
 from agent.alerts.score import failure_score
-from agent.alerts.state import MonitorState
+from agent.alerts.state import MonitorState, StateFile
 from agent.config.alerts import AlertSettings
 from agent.detections import Detections
-from agent.fsutil import atomic_write_json
-from agent.printer import PrintState, PrintStatus
+from agent.printer.state import PrintState, PrintStatus
 
 log = logging.getLogger(__name__)
 
@@ -70,12 +68,11 @@ class AlertMonitor:
         self.settings = settings
         self._clock = clock
         self._alpha = 2.0 / (settings.ewm_span + 1)
-        self._save_failed = False
         self._unsaved_at: float | None = None  # time of the newest sample not yet in state_file
-        self._saved_monotonic = time.monotonic()
         self._unknown_logged = False
         self.last_sample: Sample | None = None
-        self.state = self._load() if settings.state_file else MonitorState()
+        self._file = StateFile(settings.state_file) if settings.state_file else None
+        self.state = self._file.load() if self._file is not None else MonitorState()
         if self.state.long_count == 0:
             self.state.long_count = settings.long_mean_prior_samples
 
@@ -111,13 +108,15 @@ class AlertMonitor:
 
     def update_score(
         self,
-        score: float,
+        score: float | None,
         *,
         frame_id: str | None = None,
         now: float | None = None,
         print_state: PrintState | None = None,
     ) -> list[AlertEvent]:
-        """``update`` for an already computed frame score."""
+        """``update`` for an already computed frame score. ``None``: the frame is not a sample (the
+        camera did not see the print, see ``agent.alerts.scene``); it still follows the printer's
+        state and takes the sample's time slot, but leaves the smoothing alone."""
         now = self._clock() if now is None else float(now)
         ps = print_state if print_state is not None else PrintState.untracked(now)
         if ps.status == PrintStatus.UNKNOWN:
@@ -133,34 +132,44 @@ class AlertMonitor:
         elif changed:
             self._unsaved_at = now
             # real seconds, not the sample clock: a replay at full speed must not save every frame
-            if time.monotonic() - self._saved_monotonic >= self.settings.state_save_interval_s:
+            since = time.monotonic() - (self._file.saved_monotonic if self._file is not None else 0.0)
+            if since >= self.settings.state_save_interval_s:
                 self._save(now, durable=False)
         for event in events:
             log_event(event)
         return events
 
+    def is_new_print(self, ps: PrintState) -> bool:
+        """True when ``ps`` (printing or paused) is not the print the monitor follows."""
+        return self._is_new_print(ps)
+
+    def sample_due(self, now: float) -> bool:
+        """True when a frame at ``now`` would be a sample (``min_sample_interval_s`` since the last)."""
+        return self._sample_due(now)
+
     def _observe(
-        self, ps: PrintState, score: float, frame_id: str | None, now: float
+        self, ps: PrintState, score: float | None, frame_id: str | None, now: float
     ) -> tuple[list[AlertEvent], Literal["", "sample", "durable"]]:
         """Apply one reading; the events and how much changed ("" nothing, "durable" print state)."""
         st = self.state
         events: list[AlertEvent] = []
+        shown = 0.0 if score is None else score  # the score a clear event reports
         if ps.status == PrintStatus.IDLE:
             if not st.has_print or st.print_ended:
                 return events, ""
             log.info("print %r ended (%s)", st.print_name, ps.raw_state or "idle")
-            events += self._clear_if_active(now, score, frame_id, "the print ended")
+            events += self._clear_if_active(now, shown, frame_id, "the print ended")
             st.print_ended = True
             st.print_status = PrintStatus.IDLE.value
             return events, "durable"
 
         changed: Literal["", "sample", "durable"] = ""
         if self._is_new_print(ps):
-            events += self._clear_if_active(now, score, frame_id, "a new print started")
+            events += self._clear_if_active(now, shown, frame_id, "a new print started")
             self._start_print(ps, now)
             changed = "durable"
         elif st.print_status == PrintStatus.PAUSED.value and ps.status == PrintStatus.PRINTING:
-            events += self._resume(now, score, frame_id)
+            events += self._resume(now, shown, frame_id)
         if st.print_status != ps.status.value:
             changed = "durable"
         st.print_status = ps.status.value
@@ -169,7 +178,10 @@ class AlertMonitor:
         if ps.started_at is not None:
             st.print_started_at = ps.started_at
         if ps.status == PrintStatus.PRINTING and self._sample_due(now):
-            events += self._sample(score, frame_id, now)
+            if score is None:
+                st.last_sample_at = now
+            else:
+                events += self._sample(score, frame_id, now)
             changed = changed or "sample"
         return events, changed
 
@@ -204,6 +216,8 @@ class AlertMonitor:
         st.alerts_this_print, st.last_alert_at, st.last_sample_at = 0, None, None
         st.cap_logged = False
         st.history = []
+        st.pause_episode, st.pause_outcome, st.pause_requested_at = 0, "", None
+        st.pause_requests, st.pause_seconds = 0, None
         log.info(
             "%s: alert state reset; no alerts for its first %d samples",
             f"new print {ps.job_name!r}" if ps.job_name else "watching the camera's print",
@@ -366,25 +380,9 @@ class AlertMonitor:
 
     # -- persistence -------------------------------------------------------------------------
 
-    def _load(self) -> MonitorState:
-        path = self.settings.state_file
-        assert path is not None
-        if not path.exists():
-            return MonitorState()
-        try:
-            state = MonitorState.from_json(json.loads(path.read_text(encoding="utf-8")))
-        except (OSError, ValueError, TypeError) as exc:
-            log.warning("alert state %s unreadable (%s): starting from a clean state", path, exc)
-            return MonitorState()
-        if state.has_print and not state.print_ended:
-            log.info(
-                "restored alert state for print %r (%d samples, level %s, %d alerts sent)",
-                state.print_name,
-                state.samples_this_print,
-                state.level,
-                state.alerts_this_print,
-            )
-        return state
+    def save(self, now: float | None = None) -> None:
+        """Save the state now, durably (a pause asked for or landed)."""
+        self._save(self._clock() if now is None else now, durable=True)
 
     def flush(self) -> None:
         """Save samples not yet saved (``state_save_interval_s``); call on a clean exit."""
@@ -392,25 +390,8 @@ class AlertMonitor:
             self._save(self._unsaved_at, durable=True)
 
     def _save(self, now: float, *, durable: bool) -> None:
-        """Write the state atomically; fsync only for changes that matter after a power cut
-        (events, print changes), so a sample every 10 s does not wear out an SD card."""
-        path = self.settings.state_file
-        if path is None:
-            return
-        self.state.saved_at = now
-        self._saved_monotonic = time.monotonic()
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write_json(path, self.state.to_json(), indent=None, fsync=durable)
-        except OSError as exc:
-            if not self._save_failed:
-                log.error(
-                    "cannot save alert state to %s (%s): a restart will start from a clean state", path, exc
-                )
-                self._save_failed = True
-            return
-        self._save_failed = False
-        self._unsaved_at = None
+        if self._file is not None and self._file.save(self.state, now, durable=durable):
+            self._unsaved_at = None
 
 
 def _next_level(

@@ -1,12 +1,19 @@
-"""What the alert monitor remembers between samples and across restarts (saved as JSON)."""
+"""What the alert monitor remembers between samples and across restarts, and the file it is saved in."""
 
 from __future__ import annotations
 
+import json
+import logging
+import time
 from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
 from typing import Any
 
 from agent.alerts.events import AlertLevel
-from agent.printer import PrintStatus
+from agent.fsutil import atomic_write_json
+from agent.printer.state import PrintStatus
+
+log = logging.getLogger(__name__)
 
 STATE_VERSION = 1
 
@@ -43,6 +50,12 @@ class MonitorState:
     last_sample_at: float | None = None
     cap_logged: bool = False
     history: list[list[float]] = field(default_factory=list)
+    # The pause of the print's latest act alert: never asked for twice, also across a restart.
+    pause_episode: int = 0  # alerts_this_print when the act that asked for it fired (0: none yet)
+    pause_outcome: str = ""  # "pending" until the printer reports paused ("landed") or the print ends
+    pause_requested_at: float | None = None
+    pause_requests: int = 0
+    pause_seconds: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict."""
@@ -59,3 +72,51 @@ class MonitorState:
         AlertLevel(state.notified)
         PrintStatus(state.print_status)
         return state
+
+
+class StateFile:
+    """Where the monitor's state is saved (atomically; fsync only for what matters after a power cut)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._failed = False
+        self.saved_monotonic = time.monotonic()
+
+    def load(self) -> MonitorState:
+        """The saved state, or a clean one when there is none or it cannot be read."""
+        if not self.path.exists():
+            return MonitorState()
+        try:
+            state = MonitorState.from_json(json.loads(self.path.read_text(encoding="utf-8")))
+        except (OSError, ValueError, TypeError) as exc:
+            log.warning("alert state %s unreadable (%s): starting from a clean state", self.path, exc)
+            return MonitorState()
+        if state.has_print and not state.print_ended:
+            log.info(
+                "restored alert state for print %r (%d samples, level %s, %d alerts sent)",
+                state.print_name,
+                state.samples_this_print,
+                state.level,
+                state.alerts_this_print,
+            )
+        return state
+
+    def save(self, state: MonitorState, now: float, *, durable: bool) -> bool:
+        """Write ``state`` (``saved_at`` = ``now``); fsync when ``durable`` (events, print changes) so a
+        sample every 10 s does not wear out an SD card. False (logged once) when it cannot be written."""
+        state.saved_at = now
+        self.saved_monotonic = time.monotonic()
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(self.path, state.to_json(), indent=None, fsync=durable)
+        except OSError as exc:
+            if not self._failed:
+                log.error(
+                    "cannot save alert state to %s (%s): a restart will start from a clean state",
+                    self.path,
+                    exc,
+                )
+                self._failed = True
+            return False
+        self._failed = False
+        return True

@@ -20,17 +20,24 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agent.alerts import AlertEvent, AlertMonitor, Sample, validate_failure_labels
+from agent.alerts import AlertMonitor, Sample, SceneCheck, validate_failure_labels
 from agent.alerts.stage import AlertEvents, AlertStage, SteppedClock
 from agent.commands.common import note_demo_model
+from agent.commands.replay_report import (
+    CurvePoint,
+    Replay,
+    point_record,
+    settings_line,
+    summary,
+    summary_lines,
+    table_lines,
+    write_plot,
+)
 from agent.commands.values import number
 from agent.config import AgentConfig, load_config
-from agent.config.alerts import AlertSettings
 from agent.config.pipeline import PipelineSettings
 from agent.config.source import IMAGE_SUFFIXES, SourceKind, SourceSettings
 from agent.detect.detector import open_detector
@@ -40,7 +47,6 @@ from agent.frames import FrameResult
 from agent.pipeline import Pipeline
 from agent.sources import open_source
 from agent.sources.folder import list_images
-from agent.utc import utc_iso
 
 log = logging.getLogger(__name__)
 
@@ -88,54 +94,6 @@ def add_replay_command(subparsers: Any) -> None:
     parser.set_defaults(handler=run_replay)
 
 
-@dataclass
-class CurvePoint:
-    """One replayed frame: its simulated time (s since the first frame), the monitor's sample
-    when the frame was counted (None when it came too soon after the last one), and events."""
-
-    name: str
-    frame_id: str
-    t_s: float
-    at: float
-    sample: Sample | None
-    events: list[AlertEvent] = field(default_factory=list)
-
-    @property
-    def warn_at(self) -> float | None:
-        """The smoothed score at which ``warn`` fires at this sample."""
-        s = self.sample
-        return None if s is None else s.warn_level + (s.smoothed - s.signal)
-
-    @property
-    def act_at(self) -> float | None:
-        """The smoothed score at which ``act`` fires at this sample."""
-        s = self.sample
-        return None if s is None else s.act_level + (s.smoothed - s.signal)
-
-
-@dataclass
-class Replay:
-    """The curve of one recording and what produced it."""
-
-    recording: Path
-    description: str
-    model: str
-    runtime: str
-    interval_s: float
-    settings: AlertSettings
-    points: list[CurvePoint]
-
-    @property
-    def events(self) -> list[tuple[CurvePoint, AlertEvent]]:
-        """Every event with the frame that triggered it, in order."""
-        return [(p, e) for p in self.points for e in p.events]
-
-    @property
-    def counted(self) -> int:
-        """Frames the monitor counted as samples."""
-        return sum(p.sample is not None for p in self.points)
-
-
 class _CurveRecorder(Stage):
     """An output stage after the ``AlertStage``: notes what the monitor made of each frame."""
 
@@ -155,6 +113,7 @@ class _CurveRecorder(Stage):
         counted = sample is not None and sample is not self._previous
         self._previous = sample
         frame = result.frame
+        alerts = outputs.get(AlertEvents)
         self.points.append(
             CurvePoint(
                 name=frame.name,
@@ -162,7 +121,9 @@ class _CurveRecorder(Stage):
                 t_s=self.clock.now - self.start,
                 at=self.clock.now,
                 sample=sample if counted else None,
-                events=list(outputs.get(AlertEvents).events),
+                events=list(alerts.events),
+                verdict=alerts.verdict,
+                views=list(alerts.views),
             )
         )
 
@@ -237,11 +198,12 @@ def replay_recording(
     start = float(int(time.time()))
     clock = SteppedClock(start, interval_s)
     monitor = AlertMonitor(settings)
+    scene = SceneCheck(settings.scene, detector.labels) if settings.scene.enabled else None
     recorder = _CurveRecorder(monitor, clock, start)
     pipeline = Pipeline(
         source,
         detector,
-        [AlertStage(monitor, printer=None, watcher=None, clock=clock), recorder],
+        [AlertStage(monitor, scene=scene, clock=clock), recorder],
         PipelineSettings(max_frames=max(max_frames, 0), stats_interval_s=300.0),
         live=False,
     )
@@ -260,219 +222,6 @@ def replay_recording(
         settings=settings,
         points=points,
     )
-
-
-# -- output --------------------------------------------------------------------------------------
-
-
-def clock_text(seconds: float) -> str:
-    """Elapsed seconds as ``H:MM:SS``."""
-    whole = round(seconds)
-    return f"{whole // 3600}:{whole % 3600 // 60:02d}:{whole % 60:02d}"
-
-
-def _event_text(event: AlertEvent) -> str:
-    if event.kind == "act":
-        return "ACT (would pause)" if event.action == "pause" else "ACT"
-    return event.kind.upper() if event.kind == "warn" else "clear"
-
-
-def _level_text(sample: Sample | None) -> str:
-    if sample is None:
-        return "-"
-    return "grace" if sample.in_grace else str(sample.level)
-
-
-def settings_line(settings: AlertSettings) -> str:
-    """The alert settings that shape the curve, in one line."""
-    labels = ", ".join(f"{name} {weight:g}" for name, weight in settings.failure_labels.items())
-    return (
-        f"alerts: {labels} ({settings.aggregate}, min score {settings.min_detection_score:g}); level "
-        f"{settings.threshold:g}..{settings.threshold_high:g} x{settings.short_mean_multiple:g} short mean; "
-        f"warn x{settings.warn_multiplier:g}, act x{settings.act_multiplier:g}; EWM span {settings.ewm_span}; "
-        f"grace {settings.startup_grace_samples} samples; cooldown {settings.cooldown_s:g} s; "
-        f"action {settings.action}"
-    )
-
-
-def table_lines(replay: Replay) -> Iterator[str]:
-    """The score curve as an aligned text table, one row per frame."""
-    width = min(max([len("frame"), *(len(p.name) for p in replay.points)]), 40)
-    yield (
-        f"{'frame':<{width}}  {'time':>8}  {'score':>6}  {'smoothed':>8}  {'warn at':>7}  "
-        f"{'act at':>7}  {'level':<5}  event"
-    )
-    for p in replay.points:
-        s = p.sample
-        name = p.name if len(p.name) <= width else "…" + p.name[-(width - 1) :]
-        if s is None:
-            cells = f"{'-':>6}  {'-':>8}  {'-':>7}  {'-':>7}"
-            note = "not counted (sooner than alerts.min_sample_interval_s)"
-        else:
-            cells = f"{s.score:6.3f}  {s.smoothed:8.3f}  {p.warn_at:7.3f}  {p.act_at:7.3f}"
-            note = ""
-        events = ", ".join(_event_text(e) for e in p.events)
-        yield f"{name:<{width}}  {clock_text(p.t_s):>8}  {cells}  {_level_text(s):<5}  {events or note}".rstrip()
-
-
-def _r(value: float | None) -> float | None:
-    return None if value is None else round(float(value), 4)
-
-
-def point_record(p: CurvePoint) -> dict[str, Any]:
-    """The JSON object printed for one frame with ``--json``."""
-    s = p.sample
-    record: dict[str, Any] = {
-        "frame": p.name,
-        "frame_id": p.frame_id,
-        "t_s": round(p.t_s, 3),
-        "timestamp": utc_iso(p.at),
-        "counted": s is not None,
-    }
-    if s is not None:
-        record.update(
-            score=_r(s.score),
-            smoothed=_r(s.smoothed),
-            signal=_r(s.signal),
-            warn_level=_r(s.warn_level),
-            act_level=_r(s.act_level),
-            warn_at=_r(p.warn_at),
-            act_at=_r(p.act_at),
-            short_mean=_r(s.short_mean),
-            long_mean=_r(s.long_mean),
-            baseline=_r(s.baseline),
-            level=str(s.level),
-            in_grace=s.in_grace,
-        )
-    record["events"] = [{"kind": e.kind, "action": e.action, "reason": e.reason} for e in p.events]
-    return record
-
-
-def summary(replay: Replay) -> dict[str, Any]:
-    """Counts, the first warn and act, and the peak of the signal against its warn level."""
-    samples = [p for p in replay.points if p.sample is not None]
-    judged = [p for p in samples if p.sample is not None and not p.sample.in_grace]
-    first: dict[str, dict[str, Any] | None] = {"warn": None, "act": None}
-    for p, e in replay.events:
-        if e.kind in first and first[e.kind] is None:
-            first[e.kind] = {"frame": p.name, "t_s": round(p.t_s, 3)}
-    peak: dict[str, Any] | None = None
-    if judged:
-        top = max(judged, key=lambda p: p.sample.signal - p.sample.warn_level)  # type: ignore[union-attr]
-        s = top.sample
-        assert s is not None
-        peak = {
-            "frame": top.name,
-            "t_s": round(top.t_s, 3),
-            "signal": _r(s.signal),
-            "warn_level": _r(s.warn_level),
-            "act_level": _r(s.act_level),
-        }
-    return {
-        "recording": str(replay.recording),
-        "model": replay.model,
-        "runtime": replay.runtime,
-        "interval_s": replay.interval_s,
-        "frames": len(replay.points),
-        "counted": len(samples),
-        "in_grace": len(samples) - len(judged),
-        "events": {k: sum(e.kind == k for _, e in replay.events) for k in ("warn", "act", "clear")},
-        "first_warn": first["warn"],
-        "first_act": first["act"],
-        "peak": peak,
-    }
-
-
-def summary_lines(replay: Replay, info: dict[str, Any]) -> Iterator[str]:
-    """The human summary under the table: events with their reasons and a tuning hint."""
-    s = replay.settings
-    yield (
-        f"{info['frames']} frames, {info['counted']} counted as samples ({info['in_grace']} in the startup "
-        f"grace), one every {replay.interval_s:g} s: {clock_text(replay.points[-1].t_s)} simulated"
-    )
-    if info["counted"] < info["frames"]:
-        yield (
-            f"note: alerts.min_sample_interval_s is {s.min_sample_interval_s:g} s, so with one frame every "
-            f"{replay.interval_s:g} s only {info['counted']} of {info['frames']} frames counted; pass "
-            f"--interval-s {s.min_sample_interval_s:g} or more to count every frame"
-        )
-    for p, e in replay.events:
-        yield f"{_event_text(e)} at {p.name} ({clock_text(p.t_s)}): {e.reason}"
-    peak = info["peak"]
-    if peak is None:
-        yield (
-            f"no frame was judged: all {info['counted']} samples fell in the startup grace "
-            f"(alerts.startup_grace_samples = {s.startup_grace_samples})"
-        )
-        return
-    if info["first_warn"] is None:
-        yield (
-            f"no alert: the signal (smoothed minus baseline) peaked at {peak['signal']:.3f} at {peak['frame']} "
-            f"({clock_text(peak['t_s'])}), where warn needed more than {peak['warn_level']:.3f}. If this "
-            f"recording shows a failure, lower alerts.threshold (now {s.threshold:g}) or "
-            "alerts.short_mean_multiple, or check alerts.failure_labels and the detector's thresholds"
-        )
-    elif info["first_act"] is None:
-        yield (
-            f"warned but never acted: act needs {s.act_multiplier:g}x the level; the signal peaked at "
-            f"{peak['signal']:.3f} against an act level of {peak['act_level']:.3f} at {peak['frame']}"
-        )
-
-
-def write_plot(replay: Replay, path: Path) -> bool:
-    """Draw the curve into a PNG at ``path``; False (nothing written) when matplotlib is missing."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return False
-    hours = replay.points[-1].t_s > 3 * 3600
-    scale, unit = (3600.0, "h") if hours else (60.0, "min")
-    pts: list[CurvePoint] = []
-    samples: list[Sample] = []
-    for p in replay.points:
-        if p.sample is not None:
-            pts.append(p)
-            samples.append(p.sample)
-    x = [p.t_s / scale for p in pts]
-    fig, ax = plt.subplots(figsize=(11, 4.5), dpi=100)
-    try:
-        ax.scatter(x, [s.score for s in samples], s=8, color="0.6", label="frame score", zorder=2)
-        ax.plot(x, [s.smoothed for s in samples], color="tab:blue", lw=1.8, label="smoothed (EWM)", zorder=3)
-        ax.step(
-            x, [p.warn_at for p in pts], where="post", color="tab:orange", ls="--", lw=1.2, label="warn at"
-        )
-        ax.step(x, [p.act_at for p in pts], where="post", color="tab:red", ls="--", lw=1.2, label="act at")
-        grace = [p.t_s / scale for p, s in zip(pts, samples, strict=True) if s.in_grace]
-        if grace:
-            ax.axvspan(min(grace), max(grace), color="0.92", zorder=0, label="grace (not judged)")
-        colours = {"warn": "tab:orange", "act": "tab:red", "clear": "tab:green"}
-        for p, e in replay.events:
-            ax.axvline(p.t_s / scale, color=colours[e.kind], lw=1, alpha=0.7, zorder=1)
-            ax.annotate(
-                _event_text(e),
-                (p.t_s / scale, 1.0),
-                xycoords=("data", "axes fraction"),
-                rotation=90,
-                va="top",
-                ha="right",
-                fontsize=8,
-                color=colours[e.kind],
-            )
-        ax.set_xlabel(f"simulated time ({unit}), one frame every {replay.interval_s:g} s")
-        ax.set_ylabel("failure score")
-        ax.set_title(f"{replay.recording.name}: {replay.model}", fontsize=10)
-        ax.set_ylim(bottom=0)
-        ax.grid(alpha=0.3)
-        ax.legend(loc="upper left", fontsize=8)
-        fig.tight_layout()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, format="png")
-    finally:
-        plt.close(fig)
-    return True
 
 
 def run_replay(args: argparse.Namespace) -> int:

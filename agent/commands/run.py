@@ -44,8 +44,8 @@ def add_run_command(subparsers: Any) -> None:
     parser.add_argument(
         "--check",
         action="store_true",
-        help="open everything run opens at start-up (secrets, TLS files, output folders, model, source) "
-        "without running a frame, and exit",
+        help="open everything run opens at start-up (secrets, TLS files, output folders, model, its known "
+        "answers, the printer host with its API key, source) without running a frame, and exit",
     )
     parser.add_argument("--source", help="override source.url (folder, video, /dev/videoN, URL)")
     parser.add_argument("--watch", action="store_true", help="folder source: keep waiting for new files")

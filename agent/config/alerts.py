@@ -9,6 +9,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from agent.config.base import StrictModel
+from agent.config.scene import SceneSettings
 
 
 class AlertSettings(StrictModel):
@@ -75,6 +76,8 @@ class AlertSettings(StrictModel):
     state_save_interval_s: float = Field(30.0, ge=0, le=3600)
     """Save new samples to ``state_file`` at most this often (events and print changes are saved
     at once, and the last samples on a clean exit); 0 saves every sample. Ours."""
+    scene: SceneSettings = Field(default_factory=SceneSettings)
+    """The scene check: a failure counts only while the camera still sees the print (see below)."""
 
     @field_validator("failure_labels")
     @classmethod

@@ -25,13 +25,18 @@ class PrinterSettings(StrictModel):
     api_key_file: Path | None = None
     """File holding the API key (first line), as an alternative to ``api_key_env``."""
     poll_interval_s: float = Field(5.0, gt=0, le=3600)
-    """Seconds between job-state polls while the host answers (doubles up to 60 s while it does not)."""
+    """Seconds between job-state polls while the host answers (doubles up to 60 s while it does not).
+    The polls run on a thread of their own: a host that hangs never holds up the frames."""
     timeout_s: float = Field(5.0, gt=0, le=120)
     """Seconds to wait for one HTTP request."""
-    pause_attempts: int = Field(3, ge=1, le=10)
-    """How many times a pause request is tried before giving up (network errors and 5xx only)."""
     retry_delay_s: float = Field(2.0, ge=0, le=60)
-    """Seconds between pause attempts."""
+    """Seconds before a failed pause request is sent again; the wait doubles after each failure, up to
+    ``retry_max_delay_s``. A pause is retried until the printer reports paused or the print ends."""
+    retry_max_delay_s: float = Field(60.0, ge=0, le=3600)
+    """Longest wait between two pause requests while the host keeps failing."""
+    pause_confirm_s: float = Field(30.0, gt=0, le=600)
+    """After the host accepted a pause, seconds to wait for it to report paused (or pausing) before
+    the pause is asked for again (a Klipper PAUSE macro may take a while to park the head)."""
     webcam_base_url: str | None = None
     """Where ``/webcam/`` is served when not at ``url``'s host (default: OctoPrint's ``url``;
     for Moonraker the same host on the web UI's port 80, where crowsnest is proxied)."""

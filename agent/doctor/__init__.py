@@ -4,7 +4,8 @@
 order: the config; Python and packages (``packages``); the Edge TPU library, devices, udev rule,
 plugdev and runtime pair (``edgetpu``); the source opens and yields a frame (``camera``); the model
 loads as a detector, with invoke timings on every installed runtime and thread count taken
-interleaved, the fastest plan and the Edge TPU delegate (``runtime``); the broker (``broker``); disk
+interleaved, the fastest plan and the Edge TPU delegate (``runtime``); the broker (``broker``); the
+printer host answers with its key (``printer``); disk
 space against the harvest quota and the writable folders (``disk``).
 
 A check is ``OK``, ``WARN`` (works, but worth a look), ``FAIL`` (the agent cannot work like this) or
@@ -21,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 
 from agent.config import AgentConfig
-from agent.doctor import broker, camera, disk, edgetpu, packages, runtime
+from agent.doctor import broker, camera, disk, edgetpu, packages, printer, runtime
 from agent.doctor.broker import BrokerProbe, check_broker, probe_broker
 from agent.doctor.camera import check_source
 from agent.doctor.checks import (
@@ -46,6 +47,7 @@ AREAS: Sequence[Sequence[CheckFunction]] = (
     camera.CHECKS,
     runtime.CHECKS,
     broker.CHECKS,
+    printer.CHECKS,
     disk.CHECKS,
 )
 

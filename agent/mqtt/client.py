@@ -243,6 +243,13 @@ class MqttPublisher:
         if isinstance(active, bool):
             self.set_failure(active)
 
+    def publish_view(self, payload: Mapping[str, Any]) -> None:
+        """Queue a view event (``view_changed``, ``obstructed``, ``view_restored``) like an alert, and
+        set it as the retained ``view`` state (the Home Assistant "Camera view" sensor)."""
+        message = alert_message(self.topics, payload)  # adds device_id and timestamp when absent
+        self._store(message)
+        self._set_latest(self.topics.view, message.payload)
+
     def set_failure(self, active: bool) -> None:
         """Set the retained ``failure`` state (``ON``/``OFF``), the Home Assistant binary sensor."""
         self._set_latest(self.topics.failure, b"ON" if active else b"OFF")

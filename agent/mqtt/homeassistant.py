@@ -5,6 +5,8 @@ connect and again whenever Home Assistant announces itself (``<discovery_prefix>
 ``online``). Entities:
 
 - ``binary_sensor`` *Failure* (device class ``problem``) from the retained ``failure`` topic (ON/OFF);
+- ``binary_sensor`` *Camera view blocked* (``problem``) from the retained ``view`` topic: ON after a
+  ``view_changed`` or ``obstructed`` event, OFF after ``view_restored`` (the event's JSON as attributes);
 - ``sensor`` *Top score* from ``detections`` (``top_score`` of the latest processed frame);
 - ``sensor`` *FPS* and *Inference time* from ``stats`` (``fps``, ``inference_ms``);
 - ``sensor`` *Outbox messages* (diagnostic) from ``stats`` (``mqtt.outbox.messages``);
@@ -71,6 +73,18 @@ def discovery_messages(settings: MqttSettings, topics: Topics) -> list[tuple[str
                 "payload_on": "ON",
                 "payload_off": "OFF",
                 "device_class": "problem",
+            },
+        ),
+        (
+            "binary_sensor",
+            "camera_view",
+            {
+                "name": "Camera view blocked",
+                "state_topic": topics.view,
+                "value_template": "{{ 'ON' if value_json.blocked else 'OFF' }}",
+                "json_attributes_topic": topics.view,
+                "device_class": "problem",
+                "icon": "mdi:cctv-off",
             },
         ),
         (

@@ -1,5 +1,5 @@
 """The MQTT stage: every frame's detections, each kept frame's picture and annotation, and every
-alert, into the outbox (the sender thread takes them to the broker)."""
+alert and view event, into the outbox (the sender thread takes them to the broker)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from typing import Any
 
 from agent.alerts.events import alert_payload
 from agent.alerts.stage import AlertEvents
+from agent.alerts.view import view_payload
 from agent.flow import Outputs, Stage
 from agent.frames import FrameResult
 from agent.harvest.decision import KeepDecision
@@ -31,8 +32,11 @@ class MqttStage(Stage):
     def handle(self, result: FrameResult, outputs: Outputs) -> None:
         """Publish this result's detections, its picture and annotation when kept, its alerts."""
         alerts = outputs.find(AlertEvents)
+        device = self.publisher.topics.device_id
         for event in alerts.events if alerts is not None else ():
-            self.publisher.publish_alert(alert_payload(event, device_id=self.publisher.topics.device_id))
+            self.publisher.publish_alert(alert_payload(event, device_id=device))
+        for view in alerts.views if alerts is not None else ():
+            self.publisher.publish_view(view_payload(view, device_id=device))
         stored = outputs.find(StoredFrame)
         self.publisher.publish_result(
             result,

@@ -9,6 +9,7 @@ or the TLS certificate's CN keeps devices apart:
 - ``annotations/<frame_id>``: the same record as ``detections`` for the published JPEG, QoS 1, outbox.
 - ``alerts``: JSON, QoS 1, outbox (sent before anything else waiting).
 - ``stats``: JSON, retained, latest value only. ``failure``: ``ON``/``OFF``, retained.
+- ``view``: JSON, retained: the latest view event (the camera sees the print or not).
 - ``image``: the latest kept frame with its boxes drawn (JPEG), retained, for Home Assistant.
 """
 
@@ -72,6 +73,11 @@ class Topics:
     def failure(self) -> str:
         """Latest failure state ``ON`` / ``OFF`` (retained), the Home Assistant binary sensor."""
         return f"{self.base}/failure"
+
+    @property
+    def view(self) -> str:
+        """Whether the camera sees the print (retained JSON: ``blocked``, ``level``, ``reason``)."""
+        return f"{self.base}/view"
 
     @property
     def image(self) -> str:
