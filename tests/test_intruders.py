@@ -2,12 +2,10 @@
 ``agent/intruders.py``) inserted into the healthy part of the bundled sample print must never
 warn or act.
 
-Print Nanny's print3d model and the bundled guidance model are silent on most of them today and
-must stay so. Where a model is not (the bundled model on a rocket filling the view, print3d on a
-crowd with kites filling it), the case is a strict expected failure with that model's figures
-today: it flips (XPASS, which fails the run) when the scene-aware alert check of issue 19 (part 3:
-a failure counts only while the camera still sees the print scene) lands; then drop its entry
-from ``TODAY``.
+Both Print Nanny's print3d model and the bundled guidance model must stay silent on each of them.
+Without the scene check (``alerts.scene``) two did alert: the bundled model on a rocket filling
+the view (warn at intruder frame 5, act at 8) and print3d on a crowd with kites filling it (warn
+at 5); every model's figures without it are in docs/guidance-model.md.
 The failure itself must still alert through the same replays, or a silent harness would pass.
 """
 
@@ -26,7 +24,6 @@ from tests.helpers import run_cli
 REPO = Path(__file__).resolve().parent.parent
 PRINTER_CONFIG = REPO / "configs" / "printer-octoprint.yaml"
 DEFAULT_CONFIG = REPO / "configs" / "default.yaml"
-SCENE_CHECK = "issue 19 part 3 (scene-aware alerts) is not built yet; this flips when it lands"
 
 # (photo, mode, intruder frames): people, pets and an object, whole view and partly in view
 CASES = [
@@ -40,17 +37,6 @@ CASES = [
     ("kite_and_cold", "whole", 12),
     ("rocket", "whole", 30),
 ]
-# Each model's figures with the printer config's thresholds where it is not silent, measured with
-# scripts/intruder_replay.py (docs/guidance-model.md). The bundled model before its retraining with
-# hard negatives warned on 7 of the other 8 cases and acted on 6 (first warn at intruder frame 2-11).
-BUNDLED_TODAY: dict[tuple[str, str, int], str] = {
-    ("rocket", "whole", 30): "1 warn at intruder frame 5, 1 act at 8",
-}
-# print3d is not silent on every photo either: a crowd with kites filling the view warns
-PRINT3D_TODAY: dict[tuple[str, str, int], str] = {
-    ("kite_and_cold", "whole", 12): "1 warn at intruder frame 5, no act",
-}
-TODAY = {"bundled": BUNDLED_TODAY, "print3d": PRINT3D_TODAY}
 
 
 def config_file(tmp_path: Path, model: Path, source: Path) -> Path:
@@ -80,18 +66,8 @@ def photo_image(shared_dir: Path, name: str) -> Any:
     return photo.load()
 
 
-def _cases(model: str) -> list[Any]:
-    params = []
-    for case in CASES:
-        marks = []
-        if case in TODAY[model]:
-            reason = f"{model} model today: {TODAY[model][case]}; {SCENE_CHECK}"
-            marks.append(pytest.mark.xfail(strict=True, reason=reason))
-        params.append(pytest.param(model, *case, marks=marks, id=f"{model}-{case[0]}-{case[1]}-{case[2]}"))
-    return params
-
-
-@pytest.mark.parametrize(("model", "photo", "mode", "frames"), _cases("print3d") + _cases("bundled"))
+@pytest.mark.parametrize("model", ["print3d", "bundled"])
+@pytest.mark.parametrize(("photo", "mode", "frames"), CASES)
 def test_a_photo_in_view_never_warns_or_acts(
     shared_dir: Path, tmp_path: Path, model: str, photo: str, mode: str, frames: int
 ) -> None:

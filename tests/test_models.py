@@ -189,6 +189,21 @@ def test_the_printer_configs_run_print3d_once_it_is_installed(
         assert summary["model"] == "print3d" and summary["frames"] == 12, summary
 
 
+@pytest.mark.parametrize("name", ["printer-octoprint.yaml", "printer-moonraker.yaml"])
+def test_the_printer_configs_check_reaches_for_the_printer(
+    print3d: ModelMirror, env: dict[str, str], name: str
+) -> None:
+    """With print3d installed, ``run --check`` gets past the model to the printer's key and host,
+    which are not on this machine, and says so in one line naming what to fix."""
+    config = REPO / "configs" / name
+    result = run_cli("run", "--config", str(config), "--check", env=env)
+    line = one_error_line(result)
+    if name == "printer-octoprint.yaml":  # its key file is only on the Pi
+        assert result.code == 2 and "printer.api_key_file" in line and "/etc/edge-agent/octoprint.key" in line
+    else:  # mainsailos.local does not resolve here, or nothing answers
+        assert result.code == 1 and "printer: nothing answers at http://mainsailos.local:7125" in line
+
+
 def test_coco_model_needs_no_license_flag_and_its_card_maps_the_labels(
     shared_dir: Path, mirror: ModelMirror, env: dict[str, str]
 ) -> None:

@@ -40,7 +40,7 @@ def test_a_good_config_opens_everything_and_says_what(folder: Path) -> None:
     assert result.code == 0, result.err
     lines = result.out.splitlines()
     assert [line.split(":")[0] for line in lines[:-1]] == [
-        "secrets", "TLS files", "output folders", "model", "known answer", "alerts", "source"
+        "secrets", "TLS files", "output folders", "model", "known answer", "alerts", "printer", "source"
     ]  # fmt: skip
     assert lines[-1] == f"{folder / 'agent.yaml'}: ok"
     assert not (folder / "data").exists(), "--check creates nothing"
