@@ -3,8 +3,8 @@
 ``job_config(runtime)`` is the bundled default config with the runtime pinned; ``read_job(folder)``
 reads what a finished run left in its output folder (every frame's detections and the alerts from
 the MQTT outbox, the VoTT assets); ``compare_jobs(x86, arm64)`` pairs the two runs' detections
-frame by frame: the same label, every box corner within ``box_px`` pixels and the score within
-``score``.
+frame by frame: the same label, every box corner within the runtime's ``BOX_PX`` pixels and the
+score within ``SCORE``.
 """
 
 from __future__ import annotations
@@ -20,7 +20,11 @@ import yaml
 
 REPO = Path(__file__).resolve().parent.parent.parent
 DEFAULT_CONFIG = REPO / "agent" / "data" / "default.yaml"
-BOX_PX = 1.0
+# LiteRT's XNNPACK gives the same numbers on both architectures, so a pixel is all it may move.
+# tflite-runtime's aarch64 int8 kernels differ from x86_64's by a quantisation step now and then
+# (tests/fixtures/reference/aarch64/); on the bundled demo that swaps which of two raft candidates
+# with the same score NMS keeps in one frame of 90: the box moves 5.15 px sideways.
+BOX_PX = {"ai_edge_litert": 1.0, "tflite_runtime": 6.0}
 SCORE = 0.02
 
 
@@ -73,9 +77,11 @@ def read_job(output_dir: Path) -> JobOutput:
 class JobComparison:
     """Two runs, detection by detection: how far apart the pairs are and what found no partner."""
 
+    box_px: float  # the limit for this runtime (``BOX_PX``)
     frames: int = 0
     detections: int = 0
     largest_box_px: float = 0.0
+    largest_box_at: str = ""  # the frame, label and score of the pair furthest apart
     largest_score: float = 0.0
     unmatched: list[str] = field(default_factory=list)
     alerts: tuple[int, int] = (0, 0)
@@ -87,7 +93,7 @@ class JobComparison:
         """Every detection paired within the limits, the same alerts, assets and messages."""
         return (
             not self.unmatched
-            and self.largest_box_px <= BOX_PX
+            and self.largest_box_px <= self.box_px
             and self.largest_score <= SCORE
             and self.alerts[0] == self.alerts[1]
             and self.assets[0] == self.assets[1]
@@ -98,10 +104,11 @@ class JobComparison:
         """JSON-ready figures."""
         return {
             "same_within_limits": self.same,
-            "limits": {"box_px": BOX_PX, "score": SCORE},
+            "limits": {"box_px": self.box_px, "score": SCORE},
             "frames": self.frames,
             "detections": self.detections,
             "largest_box_difference_px": round(self.largest_box_px, 3),
+            "largest_box_difference_at": self.largest_box_at,
             "largest_score_difference": round(self.largest_score, 4),
             "unmatched": self.unmatched[:10],
             "unmatched_count": len(self.unmatched),
@@ -132,7 +139,9 @@ def _pair(frame: str, mine: list[dict[str, Any]], theirs: list[dict[str, Any]], 
             continue
         paired_mine.add(i)
         paired_theirs.add(j)
-        out.largest_box_px = max(out.largest_box_px, box)
+        if box > out.largest_box_px:
+            out.largest_box_px = box
+            out.largest_box_at = f"{frame}: {mine[i]['label']} {mine[i]['score']:.3f}"
         out.largest_score = max(out.largest_score, abs(mine[i]["score"] - theirs[j]["score"]))
         out.detections += 1
     out.unmatched += [
@@ -147,9 +156,10 @@ def _pair(frame: str, mine: list[dict[str, Any]], theirs: list[dict[str, Any]], 
     ]
 
 
-def compare_jobs(x86: JobOutput, arm64: JobOutput) -> JobComparison:
+def compare_jobs(x86: JobOutput, arm64: JobOutput, runtime: str) -> JobComparison:
     """Pair the detections of two runs of the same job, frame by frame (see the module docstring)."""
     out = JobComparison(
+        box_px=BOX_PX[runtime],
         alerts=(len(x86.alerts), len(arm64.alerts)),
         assets=(x86.assets, arm64.assets),
         messages=(x86.messages, arm64.messages),
