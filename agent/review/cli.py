@@ -5,11 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import signal
 import sys
 import time
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 from agent.commands.values import number
@@ -71,16 +69,10 @@ def run_review(args: argparse.Namespace) -> int:
         return _list_batches(settings, args.device)
     if args.close_batch:
         return _close_batches(settings, args.device, args.wait_s)
+    from agent.commands.interrupts import Interrupts
     from agent.review.service import supervised_receiver
 
-    with supervised_receiver(settings) as receiver:
-
-        def on_signal(signum: int, _frame: FrameType | None) -> None:
-            log.info("received %s", signal.Signals(signum).name)
-            receiver.stop()
-
-        signal.signal(signal.SIGINT, on_signal)
-        signal.signal(signal.SIGTERM, on_signal)
+    with supervised_receiver(settings) as receiver, Interrupts(receiver.stop) as interrupts:
         stats = receiver.run()
     print(
         f"received {stats['received']} messages: {stats['frames_written']} frames and "
@@ -88,7 +80,13 @@ def run_review(args: argparse.Namespace) -> int:
         f"{stats['dropped_total']} dropped; projects under {receiver.store.root}",
         file=sys.stderr,
     )
-    return 0
+    if interrupts.signal is not None:
+        print(
+            f"stopped by {interrupts.signal.name}: everything received is saved; what agents send "
+            "meanwhile waits in this receiver's session on the broker until it starts again",
+            file=sys.stderr,
+        )
+    return interrupts.exit_code
 
 
 def _closed_line(batch: Batch) -> str:
