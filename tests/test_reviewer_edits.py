@@ -134,6 +134,9 @@ def test_run_again_on_the_same_recording_keeps_every_vott_edit(shared_dir: Path,
     assert again.code == 0 and "processed 8 frames" in again.err, again.err
     _assert_edits_kept(reviewer, before, ids)
     _validate(shared_dir, target, kept_frames)
+    # VoTT saved the project, so every asset it lists is the reviewer's now (agent/vott/writer.py)
+    counts = json.loads((data / "harvest.json").read_text())["frames"]
+    assert (counts["selected"], counts["kept"], counts["kept_reviewed"]) == (8, 0, 8), counts
 
 
 @pytest.mark.timeout(300)

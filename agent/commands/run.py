@@ -162,9 +162,11 @@ def run_run(args: argparse.Namespace) -> int:
         stats = agent.run()
     frames = stats["frames"]
     out = Path(config.output.data_dir())
+    reviewed = stats.get("vott", {}).get("kept_reviewed", 0)
     print(
         f"processed {frames['processed']} frames, kept {frames['kept']}, skipped {frames['skipped']}, "
-        f"dropped {frames['dropped']}; VoTT project in {out / 'vott'}",
+        f"dropped {frames['dropped']}; VoTT project in {out / 'vott'}"
+        + (f" ({reviewed} frame(s) a reviewer changed left as they were)" if reviewed else ""),
         file=sys.stderr,
     )
     if interrupts.signal is not None:

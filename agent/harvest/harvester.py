@@ -143,6 +143,12 @@ class Harvester:
             self._counters.recorded(label_tuple, synced=synced_early)
             return evictions
 
+    def record_left_to_reviewer(self, frame_id: str) -> None:
+        """The writer left a kept frame as a reviewer saved it in VoTT: nothing joins the quota."""
+        with self._lock:
+            self._pending.pop(frame_id, None)
+            self._counters.left_to_reviewer()
+
     def confirm_evicted(self, evictions: Iterable[Eviction], *, delete_files: bool = True) -> None:
         """The caller took these frames out of its project: delete their remaining files (not with
         ``delete_files`` False: a frame a reviewer worked on stays, outside the quota) and forget them."""

@@ -22,6 +22,7 @@ from agent.gate import ChangeGate
 from agent.harvest.decision import Eviction, EvictionDone, FrameEvicted, KeepDecision
 from agent.harvest.harvester import Harvester
 from agent.vott.stage import StoredFrame
+from agent.vott.writer import WriteOutcome
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +87,8 @@ class QuotaStage(Stage):
         stored = outputs.get(StoredFrame)
         if stored.files:
             self._evict(self.harvester.record_kept(result.frame.frame_id, [str(p) for p in stored.files]))
+        elif stored.asset is not None and stored.asset.outcome == WriteOutcome.KEPT_REVIEWED:
+            self.harvester.record_left_to_reviewer(result.frame.frame_id)
         return None
 
     def _evict(self, evictions: list[Eviction]) -> None:

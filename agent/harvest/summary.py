@@ -3,9 +3,10 @@ and the one-line summary for the log.
 
 ``frames`` counts every frame once: ``seen`` = ``skipped_inference`` (the change gate kept it from
 the detector) + ``no_reason`` + ``vetoed`` + ``low_disk`` + ``selected`` (to be kept, by a policy
-or an alert). ``kept`` counts frames whose files the writer recorded, ``evicted`` those whose
-files the store deleted after the writer took them out of its project, ``synced`` those the broker
-acknowledged.
+or an alert). Each selected frame is then ``kept`` (the writer recorded its files) or
+``kept_reviewed`` (a reviewer changed its asset in VoTT, so the writer left it as saved and it stays
+outside the quota). ``evicted`` counts frames whose files the store deleted after the writer took
+them out of its project, ``synced`` those the broker acknowledged.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ class FrameCounts(TypedDict):
     low_disk: int
     selected: int
     kept: int
+    kept_reviewed: int
     evicted: int
     synced: int
 
@@ -165,6 +167,10 @@ class HarvestCounters:
         if synced:
             self.synced(labels)
 
+    def left_to_reviewer(self) -> None:
+        """A selected frame's asset was the reviewer's: left as saved, no files recorded."""
+        self.frames["kept_reviewed"] += 1
+
     def synced(self, labels: Iterable[str]) -> None:
         """The broker acknowledged a kept frame."""
         self.frames["synced"] += 1
@@ -191,6 +197,7 @@ class HarvestCounters:
             "low_disk": f[DROP_LOW_DISK],
             "selected": f["selected"],
             "kept": f["kept"],
+            "kept_reviewed": f["kept_reviewed"],
             "evicted": f["evicted"],
             "synced": f["synced"],
         }
@@ -224,9 +231,10 @@ def summary_line(stats: HarvestStats) -> str:
         if name in (*REASON_POLICIES, REASON_ALERT)
     )
     quota = f"/{disk['quota_bytes'] / _MB:.0f}" if disk["quota_bytes"] else ""
+    reviewed = f", {frames['kept_reviewed']} left as a reviewer saved them" if frames["kept_reviewed"] else ""
     return (
         f"harvest: seen {frames['seen']}, gate-skipped {frames['skipped_inference']}, "
-        f"kept {frames['kept']}{f' ({by_reason})' if by_reason else ''}, evicted {frames['evicted']}, "
+        f"kept {frames['kept']}{f' ({by_reason})' if by_reason else ''}{reviewed}, evicted {frames['evicted']}, "
         f"synced {frames['synced']}, on disk {disk['frames_on_disk']} frames "
         f"{disk['bytes_on_disk'] / _MB:.1f}{quota} MB{' LOW DISK' if disk['low_disk'] else ''}"
     )

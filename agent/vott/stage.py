@@ -122,8 +122,17 @@ class VottStage(Stage):
         self.project.catch_up()
 
     def close(self) -> None:
-        """Save the project file."""
+        """Save the project file; say how many frames were left as the reviewer saved them."""
         self.project.close()
+        kept = self.counts[WriteOutcome.KEPT_REVIEWED] + self.counts["evictions_kept_reviewed"]
+        if kept:
+            log.info(
+                "%d frame(s) a reviewer changed in VoTT left as they were saved (%d seen again, "
+                "%d kept through an eviction)",
+                kept,
+                self.counts[WriteOutcome.KEPT_REVIEWED],
+                self.counts["evictions_kept_reviewed"],
+            )
 
     def stats(self) -> Mapping[str, Any]:
         """Frames written and what happened to their assets, project name."""
