@@ -31,6 +31,13 @@ class CliResult:
     def json_lines(self) -> list[dict[str, Any]]:
         return [json.loads(line) for line in self.out.splitlines() if line.strip()]
 
+    def error_line(self) -> str:
+        """The one ``edge-agent: error: ...`` line on stderr (asserts there is exactly one), without
+        that prefix."""
+        lines = [line for line in self.err.splitlines() if line.startswith("edge-agent: error: ")]
+        assert len(lines) == 1, self.err
+        return lines[0].removeprefix("edge-agent: error: ")
+
 
 def run_cli(
     *args: str, env: dict[str, str] | None = None, timeout: float = 300, cwd: Path | None = None

@@ -13,7 +13,6 @@ from tests.helpers import REPO
 from tests.mosquitto import require_mosquitto
 
 
-@pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_bench_review_small(tmp_path, shared_dir):
     require_mosquitto()

@@ -140,33 +140,38 @@ def test_run_check_reaches_the_printer_with_its_key(tmp_path: Path, octoprint: F
     good = run(config, "--check")
     assert good.code == 0, good.err
     assert (
-        f"printer: OK: OctoPrint 1.11.8 at {octoprint.url} accepts the API key; the printer is Printing"
+        f"printer: OctoPrint 1.11.8 at {octoprint.url} accepts the API key; the printer is Printing"
         in good.out
     )
 
     wrong = run(config, "--check", key="WRONG")
-    assert wrong.code == 2, wrong.out
-    line = wrong.out.splitlines()[-1]
-    assert line.startswith("printer: FAIL: the API key is rejected (HTTP 403 Forbidden: You don't have")
+    assert wrong.code == 2, wrong.err
+    line = wrong.error_line()
+    assert line.startswith("printer: the API key is rejected (HTTP 403 Forbidden: You don't have")
     assert "printer.api_key_env" in line and "Application Keys" in line
     assert "WRONG" not in wrong.out + wrong.err
 
     nobody = closed_port_url()
     down = run(write_config(tmp_path, octo(nobody)), "--check")
     assert down.code == 1
-    assert f"printer: FAIL: nothing answers at {nobody} (connection refused)" in down.out
-    assert "check printer.url" in down.out
+    line = down.error_line()
+    assert (
+        f"printer: nothing answers at {nobody} (connection refused)" in line and "check printer.url" in line
+    )
 
 
 def test_run_check_names_a_missing_key_and_a_wrong_url(tmp_path: Path, octoprint: FakeOctoPrint) -> None:
     missing = run_cli("run", "--config", str(write_config(tmp_path, octo(octoprint.url))), "--check")
     assert missing.code == 2
-    assert f"printer.api_key_env names {KEY_ENV!r} but that environment variable is not set" in missing.out
+    assert (
+        f"printer.api_key_env names {KEY_ENV!r} but that environment variable is not set"
+        in missing.error_line()
+    )
 
     moonraker_port = write_config(tmp_path, octo(octoprint.url + "/nothing-here"))
     wrong_url = run(moonraker_port, "--check")
     assert wrong_url.code == 2
-    assert "answers, but not like OctoPrint's API (HTTP 404 Not Found" in wrong_url.out
+    assert "answers, but not like OctoPrint's API (HTTP 404 Not Found" in wrong_url.error_line()
 
 
 def test_moonraker_errors_are_one_readable_line(tmp_path: Path) -> None:
@@ -175,16 +180,14 @@ def test_moonraker_errors_are_one_readable_line(tmp_path: Path) -> None:
         config = write_config(tmp_path, {"kind": "moonraker", "url": host.url})
         refused = run_cli("run", "--config", str(config), "--check")
         assert refused.code == 2
-        line = refused.out.splitlines()[-1]
-        assert line.startswith(
-            "printer: FAIL: Moonraker wants an API key (HTTP 401 Unauthorized: Unauthorized)"
-        )
+        line = refused.error_line()
+        assert line.startswith("printer: Moonraker wants an API key (HTTP 401 Unauthorized: Unauthorized)")
         assert "trusted_clients" in line
         assert "Traceback" not in refused.out + refused.err
 
         keyed = write_config(tmp_path, {"kind": "moonraker", "url": host.url, "api_key_env": KEY_ENV})
         good = run(keyed, "--check")
-        assert good.code == 0, good.out
+        assert good.code == 0, good.err
         assert "Moonraker v0.9.3-1" in good.out and "Klipper is ready, the print is printing" in good.out
     finally:
         host.close()

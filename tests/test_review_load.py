@@ -175,7 +175,6 @@ def test_a_device_flooding_oversized_and_malformed_messages_stalls_nobody(mosqui
         )
 
 
-@pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_a_3000_frame_backlog_drains_within_the_memory_bound(mosquitto, tmp_path, capsys):  # noqa: F811
     broker = mosquitto()

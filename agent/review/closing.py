@@ -22,7 +22,7 @@ from agent.jpeg import JpegError, jpeg_info
 from agent.review.annotation import Annotation
 from agent.review.batches import CLOSED, SEALED, VOTT_DIR, Batch, CloseResult, batch_sort_key, read_json
 from agent.utc import utc_iso
-from agent.vott import VottProject
+from agent.vott import VottProject, WriteOutcome
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +115,8 @@ def write_project(
 
 
 def _add_asset(project: VottProject, batch: Batch, frame_id: str, annotation: Annotation | None) -> int:
-    """Add the frame to the project when its annotation has detections; 1 when it was added."""
+    """Add the frame to the project when its annotation has detections; 1 when an asset was written
+    (0 when there was nothing to write, or a reviewer's asset was left as it is)."""
     if annotation is None or not annotation.labels:
         return 0
     image = batch.frame_file(frame_id)
@@ -134,7 +135,7 @@ def _add_asset(project: VottProject, batch: Batch, frame_id: str, annotation: An
         [index[label] for label in annotation.labels],
         list(index),
     )
-    added = project.add_frame(
+    write = project.add_frame(
         image, info.width, info.height, detections, model=annotation.model, record_scores=known
     )
-    return 1 if added else 0
+    return 1 if write.outcome in (WriteOutcome.ADDED, WriteOutcome.UPDATED) else 0

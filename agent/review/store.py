@@ -59,6 +59,18 @@ from agent.vott import PathMapping
 
 log = logging.getLogger(__name__)
 
+# What the store counts (the stats file and message list each, zero or not)
+STORE_COUNTERS = (
+    "assets_written",
+    "annotations_resent",
+    "annotations_discarded_size_mismatch",
+    "batches_sealed",
+    "batches_closed",
+    "close_failed",
+    "frames_resent",
+    "late_frames_with_annotation_from_closed_batch",
+)
+
 DEDUPE_CLOSED_BATCHES = 20  # closed batches per device searched for duplicates and late parts
 
 # What happened to an accepted message.
@@ -90,7 +102,7 @@ class ReviewStore:
             raise UserError(f"cannot create the review root {root}: {exc.strerror or exc}") from None
         # Checks reviewer_root now, so a mistake stops the receiver at start-up.
         self.mapping = PathMapping.create(self.root, settings.reviewer_root)
-        self.counters: Counter[str] = Counter()
+        self.counters: Counter[str] = Counter(dict.fromkeys(STORE_COUNTERS, 0))  # zeros show in the stats
         self._counters_lock = threading.Lock()
         self._local = threading.local()  # the lock this thread works under
         self._checked_devices: set[str] = set()
