@@ -25,7 +25,7 @@ from agent.detect.detector import Detector, open_detector
 from agent.detect.known_answer import check_known_answer
 from agent.errors import ConfigError
 from agent.flow import EventBus, Stage
-from agent.fsutil import GroupSync
+from agent.fsutil import GroupSync, remove_stale_temp_files
 from agent.gate import ChangeGate
 from agent.harvest import Harvester
 from agent.harvest.harvester import INDEX_NAME
@@ -128,6 +128,10 @@ def build_agent(
     if config.alerts.enabled:
         validate_failure_labels(config.alerts, detector.labels)
     out = config.output
+    # resume.json, harvest.json, the alert state: temp files of writes a kill cut short (the VoTT
+    # project sweeps its own folders)
+    state_file = config.alerts.state_file
+    remove_stale_temp_files(out.data_dir(), *([state_file.parent] if state_file is not None else []))
     events = EventBus()
     source = open_source(printer_webcam(config))
     publisher = create_publisher(mqtt_settings(config), events=events)
@@ -193,6 +197,7 @@ def _vott_project(config: AgentConfig, labels: Sequence[str]) -> VottProject:
         tags=[label for label in labels if label and label != "???"],
         flush_every=out.save_every,
         min_save_interval_s=out.save_interval_s,
+        max_unsaved_s=out.max_unsaved_s,
         fsync=out.fsync,
         group_sync=group_sync,
     )

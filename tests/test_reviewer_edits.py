@@ -198,3 +198,16 @@ def test_temp_files_of_killed_writes_are_removed_at_start(tmp_path: Path) -> Non
     VottProject(target, frames).close()
     assert not any(p.exists() for p in stale)
     assert live.exists(), "a live process's temp file is left alone"
+
+
+def test_run_removes_the_temp_files_a_kill_left_beside_its_state_files(tmp_path: Path) -> None:
+    frames, data = tmp_path / "frames", tmp_path / "data"
+    _copy_frames(frames, range(1, 3))
+    data.mkdir()
+    dead = 2**22 + 12345  # above Linux's default pid_max: no process has it
+    stale = [data / f".resume.json.{dead}-0.tmp", data / f".alert-state.json.{dead}-4.tmp"]
+    for path in stale:
+        path.write_bytes(b"half")
+    result = run_cli("run", "--source", str(frames), "--output-dir", str(data), "--no-mqtt")
+    assert result.code == 0, result.err
+    assert not any(p.exists() for p in stale)

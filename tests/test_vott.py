@@ -28,7 +28,7 @@ from agent.vott import (
     native_path_from_uri,
     parse_regions,
 )
-from tests.helpers import load_validator
+from tests.helpers import load_validator, wait_until
 
 LABELS = ("person", "car", "dog")
 
@@ -237,6 +237,27 @@ def test_remove_frame_leaves_no_dangling_files(shared_dir: Path, tmp_path: Path)
     assert sorted(p.name for p in target.glob("*-asset.json")) == sorted(f"{i}-asset.json" for i in ids[1:])
     assert sorted(p.stem for p in (target / SCORES_DIR).iterdir()) == sorted(ids[1:])  # type: ignore[type-var]
     validate(shared_dir, target, frames, "--warnings-as-errors")
+
+
+def test_a_kept_frame_is_listed_within_max_unsaved_s_whatever_the_batching(tmp_path: Path) -> None:
+    """With batching that would wait for 1,000 frames or an hour, a running agent's ``catch_up``
+    still lists a new frame once it has waited ``max_unsaved_s``."""
+    frames, target = tmp_path / "frames", tmp_path / "vott"
+    frames.mkdir()
+    with VottProject(
+        target, frames, flush_every=1000, min_save_interval_s=3600, max_unsaved_s=1.0
+    ) as project:
+        project.save()
+        aid = project.add_frame(
+            write_image(frames / "a.jpg"), 160, 120, dets([[10, 10, 50, 50]], [0])
+        ).asset_id
+
+        def listed() -> bool:
+            project.catch_up()
+            return aid in json.loads((target / "vott.vott").read_text())["assets"]
+
+        assert not listed(), "saved at once: the test would prove nothing"
+        assert wait_until(listed, timeout_s=10)
 
 
 def test_frame_with_no_detections_left_replaces_the_old_asset(tmp_path: Path) -> None:

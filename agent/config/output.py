@@ -36,6 +36,13 @@ class OutputSettings(StrictModel):
         le=3600,
         description="but at most this often (the whole file is rewritten; it is also saved on exit)",
     )
+    max_unsaved_s: float = Field(
+        default=2.0,
+        gt=0,
+        le=3600,
+        description="whatever save_every and save_interval_s say, a kept frame is listed in the .vott "
+        "within this many seconds (what VoTT, or a crash, sees of a running agent)",
+    )
     fsync: bool = Field(default=True, description="flush written files to the device (SD cards lose less)")
     fsync_interval_s: float = Field(
         default=1.0,
