@@ -82,13 +82,18 @@ def test_label_maps_paths_to_a_windows_reviewer(shared_dir: Path, tmp_path: Path
     assert check.returncode == 0, check.stdout
 
 
-def test_label_a_video_writes_its_frames_into_the_frames_folder(tmp_path: Path) -> None:
+def _video(path: Path, frames: int) -> Path:
+    """An MJPG .avi of ``frames`` frames of the YOLOv5 fixture image."""
     image = cv2.imread(str(FIXTURE_MODELS / "yolov5_layout_uint8.png"))
-    video = tmp_path / "clip.avi"
-    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 5, (96, 96))
-    for _ in range(6):
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 5, (96, 96))
+    for _ in range(frames):
         writer.write(image)
     writer.release()
+    return path
+
+
+def test_label_a_video_writes_its_frames_into_the_frames_folder(tmp_path: Path) -> None:
+    video = _video(tmp_path / "clip.avi", 6)
     target = tmp_path / "out"
     result = run_cli(
         "label",
@@ -101,6 +106,33 @@ def test_label_a_video_writes_its_frames_into_the_frames_folder(tmp_path: Path) 
     assert result.code == 0, result.err
     assert len(list((target / "frames").glob("*.jpg"))) == 6
     assert len(list(target.glob("*-asset.json"))) == 6
+
+
+def test_label_shows_progress_against_the_frames_left_and_resumes_a_video(tmp_path: Path) -> None:
+    video = _video(tmp_path / "clip.avi", 8)
+    model = str(FIXTURE_MODELS / "yolov5_layout_uint8.tflite")
+    target = tmp_path / "out"
+    first = run_cli("label", "--model", model, "--out", str(target), "--progress", "on", str(video))
+    assert first.code == 0, first.err
+    assert "8/8 [" in first.err, "a bar with the video's frame count as its total"
+    assert len(list(target.glob("*-asset.json"))) == 8
+    again = run_cli("label", "--model", model, "--out", str(target), "--progress", "on", str(video))
+    assert again.code == 0 and "labelled 0 frames" in again.err, again.err
+    redo = run_cli("label", "--model", model, "--out", str(target), "--redo", str(video))
+    assert redo.code == 0 and "labelled 8 frames" in redo.err, redo.err
+    assert len(list(target.glob("*-asset.json"))) == 8
+
+
+def test_run_on_a_video_resumes_after_the_last_frame_it_finished(tmp_path: Path) -> None:
+    video = _video(tmp_path / "clip.avi", 10)
+    common = ["run", "--source", str(video), "--model", str(FIXTURE_MODELS / "yolov5_layout_uint8.tflite")]
+    common += ["--output-dir", str(tmp_path / "data"), "--no-mqtt", "--no-alerts"]
+    assert run_cli(*common, "--max-frames", "4").code == 0
+    rest = run_cli(*common)
+    assert rest.code == 0, rest.err
+    assert "processed 6 frames" in rest.err, rest.err
+    assets = json.loads(next((tmp_path / "data" / "vott").glob("*.vott")).read_text())["assets"]
+    assert len(assets) == 10, "each of the video's frames once"
 
 
 @pytest.mark.parametrize(
