@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import functools
+import hashlib
 import itertools
 import json
 import logging
@@ -169,3 +170,12 @@ def _process_alive(pid: int) -> bool:
     except PermissionError:  # another user's live process
         return True
     return True
+
+
+def file_sha256(path: Path, chunk_bytes: int = 1 << 20) -> str:
+    """Hex sha256 of a file's bytes, read in ``chunk_bytes`` chunks."""
+    digest = hashlib.sha256()
+    with path.open("rb") as stream:
+        while chunk := stream.read(chunk_bytes):
+            digest.update(chunk)
+    return digest.hexdigest()

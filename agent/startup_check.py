@@ -44,14 +44,14 @@ class StartupContext:
 
     config: AgentConfig
     allow_drift: bool = False  # run --allow-drift: a known-answer mismatch is a warning
-    detector: Detector | None = None  # set by check_model: later checks may run it on a known image
+    detector: Detector | None = None  # set by model_opens: later checks may run it on a known image
     opened: list[str] = field(default_factory=list)  # one line per check that passed
 
 
 StartupCheck = Callable[[StartupContext], str]
 
 
-def check_secrets(context: StartupContext) -> str:
+def secrets_readable(context: StartupContext) -> str:
     """Every password and API key the config points at can be read (values are never shown)."""
     from agent.sources.credentials import Credentials
 
@@ -72,7 +72,7 @@ def check_secrets(context: StartupContext) -> str:
     return f"secrets: {', '.join(read)} readable" if read else "secrets: none configured"
 
 
-def check_tls_files(context: StartupContext) -> str:
+def tls_files_load(context: StartupContext) -> str:
     """With MQTT over TLS: the CA, client certificate and key load as the publisher loads them."""
     mqtt = context.config.mqtt
     if not (mqtt.enabled and mqtt.use_tls):
@@ -101,7 +101,7 @@ def _folders(config: AgentConfig) -> list[tuple[str, Path]]:
     return folders
 
 
-def check_output_folders(context: StartupContext) -> str:
+def output_folders_writable(context: StartupContext) -> str:
     """The folders ``run`` writes in can be written (or created where they do not exist yet)."""
     from agent.doctor.disk import probe_writable
 
@@ -112,7 +112,7 @@ def check_output_folders(context: StartupContext) -> str:
     return f"output folders: {context.config.output.data_dir()} writable"
 
 
-def check_model(context: StartupContext) -> str:
+def model_opens(context: StartupContext) -> str:
     """The model opens as ``run`` opens it: labels, runtime, Edge TPU (or its fallback), warm-up."""
     from agent.detect.detector import open_detector
 
@@ -124,7 +124,7 @@ def check_model(context: StartupContext) -> str:
     return f"model: {detector.name} loads on {detector.runtime} with {labels}, warmed up"
 
 
-def check_known_answers(context: StartupContext) -> str:
+def known_answers_hold(context: StartupContext) -> str:
     """The model gives its known answers on a known frame, as ``run`` checks it (never records)."""
     from agent.detect.known_answer import drift_error, known_answer
 
@@ -135,7 +135,7 @@ def check_known_answers(context: StartupContext) -> str:
     return f"known answer: {result.detail}"
 
 
-def check_alert_labels(context: StartupContext) -> str:
+def alert_labels_present(context: StartupContext) -> str:
     """With alerts on: at least one of ``alerts.failure_labels`` is a label of the model."""
     settings = context.config.alerts
     if not settings.enabled or context.detector is None:
@@ -147,7 +147,7 @@ def check_alert_labels(context: StartupContext) -> str:
     return f"alerts: the model has the failure labels {', '.join(found)}"
 
 
-def check_printer_host(context: StartupContext) -> str:
+def printer_answers(context: StartupContext) -> str:
     """The printer host answers with the configured API key (a config problem: ``ConfigError``)."""
     from agent.errors import ConfigError
     from agent.printer.check import check_printer
@@ -159,7 +159,7 @@ def check_printer_host(context: StartupContext) -> str:
     return f"printer: {verdict.line()}"
 
 
-def check_source(context: StartupContext) -> str:
+def source_opens(context: StartupContext) -> str:
     """The source opens (``source.url: printer`` resolved) and is closed again; no frame is read."""
     from agent.app import printer_webcam
     from agent.sources import open_source
@@ -174,18 +174,18 @@ def check_source(context: StartupContext) -> str:
 # What `run` opens before any thread starts, in order; the printer before the source, whose URL
 # may be the printer's webcam.
 STARTUP_CHECKS: list[StartupCheck] = [
-    check_secrets,
-    check_tls_files,
-    check_output_folders,
-    check_model,
-    check_known_answers,
-    check_alert_labels,
-    check_printer_host,
-    check_source,
+    secrets_readable,
+    tls_files_load,
+    output_folders_writable,
+    model_opens,
+    known_answers_hold,
+    alert_labels_present,
+    printer_answers,
+    source_opens,
 ]
 
 # The cheap ones `run` runs itself before building the agent (the others happen as it builds it).
-BEFORE_RUN: list[StartupCheck] = [check_secrets, check_tls_files, check_output_folders]
+BEFORE_RUN: list[StartupCheck] = [secrets_readable, tls_files_load, output_folders_writable]
 
 
 def run_startup_checks(

@@ -29,7 +29,7 @@ sys.path.insert(0, str(REPO))
 from agent.config.detector import DetectorSettings  # noqa: E402
 from agent.detect.answer_compare import compare_answers  # noqa: E402
 from agent.detect.detector import Detector  # noqa: E402
-from agent.detect.known_answer import answers_now, make_entry, sha256_file  # noqa: E402
+from agent.detect.known_answer import answers_now, make_entry  # noqa: E402
 from agent.detect.known_answers_file import (  # noqa: E402
     BUNDLED,
     BUNDLED_DATA,
@@ -45,6 +45,7 @@ from agent.detect.known_answers_file import (  # noqa: E402
     select_entry,
 )
 from agent.detect.platform_facts import platform_facts  # noqa: E402
+from agent.fsutil import file_sha256  # noqa: E402
 
 KEYS = ("runtime", "runtime_version", "delegate", "delegate_version", "machine")
 
@@ -64,7 +65,7 @@ def frame_reference(answers_file: Path, frame: Path) -> str:
 
 def starting_file(model: Path, answers_file: Path, frame: Path | None, fresh: bool) -> KnownAnswers:
     """The answers file to add to: the existing one (same model file), else a new one."""
-    sha = sha256_file(model)
+    sha = file_sha256(model)
     if answers_file.is_file() and not fresh:
         answers = load_answers(answers_file)
         if answers.model.sha256 != sha:
@@ -78,7 +79,7 @@ def starting_file(model: Path, answers_file: Path, frame: Path | None, fresh: bo
         if frame is None:
             frame = frame_path(answers_file, default)
     if frame is not None:
-        answers.frame = FrameRef(path=frame_reference(answers_file, frame), sha256=sha256_file(frame))
+        answers.frame = FrameRef(path=frame_reference(answers_file, frame), sha256=file_sha256(frame))
     return answers
 
 

@@ -29,7 +29,9 @@ def test_the_agents_stages_are_in_an_order_their_outputs_allow(tmp_path: Path) -
         vott = names.index("vott")
         swapped = [*agent.stages]
         swapped[vott - 1], swapped[vott] = swapped[vott], swapped[vott - 1]
-        with pytest.raises(ValueError, match="stage vott needs KeepDecision, which no earlier stage produces"):
+        with pytest.raises(
+            ValueError, match="stage vott needs KeepDecision, which no earlier stage produces"
+        ):
             check_stage_order(swapped)
         twice = [*agent.stages, agent.stages[vott]]
         with pytest.raises(ValueError, match="stages vott and vott both produce StoredFrame"):

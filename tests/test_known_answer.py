@@ -25,7 +25,7 @@ from agent.bundled import BUNDLED_DATA
 from agent.config.detector import DetectorSettings
 from agent.detect.answer_compare import compare_answers
 from agent.detect.detector import Detector
-from agent.detect.known_answer import known_answer, sha256_file
+from agent.detect.known_answer import known_answer
 from agent.detect.known_answers_file import (
     Answer,
     KnownAnswers,
@@ -37,6 +37,7 @@ from agent.detect.known_answers_file import (
 )
 from agent.detect.platform_facts import EDGETPU_PACKAGES, cpu_description, installed_deb_version
 from agent.detect.runtime import installed_runtimes, runtime_version
+from agent.fsutil import file_sha256
 from tests.helpers import REPO, run_cli, zero_weight_buffers
 from tests.mosquitto import MessageCollector, free_port, mosquitto  # noqa: F401 (fixture)
 
@@ -73,7 +74,7 @@ def broken_model(folder: Path) -> Path:
     model = copy_bundled(folder, "guidance")
     assert zero_weight_buffers(BUNDLED_MODEL, model) > 500_000
     shipped = load_answers(BUNDLED_MODEL.with_name("print3d_guidance.answers.json"))
-    shipped.model.sha256 = sha256_file(model)
+    shipped.model.sha256 = file_sha256(model)
     shipped.frame.path = str(BUNDLED_DATA / shipped.frame.path)
     save_answers(folder / "guidance.answers.json", shipped)
     return model
@@ -163,12 +164,12 @@ def test_the_bundled_model_gives_its_shipped_answers(runtime: str, tmp_path: Pat
 
 def test_the_bundled_answers_file_belongs_to_the_bundled_model() -> None:
     shipped = load_answers(BUNDLED_MODEL.with_name("print3d_guidance.answers.json"))
-    assert shipped.model.sha256 == sha256_file(BUNDLED_MODEL), (
+    assert shipped.model.sha256 == file_sha256(BUNDLED_MODEL), (
         "the bundled model changed: make its answers again with scripts/known_answers.py "
         "(docs/known-answers.md)"
     )
     frame = BUNDLED_DATA / shipped.frame.path
-    assert frame.parent.name == "sample_timelapse" and sha256_file(frame) == shipped.frame.sha256
+    assert frame.parent.name == "sample_timelapse" and file_sha256(frame) == shipped.frame.sha256
 
 
 # ---------------------------------------------------------------------------- a broken inference path
@@ -299,7 +300,7 @@ def test_another_model_records_its_answers_then_compares_after_an_upgrade(tmp_pa
     # After the upgrade, the same model file computing nonsense (zeroed weights, the answers claimed
     # for it): the start stops with the comparison against the older runtime's answers.
     zero_weight_buffers(BUNDLED_MODEL, model)
-    data["model"]["sha256"] = sha256_file(model)
+    data["model"]["sha256"] = file_sha256(model)
     recorded.write_text(json.dumps(data))
     broken = run_cli(*args)
     assert broken.code == 1
@@ -389,7 +390,7 @@ def test_a_missing_known_frame_is_a_warning_not_a_refusal(tmp_path: Path) -> Non
     """A broken install (the frame the answers name is gone) cannot be checked; the agent still runs."""
     model = copy_bundled(tmp_path / "mine", "mine")
     shipped = load_answers(BUNDLED_MODEL.with_name("print3d_guidance.answers.json"))
-    shipped.model.sha256 = sha256_file(model)
+    shipped.model.sha256 = file_sha256(model)
     shipped.frame.path = "frames/gone.jpg"
     save_answers(tmp_path / "mine" / "mine.answers.json", shipped)
     result = run_cli(

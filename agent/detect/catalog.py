@@ -9,7 +9,6 @@ downloading: ``agent.detect.fetch``.
 from __future__ import annotations
 
 import functools
-import hashlib
 import re
 from pathlib import Path
 from typing import Literal
@@ -20,6 +19,7 @@ from agent.bundled import BUNDLED_DATA
 from agent.config.base import StrictModel
 from agent.detect.model import ModelCard
 from agent.errors import ConfigError
+from agent.fsutil import file_sha256
 
 CATALOG_FILE = BUNDLED_DATA / "model-catalog.yaml"
 MODEL_FILE = "model.tflite"
@@ -146,15 +146,6 @@ def load_catalog(path: Path = CATALOG_FILE) -> Catalog:
     named = {"entries": {k: {"name": k, **v} if isinstance(v, dict) else v for k, v in data.items()}}
     shifted = {("entries", *key): line for key, line in lines.items()}
     return validate_data(named, Catalog, str(path), shifted)
-
-
-def file_sha256(path: Path, chunk_bytes: int = 1 << 20) -> str:
-    """Hex sha256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with path.open("rb") as stream:
-        while chunk := stream.read(chunk_bytes):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def file_matches(path: Path, spec: FileSpec) -> Literal["ok", "missing", "size", "sha256"]:

@@ -136,7 +136,7 @@ def installed_library(root: Path = Path("/")) -> InstalledLibrary | None:
     return None
 
 
-def installed_runtimes() -> list[InstalledRuntime]:
+def installed_runtime_versions() -> list[InstalledRuntime]:
     """Every TFLite runtime whose Python distribution is installed, with its version (not imported)."""
     found = []
     for module, distributions in RUNTIME_DISTRIBUTIONS.items():

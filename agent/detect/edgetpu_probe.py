@@ -28,7 +28,7 @@ import numpy as np
 from agent.bundled import BUNDLED_MODEL
 from agent.detect.edgetpu_pairs import (
     installed_library,
-    installed_runtimes,
+    installed_runtime_versions,
     judge_pair,
     pinned_summary,
     runtime_for_edgetpu,
@@ -143,7 +143,7 @@ def edgetpu_pair_checks(
     devices = find_edgetpu_devices(root)
     fix = FIX.format(pair=pinned_summary())
     found = installed_library(root)
-    runtimes = {r.module: r for r in installed_runtimes()}
+    runtimes = {r.module: r for r in installed_runtime_versions()}
     if found is None:
         detail = "libedgetpu is not installed"
         pair = problem("edgetpu pair", required, detail, fix) if required or devices else None

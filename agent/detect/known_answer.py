@@ -17,7 +17,6 @@ delegate, machine and CPU, and what differs), or with ``allow_drift`` logs it as
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from dataclasses import dataclass, field
@@ -49,6 +48,7 @@ from agent.detect.known_answers_file import (
 )
 from agent.detect.platform_facts import platform_facts
 from agent.errors import UserError
+from agent.fsutil import file_sha256
 from agent.utc import utc_iso
 
 if TYPE_CHECKING:
@@ -59,15 +59,6 @@ log = logging.getLogger(__name__)
 Status = Literal["ok", "drift", "recorded", "unchecked"]
 Source = Literal["shipped", "recorded"]
 RECORDED_FOLDER = "known-answers"
-
-
-def sha256_file(path: Path) -> str:
-    """The hex sha256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 @dataclass
@@ -195,7 +186,7 @@ def drift_error(result: KnownAnswerResult) -> UserError:
 def _check(detector: Detector, data_dir: Path | None, record: bool) -> KnownAnswerResult:
     platform = platform_facts(detector)
     model_path = detector.spec.path
-    sha = sha256_file(model_path)
+    sha = file_sha256(model_path)
     base = KnownAnswerResult("unchecked", detector.name, platform, "")
     shipped_path = model_path.with_name(model_path.stem + SHIPPED_SUFFIX)
     shipped = load_answers(shipped_path) if shipped_path.is_file() else None
@@ -261,7 +252,7 @@ def _absolute_frame(answers_file: Path, frame: FrameRef) -> FrameRef:
 
 def _new_answers(model_path: Path, sha: str) -> KnownAnswers:
     """Answers for a model that shipped none: the bundled default frame, default decode and tolerance."""
-    frame = sha256_file(frame_path(model_path, FrameRef(path=DEFAULT_FRAME, sha256="0" * 64)))
+    frame = file_sha256(frame_path(model_path, FrameRef(path=DEFAULT_FRAME, sha256="0" * 64)))
     return KnownAnswers(
         model=ModelRef(file=model_path.name, sha256=sha), frame=FrameRef(path=DEFAULT_FRAME, sha256=frame)
     )
@@ -272,7 +263,7 @@ def _load_frame(answers_file: Path, answers: KnownAnswers) -> tuple[Any, str]:
     path = frame_path(answers_file, answers.frame)
     if not path.is_file():
         raise UserError(f"the known frame {path} named by {answers_file} is missing")
-    if sha256_file(path) != answers.frame.sha256:
+    if file_sha256(path) != answers.frame.sha256:
         raise UserError(f"the known frame {path} is not the one {answers_file} was made with (sha256)")
     image = cv2.imread(str(path), cv2.IMREAD_COLOR)
     if image is None:

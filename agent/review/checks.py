@@ -16,8 +16,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from agent.jpeg import JpegError, JpegInfo
-from agent.jpeg import jpeg_info as parse_jpeg_info
+from agent.jpeg import JpegError, JpegInfo, jpeg_info
 
 MAX_DEVICE_ID_CHARS = 64  # the agent's mqtt.device_id allows as many
 MAX_FRAME_ID_CHARS = 160  # the agent's frame ids are at most this long
@@ -130,21 +129,21 @@ def shown(text: str, limit: int = 80) -> str:
 # --------------------------------------------------------------------------------------------
 # JPEG
 # --------------------------------------------------------------------------------------------
-def jpeg_info(data: bytes) -> JpegInfo:
+def untrusted_jpeg_info(data: bytes) -> JpegInfo:
     """``agent.jpeg.jpeg_info`` for an untrusted payload: a bad header is ``Rejected``."""
     try:
-        return parse_jpeg_info(data)
+        return jpeg_info(data)
     except JpegError as exc:
         raise Rejected(exc.reason, exc.detail) from None
 
 
 def check_jpeg(data: bytes, max_side_px: int, max_pixels: int | None = None) -> JpegInfo:
-    """Check an untrusted JPEG: headers (``jpeg_info``), declared size within ``max_side_px``
+    """Check an untrusted JPEG: headers (``untrusted_jpeg_info``), declared size within ``max_side_px``
     per side and ``max_pixels`` in all BEFORE decoding, an end-of-image marker after the scan
     data, and a decode by OpenCV at 1/8 scale (every entropy-coded block is still read, for a
     64th of the pixels' memory and about a third of the time) giving the declared size.
     Returns the size."""
-    info = jpeg_info(data)
+    info = untrusted_jpeg_info(data)
     if info.width == 0 or info.height == 0:
         raise Rejected("jpeg_malformed", f"JPEG declares a {info.width}x{info.height} image")
     if info.width > max_side_px or info.height > max_side_px:

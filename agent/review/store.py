@@ -50,7 +50,7 @@ from agent.review.batches import (
     batch_names,
     read_json,
 )
-from agent.review.checks import Rejected, check_free_space, id_problem, jpeg_info
+from agent.review.checks import Rejected, check_free_space, id_problem, untrusted_jpeg_info
 from agent.review.closing import previous_tags, ready_to_close, write_project
 from agent.review.locks import LeaseLocks
 from agent.review.presence import Presence
@@ -441,5 +441,5 @@ class ReviewStore:
 
 
 def _size_of(jpeg: bytes) -> tuple[int, int]:
-    info = jpeg_info(jpeg)
+    info = untrusted_jpeg_info(jpeg)
     return info.width, info.height

@@ -13,7 +13,7 @@ from typing import Any
 from agent.errors import ConfigError, UserError
 from agent.vott.asset import VOTT_VERSION, parse_regions
 from agent.vott.paths import new_short_id
-from agent.vott.records import AgentRecords, file_sha256
+from agent.vott.records import AgentRecords, file_sha256_or_none
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +79,7 @@ def merge_into_reviewers(
     return theirs
 
 
-def read_json(path: Path, raw: bytes | None = None) -> Any:
+def read_project_json(path: Path, raw: bytes | None = None) -> Any:
     """A JSON file's content (``raw``: its bytes, already read); ``UserError`` when unreadable."""
     try:
         return json.loads((path.read_bytes() if raw is None else raw).decode("utf-8"))
@@ -188,7 +188,7 @@ def _list_orphan(
     """Put an asset file the map does not list (a crash before the project save) into the map;
     False when the file is unusable."""
     try:
-        meta = read_json(path)
+        meta = read_project_json(path)
         asset = meta["asset"]
         parse_regions(meta["regions"])
         if asset["id"] != aid:
@@ -196,7 +196,7 @@ def _list_orphan(
     except (UserError, KeyError, TypeError, ValueError) as exc:
         log.warning("%s: unusable asset file left as it is: %s", path, exc)
         return False
-    if records.written_asset_sha256(aid) != file_sha256(path):
+    if records.written_asset_sha256(aid) != file_sha256_or_none(path):
         reviewer_owned.add(aid)  # saved by VoTT, whose project save did not follow
     data["assets"][aid] = asset
     for tag in (t for r in meta["regions"] for t in r["tags"]):
@@ -209,7 +209,7 @@ def _frame_emptied(frames_dir: Path, asset_path: Path, entry: Any) -> bool:
     the device); frames kept elsewhere are not checked. ``entry``: the asset's entry in the
     project's map, when it has one (saves reading the asset file)."""
     try:
-        name = entry["name"] if isinstance(entry, dict) else read_json(asset_path)["asset"]["name"]
+        name = entry["name"] if isinstance(entry, dict) else read_project_json(asset_path)["asset"]["name"]
         frame = frames_dir / str(name)
         return frame.is_file() and frame.stat().st_size == 0
     except (UserError, KeyError, TypeError, OSError):

@@ -21,7 +21,7 @@ from agent.boxes import as_boxes
 from agent.errors import ConfigError, UserError
 from agent.vott.asset import RegionBoxes, parse_regions
 from agent.vott.paths import decoded_name, is_windows_path, native_path_from_uri
-from agent.vott.project_file import ASSET_SUFFIX, read_json
+from agent.vott.project_file import ASSET_SUFFIX, read_project_json
 from agent.vott.records import SCORES_DIR
 
 log = logging.getLogger(__name__)
@@ -125,7 +125,7 @@ def _project_data(target: Path) -> tuple[Path, dict[str, Any]]:
         raise ConfigError(
             f"{target} holds several projects ({', '.join(p.name for p in files)}); keep one per folder"
         )
-    data = read_json(files[0])
+    data = read_project_json(files[0])
     if not isinstance(data, dict) or not isinstance(data.get("name"), str):
         raise UserError(f"{files[0]} is not a VoTT 2 project (no 'name'); open and save it in VoTT 2 first")
     return files[0], data
@@ -140,7 +140,7 @@ def _asset_and_boxes(target: Path, aid: str, entry: dict[str, Any]) -> tuple[dic
                 "%s: asset %s is Tagged but has no asset file; reading it without regions", target, aid
             )
         return entry, RegionBoxes(as_boxes([]), [], [])
-    meta = read_json(asset_path)
+    meta = read_project_json(asset_path)
     try:
         asset = meta["asset"] if isinstance(meta.get("asset"), dict) else entry
         return asset, parse_regions(meta.get("regions"))

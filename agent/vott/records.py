@@ -38,7 +38,7 @@ def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def file_sha256(path: Path) -> str | None:
+def file_sha256_or_none(path: Path) -> str | None:
     """The SHA-256 of a file's bytes, or None when it does not exist."""
     try:
         return sha256_hex(path.read_bytes())

@@ -47,10 +47,10 @@ from agent.vott.project_file import (
     choose_project_file,
     merge_into_reviewers,
     new_project,
-    read_json,
+    read_project_json,
     reconcile,
 )
-from agent.vott.records import AgentRecords, file_sha256, sha256_hex, sidecar_record
+from agent.vott.records import AgentRecords, file_sha256_or_none, sha256_hex, sidecar_record
 
 log = logging.getLogger(__name__)
 
@@ -156,7 +156,7 @@ class VottProject:
     # ---- opening ------------------------------------------------------------------------------
     def _load_existing(self) -> dict[str, Any]:
         raw = self.project_file.read_bytes()
-        data = read_json(self.project_file, raw)
+        data = read_project_json(self.project_file, raw)
         if not isinstance(data, dict) or not isinstance(data.get("name"), str):
             raise UserError(
                 f"{self.project_file} is not a VoTT 2 project file; move it away or use another target folder"
@@ -257,7 +257,7 @@ class VottProject:
             if entry is None and not asset_file.exists():
                 return False  # a new frame
             written = self.records.written_asset_sha256(aid)
-            if written is None or file_sha256(asset_file) != written:
+            if written is None or file_sha256_or_none(asset_file) != written:
                 return self._claim(aid)  # rewritten or deleted by VoTT, or never the agent's
             return False
 
@@ -426,7 +426,7 @@ class VottProject:
         raw = self.project_file.read_bytes()
         if sha256_hex(raw) == self._saved_sha256:
             return
-        theirs = read_json(self.project_file, raw)
+        theirs = read_project_json(self.project_file, raw)
         if isinstance(theirs, dict) and isinstance(theirs.get("assets"), dict):
             log.warning(
                 "%s was saved by VoTT while the agent was writing; keeping the reviewer's version",
