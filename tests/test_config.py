@@ -34,6 +34,44 @@ def test_unknown_key_names_the_path_and_line(tmp_path: Path) -> None:
     assert f"{path}:4: detector.score_treshold: unknown key" in str(err.value)
 
 
+@pytest.mark.parametrize(
+    ("source", "message"),
+    [
+        (
+            "url: rtsp://cam.local/live\n  watch: true",
+            "for a folder, an image or a video file, not for rtsp://cam.local/live",
+        ),
+        (
+            "url: /tmp/frames\n  rtsp_transport: udp",
+            "for an RTSP stream, not for /tmp/frames",
+        ),
+        (
+            "url: 0\n  headers: {X-Camera: a}",
+            "for an HTTP MJPEG stream or snapshot URL, not for 0 (a V4L2/USB camera)",
+        ),
+        (
+            "url: http://octopi.local/webcam/?action=stream\n  v4l2: {fourcc: MJPG}",
+            "for a V4L2/USB camera",
+        ),
+        (
+            "url: picamera2\n  username: me",
+            "for an RTSP stream or an HTTP MJPEG stream or snapshot URL",
+        ),
+    ],
+)
+def test_a_key_for_another_kind_of_source_is_named(tmp_path: Path, source: str, message: str) -> None:
+    path = write(tmp_path, f"source:\n  {source}\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    key = source.split("\n")[1].split(":")[0].strip()
+    assert f"{path}:3: source.{key}: " in str(err.value) and message in str(err.value)
+
+
+def test_keys_of_every_kind_at_their_defaults_are_no_mistake(tmp_path: Path) -> None:
+    path = write(tmp_path, "source:\n  url: rtsp://cam.local/live\n  watch: false\n  rtsp_transport: udp\n")
+    assert load_config(path).source.rtsp_transport == "udp"
+
+
 def test_wrong_type_and_out_of_range_are_all_listed(tmp_path: Path) -> None:
     path = write(
         tmp_path, "detector:\n  num_threads: many\n  iou_threshold: 1.5\npipeline:\n  capture_queue: 0\n"

@@ -18,7 +18,16 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import parse_qs, urlsplit
 
-from pydantic import ConfigDict, Field, StrictBool, StrictFloat, StrictInt, field_validator, model_validator
+from pydantic import (
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from agent.config.base import StrictModel
 from agent.naming import safe_name
@@ -56,6 +65,51 @@ PICAMERA2_ENUM_CONTROLS: dict[str, dict[str, int]] = {
 }
 
 ControlValue = StrictBool | StrictInt | StrictFloat | str | list[StrictInt | StrictFloat]
+
+
+# Which keys apply to which family of source (a key not listed applies to every source). A key
+# given another value than its default for another family is a mistake the config names.
+SourceFamily = Literal["local", "v4l2", "rtsp", "http", "picamera2"]
+FAMILY_NAMES: dict[SourceFamily, str] = {
+    "local": "a folder, an image or a video file",
+    "v4l2": "a V4L2/USB camera",
+    "rtsp": "an RTSP stream",
+    "http": "an HTTP MJPEG stream or snapshot URL",
+    "picamera2": "a Raspberry Pi camera (picamera2)",
+}
+_LIVE: tuple[SourceFamily, ...] = ("v4l2", "rtsp", "http", "picamera2")
+KEY_FAMILIES: dict[str, tuple[SourceFamily, ...]] = {
+    "watch": ("local",),
+    "watch_poll_s": ("local",),
+    "watch_settle_s": ("local",),
+    "loop": ("local",),
+    "reconnect_initial_s": _LIVE,
+    "reconnect_max_s": _LIVE,
+    "connect_timeout_s": ("rtsp", "http"),
+    "read_timeout_s": _LIVE,
+    "startup_attempts": _LIVE,
+    "username": ("rtsp", "http"),
+    "password_env": ("rtsp", "http"),
+    "password_file": ("rtsp", "http"),
+    "api_key_env": ("http",),
+    "api_key_file": ("http",),
+    "headers": ("http",),
+    "tls_verify": ("http",),
+    "max_frame_mb": ("http",),
+    "reduced_decode": ("local", "http"),
+    "rtsp_transport": ("rtsp",),
+    "v4l2": ("v4l2",),
+    "picamera2": ("picamera2",),
+}
+_KIND_FAMILIES: dict[str, SourceFamily] = {
+    "folder": "local",
+    "video": "local",
+    "v4l2": "v4l2",
+    "rtsp": "rtsp",
+    "mjpeg": "http",
+    "snapshot": "http",
+    "picamera2": "picamera2",
+}
 
 
 class V4l2Options(StrictModel):
@@ -265,6 +319,22 @@ class SourceSettings(StrictModel):
                 )
         return headers
 
+    @field_validator(*KEY_FAMILIES)
+    @classmethod
+    def _fits_the_kind(cls, value: Any, info: ValidationInfo) -> Any:
+        url, kind = info.data.get("url"), info.data.get("kind", "auto")
+        key = str(info.field_name)
+        if url is None or value == cls.model_fields[key].get_default(call_default_factory=True):
+            return value
+        family = source_family(url, kind)
+        families = KEY_FAMILIES[key]
+        if family not in families:
+            raise ValueError(
+                f"only for {' or '.join(FAMILY_NAMES[f] for f in families)}, not for {redact_url(url)} "
+                f"({FAMILY_NAMES[family]}); remove it"
+            )
+        return value
+
     @model_validator(mode="after")
     def _consistent(self) -> SourceSettings:
         if self.reconnect_max_s < self.reconnect_initial_s:
@@ -300,6 +370,23 @@ class SourceSettings(StrictModel):
     def source_id(self) -> str:
         """``id`` when set, else a file-safe id derived from the URL (never from credentials)."""
         return self.id or default_source_id(self.url, self.picamera2.camera_num)
+
+
+def source_family(url: str, kind: SourceKind = "auto") -> SourceFamily:
+    """Which family of source ``url`` is (``kind`` when it is not auto), from the URL's form
+    alone: nothing is opened or probed (``printer:`` URLs name the printer's webcam, HTTP)."""
+    if kind != "auto":
+        return _KIND_FAMILIES[kind]
+    if url == PICAMERA2_URL:
+        return "picamera2"
+    if is_camera_index(url) or url.startswith("/dev/"):
+        return "v4l2"
+    scheme = _scheme(url)
+    if scheme in _RTSP_SCHEMES:
+        return "rtsp"
+    if scheme in _HTTP_SCHEMES or url.startswith("printer:"):
+        return "http"
+    return "local"
 
 
 def _scheme(url: str) -> str | None:
