@@ -422,14 +422,10 @@ def guess_kind(url: str) -> SourceKind | None:
 
     Raises ``FileNotFoundError`` for a local path that does not exist.
     """
-    if url == PICAMERA2_URL:
-        return "picamera2"
-    if is_camera_index(url) or url.startswith("/dev/"):
-        return "v4l2"
-    scheme = _scheme(url)
-    if scheme in _RTSP_SCHEMES:
-        return "rtsp"
-    if scheme in _HTTP_SCHEMES:
+    family = source_family(url)
+    if family in ("picamera2", "v4l2", "rtsp"):
+        return family  # these families are kinds of their own
+    if family == "http":
         parts = urlsplit(url)
         action = [value.lower() for value in parse_qs(parts.query).get("action", [])]
         if "snapshot" in action or "snapshot" in parts.path.lower():
