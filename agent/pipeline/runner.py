@@ -1,155 +1,25 @@
-"""The capture loop: source -> gate -> detectors -> output stages, on their own threads.
-
-::
-
-    capture thread        inference threads (1 per interpreter)   output thread
-    source ▸ gate ──queue──▶  detector 1 ┐                 ┌──▶ reorder ▸ stage 1 ▸ stage 2 ▸ ...
-                          ╰▶ detector 2 ┴──queue──────────┘     (alerts, harvest, VoTT, MQTT)
-
-Queues are bounded. A live source (camera, stream) never waits for a slow detector: when
-the capture queue is full the oldest frame is dropped and counted. A file source (folder,
-video) waits instead, because every frame of a recording matters. With several interpreters
-(``detector.interpreters``) successive frames are detected in parallel and put back in capture
-order before the output stages, which see every result in order; an error in one stage is
-logged and counted, never fatal. ``stop()`` (the CLI calls it on SIGINT/SIGTERM) closes the
-source; frames already queued are finished and every stage is closed, so nothing is left
-half-written.
-"""
+"""``Pipeline``: the threads and queues that carry frames from the source through the detectors
+to the output stages (see the package docstring)."""
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import queue
-import statistics
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 from agent.config.pipeline import PipelineSettings
-from agent.detections import Detections
 from agent.flow import EventBus, Outputs, Stage, check_stage_order
 from agent.frames import Frame, FrameResult
 from agent.harvest.decision import KeepDecision
+from agent.pipeline.contracts import DetectorLike, FrameSourceLike, GateLike, HandledFrame
+from agent.pipeline.stats import Counters, log_stats, pipeline_stats
+from agent.pipeline.workers import END, InferenceWorker, put_end
 from agent.stall import Part, stalled
-from agent.stats import PipelineStats
 
 log = logging.getLogger(__name__)
-
-
-class FrameSourceLike(Protocol):
-    """What the pipeline needs of a source (see ``agent.sources``)."""
-
-    def __iter__(self) -> Any: ...
-
-    def close(self) -> None: ...
-
-    def stats(self) -> dict[str, Any]: ...
-
-
-class DetectorLike(Protocol):
-    """What the pipeline needs of a detector (see ``agent.detect.detector``)."""
-
-    runtime: str
-    labels: tuple[str, ...]
-
-    @property
-    def name(self) -> str: ...
-
-    def detect(self, image: Any, timings: dict[str, float] | None = None) -> Detections: ...
-
-
-class GateLike(Protocol):
-    """The change gate: decides whether a frame is worth running the detector on."""
-
-    def should_infer(self, frame: Frame, now: float) -> tuple[bool, str]: ...
-
-
-@dataclass(frozen=True, slots=True)
-class HandledFrame:
-    """A result after the output stages: their ``outputs`` and the wall time each took (ms)."""
-
-    result: FrameResult
-    outputs: Outputs
-    stage_ms: dict[str, float]
-
-
-@dataclass
-class Counters:
-    """Frame counts since start; read by the stats reporter from another thread."""
-
-    captured: int = 0
-    dropped: int = 0
-    skipped: int = 0
-    processed: int = 0
-    kept: int = 0
-    detector_errors: int = 0
-    detector_restarts: int = 0
-    stage_errors: dict[str, int] = field(default_factory=dict)
-    inference_ms: deque[float] = field(default_factory=lambda: deque(maxlen=200))
-    completed_at: deque[float] = field(default_factory=lambda: deque(maxlen=200))
-
-
-_END = object()
-
-
-@dataclass
-class _Worker:
-    """One interpreter and the thread that feeds it; replaced as a whole when it hangs."""
-
-    slot: int
-    detector: DetectorLike
-    generation: int = 0  # bumped when a hung detector is replaced; the old thread then quits
-    since: float | None = None  # monotonic start of the running inference
-    # monotonic time this slot began work it has not finished: kept across a replacement, so
-    # building and warming the new detector counts towards a stall (cleared by a finished frame)
-    busy_since: float | None = None
-    seq: int | None = None  # sequence number of the frame being detected
-    # guards generation/since/seq between the worker thread and the hang check
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def start(self, generation: int, seq: int) -> bool:
-        """Mark the start of frame ``seq``; False when this thread has been replaced."""
-        with self.lock:
-            if generation != self.generation:
-                return False
-            self.seq, self.since = seq, time.monotonic()
-            self.busy_since = self.busy_since or self.since
-            return True
-
-    def finish(self, generation: int) -> bool:
-        """Mark the end of the running inference; False when this thread has been replaced."""
-        with self.lock:
-            if generation != self.generation:
-                return False
-            self.since = self.busy_since = None
-            return True
-
-    def busy(self, generation: int) -> None:
-        """This slot works on something other than a frame (re-opening its detector)."""
-        with self.lock:
-            if generation == self.generation:
-                self.busy_since = self.busy_since or time.monotonic()
-
-    def idle(self, generation: int) -> None:
-        """This slot waits for a frame: nothing is stuck in it."""
-        with self.lock:
-            if generation == self.generation and self.since is None:
-                self.busy_since = None
-
-    def replace_if_stuck(self, limit_s: float) -> int | None:
-        """When the running inference has taken over ``limit_s``: retire the thread (its
-        generation moves on) and return the frame number it holds; else None."""
-        with self.lock:
-            since = self.since
-            if since is None or time.monotonic() - since < limit_s:
-                return None
-            self.generation += 1
-            self.since = None
-            return self.seq if self.seq is not None else -1
 
 
 class Pipeline:
@@ -195,7 +65,7 @@ class Pipeline:
         self._abandoned: set[int] = set()  # numbers that will never have a result
         self._next_out = 0  # sequence number of the next result the output stages see
         self._reorder_since: float | None = None  # monotonic time results began waiting for an earlier one
-        self._workers = [_Worker(i, d) for i, d in enumerate(detectors)]
+        self._workers = [InferenceWorker(i, d) for i, d in enumerate(detectors)]
         self._workers_running = len(self._workers)
         self._output_since: float | None = None  # monotonic start of the result in the output stages
         self._threads: list[threading.Thread] = []
@@ -242,7 +112,7 @@ class Pipeline:
             raise self._fatal
         return final
 
-    def _start_inference(self, worker: _Worker) -> threading.Thread:
+    def _start_inference(self, worker: InferenceWorker) -> threading.Thread:
         generation = worker.generation
         thread = threading.Thread(
             target=self._guard(lambda: self._inference_loop(worker, generation)),
@@ -267,7 +137,7 @@ class Pipeline:
                     f"{self.counters.detector_restarts} restarts); exiting so the service manager restarts us"
                 )
                 self.stop()
-                _put_end(self._result_q)
+                put_end(self._result_q)
                 return
             held = worker.replace_if_stuck(limit)
             if held is None:
@@ -314,7 +184,7 @@ class Pipeline:
                 self.stop()
                 # unblock the other loops
                 for q in (self._capture_q, self._result_q):
-                    _put_end(q)
+                    put_end(q)
 
         return run
 
@@ -334,7 +204,7 @@ class Pipeline:
                     break
         finally:
             self._stop.set()
-            self._put_waiting(self._capture_q, _END)
+            self._put_waiting(self._capture_q, END)
 
     def _put_dropping_oldest(self, frame: Frame) -> None:
         while True:
@@ -370,8 +240,8 @@ class Pipeline:
             if seq >= self._next_out:  # an already skipped number stays out of the set
                 self._abandoned.add(seq)
 
-    def _take(self, worker: _Worker, generation: int) -> tuple[int, Any]:
-        """The next frame the gate lets through and its sequence number (or ``_END``, left in
+    def _take(self, worker: InferenceWorker, generation: int) -> tuple[int, Any]:
+        """The next frame the gate lets through and its sequence number (or ``END``, left in
         place for the other workers). The gate runs here, under the lock, so it sees frames in
         capture order and only those a live source did not drop. While no frame waits, the
         worker's slot counts as idle."""
@@ -381,9 +251,9 @@ class Pipeline:
                     frame = self._capture_q.get(timeout=0.2)
                 except queue.Empty:
                     frame = None
-                if frame is _END:
-                    _put_end(self._capture_q)  # never blocks: for the other workers
-                    return -1, _END
+                if frame is END:
+                    put_end(self._capture_q)  # never blocks: for the other workers
+                    return -1, END
                 if frame is not None and self.gate is not None:
                     run_it, _reason = self.gate.should_infer(frame, time.monotonic())
                     if not run_it:
@@ -395,12 +265,12 @@ class Pipeline:
                     return seq, frame
             worker.idle(generation)
 
-    def _inference_loop(self, worker: _Worker, generation: int) -> None:
+    def _inference_loop(self, worker: InferenceWorker, generation: int) -> None:
         errors_in_row = 0
         detector = worker.detector
         while True:
             seq, frame = self._take(worker, generation)
-            if frame is _END:
+            if frame is END:
                 break
             timings: dict[str, float] = {}
             if not worker.start(generation, seq):
@@ -451,7 +321,7 @@ class Pipeline:
             self._workers_running -= 1
             last = self._workers_running == 0
         if last:
-            self._put_waiting(self._result_q, _END)
+            self._put_waiting(self._result_q, END)
 
     def _in_order(self, pending: dict[int, FrameResult], *, flush: bool = False) -> Iterator[FrameResult]:
         """Results from ``pending`` that are next in capture order (all of them when ``flush``)."""
@@ -479,7 +349,7 @@ class Pipeline:
                 except queue.Empty:
                     item = None
                     self._idle()
-                if item is _END:
+                if item is END:
                     for result in self._in_order(pending, flush=True):
                         self._handle(result)
                     break
@@ -548,86 +418,21 @@ class Pipeline:
 
     # ---- stats ----------------------------------------------------------------------------------
     def stats(self) -> dict[str, Any]:
-        """Counters, rates and queue depths now (``agent.stats.PipelineStats``); per-stage and source
-        counters nested by name."""
-        c = self.counters
-        now = time.monotonic()
-        recent = [t for t in c.completed_at if now - t <= 60.0]
-        fps = (
-            (len(recent) - 1) / (recent[-1] - recent[0])
-            if len(recent) > 1 and recent[-1] > recent[0]
-            else 0.0
+        """Counters, rates and queue depths now (``agent.pipeline.stats.pipeline_stats``)."""
+        return pipeline_stats(
+            self.counters,
+            started=self.started_monotonic,
+            queues=(self._capture_q.qsize(), self._result_q.qsize()),
+            source=self.source,
+            detector=self.detector,
+            stages=self.stages,
         )
-        stats: PipelineStats = {
-            "uptime_s": round(now - self.started_monotonic, 1),
-            "fps": round(fps, 2),
-            "inference_ms": round(statistics.median(c.inference_ms), 2) if c.inference_ms else None,
-            "frames": {
-                "captured": c.captured,
-                "dropped": c.dropped,
-                "skipped": c.skipped,
-                "processed": c.processed,
-                "kept": c.kept,
-                "detector_errors": c.detector_errors,
-                "detector_restarts": c.detector_restarts,
-            },
-            "queues": {"capture": self._capture_q.qsize(), "results": self._result_q.qsize()},
-            "stage_errors": dict(c.stage_errors),
-            "source": self._source_stats(),
-        }
-        describe = getattr(self.detector, "describe", None)
-        if describe is not None:
-            stats["detector"] = describe()
-        out: dict[str, Any] = dict(stats)
-        for stage in self.stages:
-            try:
-                out[stage.name] = stage.stats()
-            except Exception:
-                out[stage.name] = {}
-        return out
-
-    def _source_stats(self) -> dict[str, int]:
-        try:
-            return dict(self.source.stats())
-        except Exception:
-            return {}
 
     def _report_stats(self) -> None:
         stats = self.stats()
-        f = stats["frames"]
-        log.info(
-            "%.1f fps, inference %s ms, frames: %d captured, %d processed, %d kept, %d skipped, %d dropped; "
-            "queues %d/%d",
-            stats["fps"],
-            stats["inference_ms"],
-            f["captured"],
-            f["processed"],
-            f["kept"],
-            f["skipped"],
-            f["dropped"],
-            stats["queues"]["capture"],
-            stats["queues"]["results"],
-        )
-        for stage in self.stages:
-            summary = getattr(stage, "summary_line", None)
-            if summary is not None:
-                try:
-                    log.info("%s", summary())
-                except Exception:
-                    log.exception("summarising %s failed", stage.name)
+        log_stats(stats, self.stages)
         if self.on_stats is not None:
             try:
                 self.on_stats(stats)
             except Exception:
                 log.exception("publishing stats failed")
-
-
-def _put_end(q: queue.Queue[Any]) -> None:
-    """Put the end marker even into a full queue (dropping an item): only after a fatal error."""
-    while True:
-        try:
-            q.put_nowait(_END)
-            return
-        except queue.Full:
-            with contextlib.suppress(queue.Empty):
-                q.get_nowait()
