@@ -62,7 +62,13 @@ def test_a_good_config_opens_everything_and_says_what(folder: Path) -> None:
             "mqtt.password_env names the environment variable 'EDGE_AGENT_TEST_UNSET', which is not set",
         ),
         (
-            {"source": {"password_env": "EDGE_AGENT_TEST_UNSET", "username": "a"}},
+            {
+                "source": {
+                    "url": "http://127.0.0.1:9/snapshot.jpg",
+                    "password_env": "EDGE_AGENT_TEST_UNSET",
+                    "username": "a",
+                }
+            },
             2,
             "source.password_env names the environment variable EDGE_AGENT_TEST_UNSET",
         ),
