@@ -30,7 +30,7 @@ from agent.gate import ChangeGate
 from agent.harvest import Harvester
 from agent.harvest.harvester import INDEX_NAME
 from agent.harvest.stage import KeepStage, QuotaStage
-from agent.mqtt.client import create_publisher
+from agent.mqtt.publisher import create_publisher
 from agent.mqtt.stage import MqttStage
 from agent.naming import safe_name
 from agent.pipeline import HandledFrame, Pipeline

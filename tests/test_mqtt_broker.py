@@ -21,8 +21,8 @@ from agent.config.mqtt import MqttSettings
 from agent.detections import Detections
 from agent.flow import EventBus, FrameSynced, Stage
 from agent.frames import Frame, FrameResult
-from agent.mqtt.client import MqttPublisher
 from agent.mqtt.connection import build_tls_context
+from agent.mqtt.publisher import MqttPublisher
 from tests.helpers import wait_until
 from tests.mosquitto import (
     CertificateAuthority,

@@ -23,9 +23,9 @@ import pytest
 from agent.config.mqtt import MqttSettings
 from agent.detections import Detections
 from agent.frames import Frame, FrameResult
-from agent.mqtt.client import MqttPublisher
 from agent.mqtt.messages import Message, MessageClass
 from agent.mqtt.outbox import Outbox
+from agent.mqtt.publisher import MqttPublisher
 from tests.helpers import wait_until
 from tests.mosquitto import free_port
 
@@ -205,7 +205,7 @@ def _unreachable(tmp_path: Path, **kw) -> MqttSettings:
 
 
 def test_with_no_broker_at_all_the_outbox_grows_and_stats_say_so(tmp_path, caplog):
-    caplog.set_level(logging.DEBUG, logger="agent.mqtt.client")  # retries repeat the problem at debug
+    caplog.set_level(logging.DEBUG, logger="agent.mqtt.sender")  # retries repeat the problem at debug
 
     def attempts() -> int:
         return sum("not reachable" in r.getMessage() for r in caplog.records)

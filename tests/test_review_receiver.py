@@ -25,7 +25,7 @@ from agent.config.mqtt import MqttSettings
 from agent.config.review import ReviewSettings
 from agent.detections import Detections
 from agent.frames import Frame, FrameResult
-from agent.mqtt.client import MqttPublisher
+from agent.mqtt.publisher import MqttPublisher
 from agent.review.receiver import ReviewReceiver
 from agent.vott import load_project
 from tests.helpers import run_cli

@@ -13,7 +13,7 @@ from agent.alerts.view import view_payload
 from agent.flow import Outputs, Stage
 from agent.frames import FrameResult
 from agent.harvest.decision import KeepDecision
-from agent.mqtt.client import MqttPublisher
+from agent.mqtt.publisher import MqttPublisher
 from agent.vott.stage import StoredFrame
 
 log = logging.getLogger(__name__)

@@ -1,20 +1,18 @@
-"""The MQTT connection and the publisher the pipeline calls.
+"""The MQTT sender: the paho connection and the thread that empties the outbox onto it.
 
-Three threads meet here:
+Two threads meet here:
 
-- the caller (pipeline output stage) builds payloads and stores them in the outbox
-  (``publish_*``); it never waits for the network;
 - paho's network thread (``connect_async`` + ``loop_start``) reconnects with capped
   exponential backoff; our callbacks on it only enqueue events and wake the sender;
 - the sender thread (``mqtt-sender``) owns everything else: it drains the outbox into a
   bounded in-flight window, deletes messages on PUBACK, publishes the retained
-  latest-value topics (status, stats, failure, image, discovery) and logs connection
+  latest-value topics (status, stats, failure, image, view, discovery) and logs connection
   problems once each.
 
 paho keeps messages it was given across reconnects and resends them itself, so the sender
 hands each stored message to paho once per process; after a restart the outbox is drained
 from the start again (a message acknowledged just before a kill can arrive twice, with the
-same frame id).
+same frame id). The caller's side (building and storing messages) is ``agent.mqtt.publisher``.
 """
 
 from __future__ import annotations
@@ -23,9 +21,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -34,9 +30,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from agent.config.mqtt import MqttSettings
-from agent.encode import EncodedImage, published_jpeg
 from agent.flow import EventBus, FrameSynced
-from agent.frames import FrameResult
 from agent.mqtt import homeassistant
 from agent.mqtt.connection import (
     PahoClient,
@@ -47,23 +41,10 @@ from agent.mqtt.connection import (
     explain_socket_failure,
     new_paho_client,
 )
-from agent.mqtt.messages import Message, MessageClass, StoredMessage
+from agent.mqtt.messages import MessageClass, StoredMessage
 from agent.mqtt.outbox import Outbox
 from agent.mqtt.publish_properties import PackedPublishProperties
-from agent.mqtt.topics import (
-    JSON_TYPE,
-    OFFLINE,
-    ONLINE,
-    STOPPED,
-    Topics,
-    alert_message,
-    annotated_jpeg,
-    annotation_message,
-    detections_message,
-    frame_message,
-    stats_payload,
-)
-from agent.stats import MqttStats
+from agent.mqtt.topics import JSON_TYPE, OFFLINE, ONLINE, STOPPED, Topics
 
 log = logging.getLogger(__name__)
 
@@ -78,15 +59,6 @@ _GATHER_S = 0.05
 _PACKET_OVERHEAD = 1024  # fixed header, topic length, packet id and our properties, generously
 
 
-def create_publisher(settings: MqttSettings, *, events: EventBus | None = None) -> MqttPublisher | None:
-    """A started ``MqttPublisher``, or None when ``settings.enabled`` is false."""
-    if not settings.enabled:
-        return None
-    publisher = MqttPublisher(settings, events=events)
-    publisher.start()
-    return publisher
-
-
 @dataclass(frozen=True, slots=True)
 class _Event:
     kind: str  # connected | disconnected | connect_failed | ack | ha_birth
@@ -96,28 +68,26 @@ class _Event:
     max_packet: int = 0
 
 
-class MqttPublisher:
-    """Publishes detections, frames, annotations, alerts and stats through the on-disk outbox.
+class Sender:
+    """The paho client and the ``mqtt-sender`` thread for one publisher's ``outbox``.
 
-    A ``FrameSynced`` event is posted to ``events`` (for the output thread) when the
-    broker has acknowledged a frame's JPEG. Create, ``start()``, call ``publish_*`` from any
-    thread, ``close()`` at exit. A broker that is down is not an error: messages wait.
+    ``wake()`` after storing messages; ``set_latest`` for retained values (only the last one of a
+    topic is sent); ``counters()`` and ``connected`` for stats. A ``FrameSynced`` event is posted to
+    ``events`` when the broker has acknowledged a frame's JPEG.
     """
 
-    def __init__(self, settings: MqttSettings, *, events: EventBus | None = None) -> None:
+    def __init__(
+        self, settings: MqttSettings, topics: Topics, outbox: Outbox, *, events: EventBus | None = None
+    ) -> None:
         self.settings = settings
-        self.topics = Topics(settings.topic_prefix, settings.device_id)
+        self.topics = topics
         self.events = events
         self._v5 = settings.protocol == "5"
+        self._outbox = outbox
         self._client = self._build_client()
-        self._outbox = Outbox(
-            settings.outbox.path,
-            max_bytes=int(settings.outbox.max_mb * 1024 * 1024),
-            max_age_s=settings.outbox.max_age_h * 3600.0,
-        )
         self._events: queue.SimpleQueue[_Event] = queue.SimpleQueue()
         self._wake = threading.Event()
-        self._lock = threading.Lock()  # guards the latest-value slots and counters read by stats()
+        self._lock = threading.Lock()  # guards the latest-value slots and counters read by counters()
         self._latest: dict[str, bytes] = {}
         self._latest_dirty: set[str] = set()
         self._mids: dict[int, int] = {}  # paho mid -> outbox seq
@@ -127,16 +97,13 @@ class MqttPublisher:
         self._last_error: str | None = None
         self._transport_error = ""
         self._refusal_logged: set[int] = set()
-        self._counters = {"sent": 0, "acked": 0, "refused": 0, "connects": 0, "store_failed": 0}
+        self._counters = {"sent": 0, "acked": 0, "refused": 0, "connects": 0}
         self._closing = threading.Event()
         self._clean_close = True
         self._status_mid: int | None = None
         self._max_packet = 0  # the broker's MQTT 5 Maximum Packet Size (0: no limit announced)
-        self._sender = threading.Thread(target=self._run, name="mqtt-sender", daemon=True)
+        self._thread = threading.Thread(target=self._run, name="mqtt-sender", daemon=True)
         self._started = False
-        self._closed = False
-
-    # ---- set-up ----------------------------------------------------------------------------------------
 
     def _build_client(self) -> PahoClient:
         s = self.settings
@@ -157,165 +124,52 @@ class MqttPublisher:
         return client
 
     def start(self) -> None:
-        """Start connecting (in the background) and sending what the outbox holds."""
-        if self._started:
-            return
+        """Start connecting (in the background) and the sender thread."""
         self._started = True
         s = self.settings
-        waiting = len(self._outbox)
-        log.info(
-            "MQTT: publishing to %s:%d as %r (device %r, MQTT %s, TLS %s); outbox %s holds %d message(s)",
-            s.host,
-            s.effective_port,
-            s.effective_client_id,
-            s.device_id,
-            s.protocol,
-            "on" if s.use_tls else "off",
-            s.outbox.path,
-            waiting,
-        )
-        if s.insecure_skip_verify:
-            log.warning("MQTT: insecure_skip_verify is on: the broker's certificate is NOT verified")
         if self._v5:
             self._client.connect_async(s.host, s.effective_port, s.keepalive_s, clean_start=True)
         else:
             self._client.connect_async(s.host, s.effective_port, s.keepalive_s)
         self._client.loop_start()
-        self._sender.start()
+        self._thread.start()
 
-    def __enter__(self) -> MqttPublisher:
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close(clean=True)
-
-    # ---- what the pipeline calls -----------------------------------------------------------------------
-
-    def publish_detections(self, result: FrameResult, *, kept: bool = False) -> None:
-        """Queue the ``detections`` JSON of one processed frame."""
-        self._store(detections_message(self.topics, result, kept))
-
-    def publish_frame(self, result: FrameResult, annotation: bool = True) -> None:
-        """Queue a kept frame's JPEG (resized to ``frame_max_width_px`` when wider) and, with
-        ``annotation``, its annotation (the detections record for that JPEG). With Home Assistant
-        on, the frame with its boxes drawn also becomes the retained ``image``."""
-        self._store(*self._frame_messages(result, annotation, None, None))
-
-    def publish_result(
-        self,
-        result: FrameResult,
-        *,
-        kept: bool,
-        picture: EncodedImage | None = None,
-        picture_file: Path | None = None,
-    ) -> None:
-        """The ``detections`` of one processed frame and, when ``kept``, its JPEG and annotation,
-        stored in one transaction. ``picture``: the frame as the VoTT stage stored it (reused when it
-        is a JPEG that needs no resize), at ``picture_file`` (the outbox then links to that file)."""
-        messages = [detections_message(self.topics, result, kept)]
-        try:
-            if kept:
-                messages += self._frame_messages(result, True, picture, picture_file)
-        finally:  # a frame that cannot be encoded still has its detections published
-            self._store(*messages)
-
-    def _frame_messages(
-        self, result: FrameResult, annotation: bool, picture: EncodedImage | None, picture_file: Path | None
-    ) -> list[Message]:
-        s = self.settings
-        encoded = published_jpeg(result.frame, picture, s.frame_max_width_px, s.frame_jpeg_quality)
-        on_disk = str(picture_file) if picture_file is not None and encoded is picture else None
-        messages = [frame_message(self.topics, result.frame, encoded, s.frame_expiry_s, on_disk)]
-        if annotation:
-            messages.append(annotation_message(self.topics, result, encoded))
-        if s.home_assistant.enabled:
-            image = annotated_jpeg(result, s.frame_max_width_px, s.frame_jpeg_quality)
-            self._set_latest(self.topics.image, image)
-        return messages
-
-    def publish_alert(self, payload: Mapping[str, Any]) -> None:
-        """Queue an alert (JSON; ``device_id`` and ``timestamp`` added when absent). Alerts are sent
-        before anything else waiting and dropped last. A boolean ``active`` in the payload also sets
-        the retained ``failure`` state (``set_failure``)."""
-        self._store(alert_message(self.topics, payload))
-        active = payload.get("active")
-        if isinstance(active, bool):
-            self.set_failure(active)
-
-    def publish_view(self, payload: Mapping[str, Any]) -> None:
-        """Queue a view event (``view_changed``, ``obstructed``, ``view_restored``) like an alert, and
-        set it as the retained ``view`` state (the Home Assistant "Camera view" sensor)."""
-        message = alert_message(self.topics, payload)  # adds device_id and timestamp when absent
-        self._store(message)
-        self._set_latest(self.topics.view, message.payload)
-
-    def set_failure(self, active: bool) -> None:
-        """Set the retained ``failure`` state (``ON``/``OFF``), the Home Assistant binary sensor."""
-        self._set_latest(self.topics.failure, b"ON" if active else b"OFF")
-
-    def publish_stats(self, stats: Mapping[str, Any]) -> None:
-        """Set the retained ``stats`` JSON: ``stats`` plus ``mqtt`` (this publisher's ``stats()``).
-        Only the latest value is kept; call it every ``pipeline.stats_interval_s``."""
-        self._set_latest(self.topics.stats, stats_payload(self.topics.device_id, stats, self.stats()))
-
-    def stats(self) -> MqttStats:
-        """Connection and outbox figures (``agent.stats.MqttStats``)."""
-        with self._lock:
-            counters = dict(self._counters)
-            out: MqttStats = {
-                "connected": self._link_up,
-                "last_error": self._last_error,
-                "sent": counters["sent"],
-                "acked": counters["acked"],
-                "refused": counters["refused"],
-                "connects": counters["connects"],
-                "store_failed": counters["store_failed"],
-                "outbox": {},
-            }
-        out["outbox"] = self._outbox.stats() if not self._closed else {}
-        return out
-
-    def close(self, clean: bool = True) -> None:
-        """Stop: while connected, spend up to ``close_timeout_s`` sending what the outbox holds, then
-        publish ``stopped`` (``clean``) or ``offline`` and disconnect. What was not acknowledged stays
-        in the outbox for the next start."""
-        if self._closed:
-            return
-        self._clean_close = clean
-        if self._started:
-            self._closing.set()
-            self._wake.set()
-            self._sender.join(self.settings.close_timeout_s + 5.0)
-            self._client.disconnect()
-            stopper = threading.Thread(target=self._client.loop_stop, name="mqtt-stop", daemon=True)
-            stopper.start()
-            # Bounded: paho's thread may sit in a connect attempt; it is a daemon and ends on its own.
-            stopper.join(2.0)
-        self._closed = True
-        self._outbox.close()
-
-    # ---- storing ---------------------------------------------------------------------------------------
-
-    def _store(self, *messages: Message) -> None:
-        if self._closed:
-            raise RuntimeError("MQTT publisher is closed")
-        try:
-            self._outbox.put_many(messages)
-        except Exception as exc:  # a full or failing disk must not stop the pipeline
-            with self._lock:
-                first = self._counters["store_failed"] == 0
-                self._counters["store_failed"] += len(messages)
-            if first:
-                log.error("MQTT outbox %s cannot store messages (%s); they are lost", self._outbox.path, exc)
-            return
+    def wake(self) -> None:
+        """Messages were stored: send them soon."""
         self._wake.set()
 
-    def _set_latest(self, topic: str, payload: bytes) -> None:
+    def set_latest(self, topic: str, payload: bytes) -> None:
+        """Publish ``payload`` retained on ``topic``; only the latest value of a topic is sent."""
         with self._lock:
             self._latest[topic] = payload
             self._latest_dirty.add(topic)
         self._wake.set()
+
+    @property
+    def connected(self) -> bool:
+        """True while the broker has accepted the connection."""
+        return self._link_up
+
+    def counters(self) -> tuple[dict[str, int], str | None]:
+        """Messages ``sent``, ``acked``, ``refused`` and ``connects`` since start, and the last
+        connection problem (None since the last successful connection)."""
+        with self._lock:
+            return dict(self._counters), self._last_error
+
+    def stop(self, clean: bool) -> None:
+        """While connected, spend up to ``close_timeout_s`` sending what the outbox holds, then
+        publish ``stopped`` (``clean``) or ``offline`` and disconnect."""
+        self._clean_close = clean
+        if not self._started:
+            return
+        self._closing.set()
+        self._wake.set()
+        self._thread.join(self.settings.close_timeout_s + 5.0)
+        self._client.disconnect()
+        stopper = threading.Thread(target=self._client.loop_stop, name="mqtt-stop", daemon=True)
+        stopper.start()
+        # Bounded: paho's thread may sit in a connect attempt; it is a daemon and ends on its own.
+        stopper.join(2.0)
 
     # ---- paho callbacks: only enqueue and wake ---------------------------------------------------------
 
