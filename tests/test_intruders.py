@@ -18,14 +18,24 @@ import pytest
 import yaml
 
 from agent.bundled import BUNDLED_MODEL
-from agent.intruders import DEFAULT_AFTER, ReplayLayout, build_replay, find_photos, outcome, skimage_available
+from agent.intruders import (
+    DEFAULT_AFTER,
+    Image,
+    Intrusion,
+    ReplayLayout,
+    load_photos,
+    missing_photos,
+    outcome,
+    sample_frames,
+    write_replay,
+)
 from tests.helpers import run_cli
 
 REPO = Path(__file__).resolve().parent.parent
 PRINTER_CONFIG = REPO / "configs" / "printer-octoprint.yaml"
 DEFAULT_CONFIG = REPO / "configs" / "default.yaml"
 
-# (photo, mode, intruder frames): people, pets and an object, whole view and partly in view
+# (photo, placement, intruder frames): people, pets and an object, whole view and partly in view
 CASES = [
     ("pets", "part", 12),
     ("pets", "whole", 30),
@@ -59,24 +69,26 @@ def replay(tmp_path: Path, config: Path, layout: ReplayLayout) -> tuple[dict[str
     return summary, outcome(layout, records)
 
 
-def photo_image(shared_dir: Path, name: str) -> Any:
-    if name in {"astronaut", "chelsea", "coffee", "rocket"} and not skimage_available():
-        pytest.skip("scikit-image (the test extra) is not installed: its bundled photos are missing")
-    (photo,) = [p for p in find_photos(shared_dir) if p.name == name]
-    return photo.load()
+def photos(shared_dir: Path, name: str) -> dict[str, Image]:
+    """The photo ``name`` by name; skips, saying why, when it cannot be loaded here."""
+    reason = missing_photos(shared_dir, [name])
+    if reason:
+        pytest.skip(reason)
+    return load_photos(shared_dir, [name])
 
 
 @pytest.mark.parametrize("model", ["print3d", "bundled"])
-@pytest.mark.parametrize(("photo", "mode", "frames"), CASES)
+@pytest.mark.parametrize(("photo", "placement", "frames"), CASES)
 def test_a_photo_in_view_never_warns_or_acts(
-    shared_dir: Path, tmp_path: Path, model: str, photo: str, mode: str, frames: int
+    shared_dir: Path, tmp_path: Path, model: str, photo: str, placement: str, frames: int
 ) -> None:
     path = (
         BUNDLED_MODEL
         if model == "bundled"
         else shared_dir / "models/print3d/print3d_2020-10-23_ssd_uint8.tflite"
     )
-    layout = build_replay(tmp_path / "replay", photo_image(shared_dir, photo), mode, frames)  # type: ignore[arg-type]
+    intrusion = Intrusion(photo, placement, frames)
+    layout = write_replay(tmp_path / "replay", photos(shared_dir, photo), [intrusion])
     assert layout.kinds.count("intruder") == frames and "failure" not in layout.kinds
     summary, result = replay(tmp_path, config_file(tmp_path, path, PRINTER_CONFIG), layout)
     assert (summary["events"]["warn"], summary["events"]["act"]) == (0, 0), result.cell()
@@ -93,7 +105,7 @@ def test_the_same_replay_alerts_on_the_real_failure(shared_dir: Path, tmp_path: 
         if model == "bundled"
         else shared_dir / "models/print3d/print3d_2020-10-23_ssd_uint8.tflite"
     )
-    control = build_replay(tmp_path / "control", None, "whole", 0, through_failure=True)
+    control = write_replay(tmp_path / "control", {}, last=len(sample_frames()[0]))
     _, result = replay(tmp_path, config_file(tmp_path, path, DEFAULT_CONFIG), control)
     assert (result.warn, result.act) == (0, 0), result.cell()
     assert result.failure_warn is not None and result.failure_act is not None, result

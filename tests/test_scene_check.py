@@ -1,12 +1,12 @@
 """Scene-aware alerts through the CLI: people, pets and things in front of the camera never warn or
 act, and say ``view_changed`` / ``obstructed``; the real failure still alerts where it did.
 
-Intruder recordings (tests/intruders.py) are the bundled sample print (healthy frames 1-47, then
+Intruder replays (agent/intruders.py) are the bundled sample print (healthy frames 1-47, then
 spaghetti) with real photos (../shared/models/images and scikit-image's bundled photos) inserted
 into its healthy part, replayed with ``edge-agent replay --json`` and run with ``edge-agent run``,
 with the bundled model and with Print Nanny's print3d model from ../shared, under the bundled
 default config and the OctoPrint example config's thresholds. The whole grid of photos, placements
-and lengths is measured by scripts/scene_check_table.py (docs/printer-alerts.md has the table).
+and lengths is measured by scripts/intruder_replay.py (docs/printer-alerts.md has the table).
 """
 
 from __future__ import annotations
@@ -19,28 +19,31 @@ import pytest
 import yaml
 
 from agent.config import load_config
+from agent.intruders import Image, Intrusion, load_photos, missing_photos, sample_frames, write_replay
 from tests.helpers import REPO, run_cli
-from tests.intruders import FAILURE_FRAME, Intrusion, load_photos, write_recording
 from tests.mosquitto import MessageCollector, mosquitto  # noqa: F401 (fixture)
 
 BUNDLED = REPO / "agent" / "data" / "print3d_guidance.tflite"
 PRINT3D = "models/print3d/print3d_2020-10-23_ssd_uint8.tflite"
+FAILURE_FRAME = sample_frames()[1]  # the sample's first failed frame (48)
 # Seven photos, 1 to 30 frames, in the healthy part after both configs' startup grace (the printer
 # config waits 30 samples). An event is expected for every intrusion of 3 frames or more.
 INTRUSIONS = (
-    Intrusion("pets", "whole", 30, 31),
+    Intrusion("pets", "whole_stretched", 30, 31),
     Intrusion("grace_hopper", "over_print", 10, 33),
     Intrusion("astronaut", "bottom", 3, 35),
-    Intrusion("kite", "corner", 5, 38),
+    Intrusion("kite_and_cold", "corner", 5, 38),
     Intrusion("chelsea", "side", 2, 40),
-    Intrusion("coffee", "whole", 1, 42),
+    Intrusion("coffee", "whole_stretched", 1, 42),
     Intrusion("rocket", "over_print", 30, 44),
 )
 
 
 @pytest.fixture(scope="module")
-def photos(shared_dir: Path) -> dict[str, Any]:
-    pytest.importorskip("skimage", reason="scikit-image (the test extra) holds five of the photos")
+def photos(shared_dir: Path) -> dict[str, Image]:
+    reason = missing_photos(shared_dir)
+    if reason:
+        pytest.skip(reason)
     return load_photos(shared_dir)
 
 
@@ -69,13 +72,13 @@ def events_by_frame(records: list[dict[str, Any]], shows: dict[str, str]) -> lis
 @pytest.mark.parametrize("config", ["default", "printer"])
 @pytest.mark.parametrize("model_name", ["bundled", "print3d"])
 def test_intruders_never_warn_or_act_and_the_failure_still_does(
-    tmp_path: Path, shared_dir: Path, photos: dict[str, Any], model_name: str, config: str
+    tmp_path: Path, shared_dir: Path, photos: dict[str, Image], model_name: str, config: str
 ) -> None:
     model = BUNDLED if model_name == "bundled" else shared_dir / PRINT3D
     settings = replay_config(tmp_path, model, config)
-    plain = write_recording(tmp_path / "plain", photos, [], last=60)
+    plain = write_replay(tmp_path / "plain", photos, last=60).shows
     baseline = [e for e in events_by_frame(replay(settings, tmp_path / "plain")[0], plain) if e[1] != "clear"]
-    shows = write_recording(tmp_path / "intruders", photos, INTRUSIONS, last=60)
+    shows = write_replay(tmp_path / "intruders", photos, INTRUSIONS, last=60).shows
     records, summary = replay(settings, tmp_path / "intruders")
 
     events = events_by_frame(records, shows)
@@ -92,7 +95,7 @@ def test_intruders_never_warn_or_act_and_the_failure_still_does(
         reported = [(what, kind) for what, kind in events if what.startswith(prefix)]
         if intrusion.frames >= 3:
             assert reported == [
-                (f"{prefix}3", "view_changed" if intrusion.placement == "whole" else "obstructed")
+                (f"{prefix}3", "view_changed" if intrusion.placement == "whole_stretched" else "obstructed")
             ]
         else:
             assert reported == []
@@ -135,11 +138,12 @@ def test_the_real_print3d_frames_alert_as_without_the_check(
 def test_view_events_reach_the_broker_and_home_assistant(
     mosquitto,  # noqa: F811
     tmp_path: Path,
-    photos: dict[str, Any],
+    photos: dict[str, Image],
 ) -> None:
     broker = mosquitto()
     device = "scene-dev"
-    shows = write_recording(tmp_path / "frames", photos, [Intrusion("pets", "whole", 4, 20)], last=55)
+    intrusion = Intrusion("pets", "whole_stretched", 4, 20)
+    shows = write_replay(tmp_path / "frames", photos, [intrusion], last=55).shows
     config = tmp_path / "agent.yaml"
     config.write_text(
         yaml.safe_dump(
@@ -169,7 +173,7 @@ def test_view_events_reach_the_broker_and_home_assistant(
     alerts = [json.loads(m.payload) for m in collector.on_topic(f"edge-agent/{device}/alerts")]
     assert [a["level"] for a in alerts] == ["view_changed", "view_restored", "warn", "act"]
     changed, restored = alerts[0], alerts[1]
-    assert shows[changed["frame_id"].removeprefix("cam_")] == "pets/whole/3"
+    assert shows[changed["frame_id"].removeprefix("cam_")] == "pets/whole_stretched/3"
     assert changed["blocked"] is True and changed["samples"] == 3 and changed["action"] == "none"
     assert "active" not in changed, "a view event leaves the failure sensor alone"
     assert restored["blocked"] is False and restored["samples"] == 4
