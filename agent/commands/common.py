@@ -93,7 +93,12 @@ def source_settings(url: str) -> SourceSettings:
         raise ConfigError(f"SOURCE {url!r}: {reasons}") from None
 
 
+_demo_noted: set[Path] = set()
+
+
 def note_demo_model(detector: Detector) -> None:
-    """Say on stderr when the model is the bundled DEMO model, with the command for the real one."""
-    if detector.demo_notice:
+    """Say on stderr when the model is the bundled DEMO model, with the command for the real one;
+    once per process (a script replaying many recordings says it once)."""
+    if detector.demo_notice and detector.spec.path not in _demo_noted:
+        _demo_noted.add(detector.spec.path)
         print(f"edge-agent: note: {detector.name} is a {detector.demo_notice}", file=sys.stderr)
