@@ -21,7 +21,9 @@ is not something in the way: the colours inside the print's boxes (``filament_la
 as the filament's palette, and such pixels do not count as foreign.
 
 Frames judged ``view_changed`` or ``obstructed`` do not feed the smoothing and teach the reference
-nothing. A view that stays different for ``relearn_after_samples`` while the model sees the
+nothing. Something that came in slowly through the moving part of the scene may be partly learnt
+before it is judged in the way, so a blocked frame is also compared with copies of the scene kept
+every few samples: when it matches one, the check goes back to that copy (the pet has left). A view that stays different for ``relearn_after_samples`` while the model sees the
 printer's parts in it is learnt as the new scene (a camera moved on purpose). The check is pure: no
 threads, no I/O; ``reset()`` at a new print and after a resume.
 """
@@ -52,6 +54,8 @@ NEAR_SHARE = 0.5  # a failure box counts when this share of it lies near the pri
 MIN_MARGIN = 0.15  # the print's area is widened by at least this share of the frame (a nozzle alone is small)
 PALETTE_BIN = 16  # Lab levels per palette bin: 16 x 16 x 16 bins
 PALETTE_MIN_SHARE = 0.02  # a colour joins the filament palette at this share of a print box's pixels
+SNAPSHOT_EVERY = 5  # accepted samples between two kept copies of the learnt scene
+SNAPSHOTS = 8  # copies kept: the scene as it was up to 40 accepted samples ago
 _KERNEL = np.ones((3, 3), np.uint8)
 
 
@@ -144,6 +148,10 @@ class SceneCheck:
         self._recent: deque[Detections] = deque(maxlen=CONTEXT_MEMORY)
         self._zone: NDArray[np.float32] | None = None  # x1, y1, x2, y2 in frame pixels
         self._palette = np.zeros((256 // PALETTE_BIN,) * 3, dtype=bool)  # Lab bins of the filament
+        # Earlier copies of (reference, activity): something that came in slowly through the moving
+        # part of the scene (a pet settling by the print) is partly learnt before it is judged in the
+        # way; when it leaves, the view matches an earlier copy again, not the learnt one.
+        self._snapshots: deque[tuple[NDArray[np.float32], NDArray[np.float32]]] = deque(maxlen=SNAPSHOTS)
 
     @property
     def zone(self) -> tuple[float, float, float, float] | None:
@@ -181,6 +189,11 @@ class SceneCheck:
             )
             self._learn(picture, diff, near, frame_size, ~suspect)
             return verdict
+        restored = self._earlier_scene_matching(picture, context, frame_size)
+        if restored is not None:
+            self._blocked = 0
+            self._learn(picture, restored[1], context, frame_size, ~restored[2])
+            return restored[0]
         self._blocked += 1
         if self._blocked >= s.relearn_after_samples and len(context):
             blocked = self._blocked
@@ -207,6 +220,26 @@ class SceneCheck:
         return detections.select(_overlap_share(detections.xyxy, widened) >= NEAR_SHARE)
 
     # -- inside --------------------------------------------------------------------------------
+
+    def _earlier_scene_matching(
+        self, picture: NDArray[np.float32], context: Detections, frame_size: tuple[int, int]
+    ) -> tuple[SceneVerdict, NDArray[np.float32], NDArray[np.bool_]] | None:
+        """When ``picture`` counts against a kept earlier copy of the scene (newest first), go back to
+        that copy; its verdict, the picture's difference and the suspect pixels. None otherwise."""
+        current = (self._reference, self._activity)
+        for index in range(len(self._snapshots) - 1, -1, -1):
+            self._reference, self._activity = (a.copy() for a in self._snapshots[index])
+            diff = colour_distance(self._brightness_matched(picture), self._reference)
+            verdict, suspect = self._verdict(
+                diff > self.settings.pixel_threshold, picture, context, frame_size
+            )
+            if verdict.counts:
+                for _ in range(len(self._snapshots) - index - 1):
+                    self._snapshots.pop()
+                why = "the view matches the scene as it was before something came in"
+                return replace(verdict, reason=why), diff, suspect
+        self._reference, self._activity = current
+        return None
 
     def _context_of(self, detections: Detections) -> Detections:
         keep = np.isin(detections.class_id, self._context_ids) & (
@@ -245,6 +278,8 @@ class SceneCheck:
             self._reference[mask] += REFERENCE_ALPHA * (picture[mask] - self._reference[mask])
             self._activity[mask] = np.maximum(self._activity[mask] * ACTIVITY_DECAY, diff[mask])
         self._learnt += 1
+        if self._learnt >= self.settings.learn_samples and self._learnt % SNAPSHOT_EVERY == 0:
+            self._snapshots.append((self._reference.copy(), self._activity.copy()))
         self._learn_palette(picture, context, frame_size)
         if len(context):
             self._recent.append(context)
