@@ -68,10 +68,8 @@ def denormalize_xyxy(boxes: ArrayLike, width: float, height: float) -> FloatArra
 
 def clip_xyxy(boxes: ArrayLike, width: float, height: float) -> FloatArray:
     """Clip pixel corners to the image ``[0, width] x [0, height]``."""
-    b = as_boxes(boxes).copy()
-    b[:, [0, 2]] = np.clip(b[:, [0, 2]], 0.0, width)
-    b[:, [1, 3]] = np.clip(b[:, [1, 3]], 0.0, height)
-    return b
+    limits = np.array([width, height, width, height], dtype=np.float32)
+    return np.clip(as_boxes(boxes), np.float32(0.0), limits)
 
 
 def area(boxes: ArrayLike) -> FloatArray:

@@ -41,6 +41,7 @@ class Frame:
     origin: str | None = None  # the file path, or the redacted URL, the frame came from
     full_size: tuple[int, int] | None = None  # (width, height) when ``image`` is reduced
     resume_point: ResumePoint | None = None  # file sources: where a restart continues after this frame
+    _frame_id: str | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def width(self) -> int:
@@ -55,7 +56,9 @@ class Frame:
     @property
     def frame_id(self) -> str:
         """Identifier unique per device and stable for the same input: ``<source>_<name>``."""
-        return safe_name(f"{self.source_id}_{self.name}", max_len=160)
+        if self._frame_id is None:  # asked for several times a frame by the output stages
+            self._frame_id = safe_name(f"{self.source_id}_{self.name}", max_len=160)
+        return self._frame_id
 
 
 def live_frame_name(timestamp: float, sequence: int) -> str:

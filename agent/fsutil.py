@@ -20,12 +20,13 @@ log = logging.getLogger(__name__)
 _temp_names = itertools.count()  # next() on it is atomic under the GIL: safe from any thread
 
 
-def create_temp(target: Path) -> tuple[int, str]:
+def create_temp(target: str | os.PathLike[str]) -> tuple[int, str]:
     """A new ``.<name>.<pid>-<n>.tmp`` beside ``target``, open for writing, with an ordinary file's
     permissions (0666 less the umask, as ``open()`` gives; ``mkstemp`` would give 0600, which hides
     kept frames and exports from a reviewer's sync or share running as another user)."""
+    folder, name = os.path.split(os.fspath(target))
     while True:
-        tmp = f"{target.parent}/.{target.name}.{os.getpid()}-{next(_temp_names)}.tmp"
+        tmp = f"{folder or '.'}/.{name}.{os.getpid()}-{next(_temp_names)}.tmp"
         try:
             return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666), tmp
         except FileExistsError:  # left by an earlier process with the same pid
@@ -38,7 +39,7 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, *, fsync: bool
     ``fsync`` flushes the file to the device before the rename (and the folder after it);
     turn it off only for files that are cheap to regenerate.
     """
-    target = Path(path)
+    target = os.fspath(path)  # strings, not Paths: a few microseconds a file
     fd, tmp = create_temp(target)
     try:
         try:
@@ -55,7 +56,7 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, *, fsync: bool
             os.unlink(tmp)
         raise
     if fsync:
-        fsync_dir(target.parent)
+        fsync_dir(os.path.dirname(target) or ".")
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str, *, fsync: bool = True) -> None:

@@ -3,6 +3,7 @@ boxes back from regions (``../shared/vott/SPEC.md`` §3)."""
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -25,7 +26,18 @@ _COORD_DECIMALS = 2  # region coordinates are written to 1/100 pixel
 
 def _js_num(value: float) -> int | float:
     """A number as JSON should show it: integral values without ``.0``."""
-    return int(value) if float(value).is_integer() else float(value)
+    number = float(value)
+    return int(number) if number.is_integer() else number
+
+
+@functools.lru_cache(maxsize=256)
+def _asset_identity(reviewer_path: str) -> tuple[str, str, str, str, int]:
+    """``format``, ``id``, ``name``, ``path`` and ``type`` of the asset at ``reviewer_path`` (the
+    same file is seen again as its asset is written and published: computed once)."""
+    name = asset_name(reviewer_path)
+    fmt = asset_format(name)
+    kind = 1 if fmt.lower() in IMAGE_FORMATS or fmt.lower() in ("tif", "tiff") else 0
+    return fmt, asset_id(reviewer_path), name, file_uri(reviewer_path), kind
 
 
 def make_asset(
@@ -33,18 +45,9 @@ def make_asset(
 ) -> dict[str, Any]:
     """VoTT ``IAsset`` for an image at the reviewer-side ``reviewer_path`` (native, absolute);
     ``width``/``height`` in pixels (None when unknown: VoTT measures it), ``state`` 0/1/2."""
-    name = asset_name(reviewer_path)
-    fmt = asset_format(name)
+    fmt, aid, name, path, kind = _asset_identity(reviewer_path)
     size = {"width": int(width), "height": int(height)} if width and height else None
-    return {
-        "format": fmt,
-        "id": asset_id(reviewer_path),
-        "name": name,
-        "path": file_uri(reviewer_path),
-        "size": size,
-        "state": state,
-        "type": 1 if fmt.lower() in IMAGE_FORMATS or fmt.lower() in ("tif", "tiff") else 0,
-    }
+    return {"format": fmt, "id": aid, "name": name, "path": path, "size": size, "state": state, "type": kind}
 
 
 def make_regions(
@@ -64,9 +67,10 @@ def make_regions(
             "dropped %d box(es) with no area inside the %dx%d image", len(boxes) - len(keep), width, height
         )
     regions = []
+    corner_rows, ltwh_rows = boxes.tolist(), ltwh.tolist()  # one conversion, not one per box
     for i in keep.tolist():
-        x1, y1, x2, y2 = (_js_num(v) for v in boxes[i].tolist())
-        left, top, w, h = (_js_num(v) for v in ltwh[i].tolist())
+        x1, y1, x2, y2 = map(_js_num, corner_rows[i])
+        left, top, w, h = map(_js_num, ltwh_rows[i])
         regions.append(
             {
                 "id": short_id(f"{id_seed}/{i}"),

@@ -10,6 +10,7 @@ letter or ``\\\\server``).
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import ntpath
 import os
@@ -83,6 +84,7 @@ def native_path_from_uri(uri: str) -> str:
     return rest
 
 
+@functools.lru_cache(maxsize=256)  # a frame's id is asked for several times as it is written
 def asset_id(native_path: str) -> str:
     """VoTT 2.2.0 asset id of the file at the reviewer-side ``native_path``: md5 of its ``file_uri``."""
     return hashlib.md5(file_uri(native_path).encode("utf-8")).hexdigest()

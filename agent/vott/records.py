@@ -65,6 +65,7 @@ class AgentRecords:
         self.folder = target_dir / SCORES_DIR
         self.state_folder = target_dir / STATE_DIR
         self.fsync = fsync
+        self._folder_made = False
 
     def sidecar(self, aid: str) -> Path:
         """Path of asset ``aid``'s scores sidecar."""
@@ -79,8 +80,14 @@ class AgentRecords:
 
     def write_sidecar(self, aid: str, record: dict[str, Any], *, fsync: bool) -> None:
         """Write asset ``aid``'s sidecar (scores, model, time and ``asset_sha256``) atomically."""
-        self.folder.mkdir(exist_ok=True)
-        atomic_write_json(self.sidecar(aid), record, indent=None, fsync=fsync)
+        if not self._folder_made:
+            self.folder.mkdir(exist_ok=True)
+            self._folder_made = True
+        try:
+            atomic_write_json(self.sidecar(aid), record, indent=None, fsync=fsync)
+        except FileNotFoundError:  # the folder was removed while running
+            self.folder.mkdir(exist_ok=True)
+            atomic_write_json(self.sidecar(aid), record, indent=None, fsync=fsync)
 
     def forget(self, aid: str) -> None:
         """Remove asset ``aid``'s sidecar."""

@@ -21,6 +21,7 @@ leaves asset files the project file does not list yet; opening the project again
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -55,6 +56,7 @@ from agent.vott.records import AgentRecords, file_sha256_or_none, sha256_hex, si
 log = logging.getLogger(__name__)
 
 _LOGGED_SKIPS = 10  # frames kept as the reviewer saved them that are logged one by one
+_CHECKED_NEW_S = 1.0  # how long a frame found new stays new without another look at the disk
 
 
 class WriteOutcome(StrEnum):
@@ -126,6 +128,9 @@ class VottProject:
         self._reviewer_owned: set[str] = set()
         self._saved_sha256: str | None = None
         self._kept_logged = 0
+        # the asset id ``_reviewed`` last found new (no entry, no file) and when (monotonic s): the
+        # stage asks, then writes the same frame, which then needs no second look at the disk
+        self._checked_new: tuple[str, float] | None = None
         root = (
             local_root if local_root is not None else os.path.commonpath([self.target_dir, self.frames_dir])
         )
@@ -225,6 +230,10 @@ class VottProject:
     # ---- frames -------------------------------------------------------------------------------
     def reviewer_path(self, image_path: str | os.PathLike[str]) -> str:
         """The reviewer-side native path of a frame (which must sit directly in ``frames_dir``)."""
+        return self._reviewer_path(os.fspath(image_path))
+
+    @functools.lru_cache(maxsize=64)  # noqa: B019 - one project a process, a frame asked for 3-4 times
+    def _reviewer_path(self, image_path: str) -> str:
         return reviewer_frame_path(
             Path(os.path.abspath(image_path)), self.frames_dir, self.reviewer_frames_dir, self.mapping.windows
         )
@@ -253,13 +262,20 @@ class VottProject:
             entry = self._data["assets"].get(aid)
             if isinstance(entry, dict) and entry.get("state") != 2:
                 return self._claim(aid)  # visited or emptied in VoTT: the agent only writes Tagged
+            if entry is None and self._new_just_now(aid):
+                return False  # looked at just before (the stage asks, then writes)
             asset_file = self.asset_file(aid)
             if entry is None and not asset_file.exists():
+                self._checked_new = (aid, time.monotonic())
                 return False  # a new frame
             written = self.records.written_asset_sha256(aid)
             if written is None or file_sha256_or_none(asset_file) != written:
                 return self._claim(aid)  # rewritten or deleted by VoTT, or never the agent's
             return False
+
+    def _new_just_now(self, aid: str) -> bool:
+        checked = self._checked_new
+        return checked is not None and checked[0] == aid and time.monotonic() - checked[1] < _CHECKED_NEW_S
 
     def _claim(self, aid: str) -> bool:
         self._reviewer_owned.add(aid)
@@ -295,7 +311,9 @@ class VottProject:
                 None, WriteOutcome.REMOVED if self.remove_frame(image_path) else WriteOutcome.NO_DETECTIONS
             )
         with self._lock:
-            known = aid in self._data["assets"] or self.asset_file(aid).exists()
+            checked_new = self._new_just_now(aid)
+            self._checked_new = None
+            known = aid in self._data["assets"] or (not checked_new and self.asset_file(aid).exists())
             for tag in dict.fromkeys(t for r in meta["regions"] for t in r["tags"]):
                 self._ensure_tag(tag)
             # compact JSON (VoTT reads it; its own 4-space indent needs the slow pure-Python encoder)
@@ -340,6 +358,7 @@ class VottProject:
         if self._reviewed(aid):
             return False
         with self._lock:
+            self._checked_new = None
             found = self._data["assets"].pop(aid, None) is not None
             for path in (self.asset_file(aid), self.scores_file(aid)):
                 try:
