@@ -65,6 +65,13 @@ def quantization_lut(mean: NDArray[np.float64], std: NDArray[np.float64], scale:
     return (q & 0xFF).astype(np.uint8)
 
 
+def _into(target: NDArray[np.uint8], result: NDArray[np.uint8]) -> None:
+    """Copy an OpenCV result into ``target`` when OpenCV allocated instead of writing there (a
+    layout or dtype it does not write into in place)."""
+    if result is not target:
+        target[:] = result
+
+
 def _pure_offset(lut: NDArray[np.uint8]) -> np.uint8 | None:
     """``k`` when every channel's table maps ``p`` to ``(p + k) mod 256`` (no clipping), else None."""
     k = int(lut[0, 0])
@@ -101,8 +108,10 @@ class Preprocessor:
         self.dtype = np.dtype(input_dtype)
         self.letterbox = letterbox
         self.rgb = rgb
+        # one frame-sized buffer: the resized frame is turned to RGB and quantised in place (the
+        # padding already holds its final value), so a 640x640 model needs 1.2 MB, not 3.6
         self._canvas = np.full((self.in_h, self.in_w, 3), PAD_VALUE, dtype=np.uint8)
-        self._color = np.empty_like(self._canvas)
+        self._pad = np.full(3, PAD_VALUE, dtype=np.uint8)  # the padding as it ends up in the canvas
         self._geometry: tuple[int, int, InputTransform, tuple[int, int, int, int]] | None = None
         self._lut: NDArray[np.uint8] | None = None
         self._lut_offset: np.uint8 | None = None
@@ -118,8 +127,9 @@ class Preprocessor:
             if not scale:
                 raise ValueError("quantised model input without a scale")
             self._lut = quantization_lut(self._mean, self._std, scale, zero_point, self.dtype)
-            self._quantized = np.empty_like(self._canvas)
             self._lut_offset = _pure_offset(self._lut)
+            self._pad = self._lut[:, PAD_VALUE].copy()  # channel c of the input is table c
+            self._canvas[:] = self._pad
             # cv2.LUT wants one table for all channels ([256]) or one per channel ([1, 256, 3])
             same = bool((self._lut == self._lut[0]).all())
             self._cv_lut = (
@@ -136,7 +146,7 @@ class Preprocessor:
             new_w, new_h, top, _, left, _ = letterbox_geometry(width, height, self.in_w, self.in_h)
             transform = InputTransform(new_w / width, new_h / height, left, top, width, height)
             region = (top, left, new_h, new_w)
-            self._canvas[:] = PAD_VALUE
+            self._canvas[:] = self._pad
         else:
             transform = InputTransform(self.in_w / width, self.in_h / height, 0.0, 0.0, width, height)
             region = (0, 0, self.in_h, self.in_w)
@@ -155,23 +165,18 @@ class Preprocessor:
             target[:] = image
         else:
             # straight into the canvas (a strided view is fine): no temporary frame-sized array
-            resized = cv2.resize(image, (new_w, new_h), dst=target, interpolation=cv2.INTER_LINEAR)
-            if resized is not target:  # OpenCV allocated instead (an unexpected dtype or layout)
-                target[:] = resized
-        pixels = self._canvas
-        if self.rgb:
-            cv2.cvtColor(self._canvas, cv2.COLOR_BGR2RGB, dst=self._color)
-            pixels = self._color
+            _into(target, cv2.resize(image, (new_w, new_h), dst=target, interpolation=cv2.INTER_LINEAR))
+        if self.rgb:  # in place, on the frame's part only: the grey padding reads the same either way
+            _into(target, cv2.cvtColor(target, cv2.COLOR_BGR2RGB, dst=target))
+        out: NDArray[np.generic] = self._canvas
         if self._lut is not None:
             if self._lut_offset is not None:
-                np.add(pixels, self._lut_offset, out=self._quantized)
+                np.add(target, self._lut_offset, out=target)
             else:
-                cv2.LUT(pixels, self._cv_lut, dst=self._quantized)
-            out: NDArray[np.generic] = self._quantized.view(self.dtype)
+                _into(target, cv2.LUT(target, self._cv_lut, dst=target))
+            out = self._canvas.view(self.dtype)
         elif self._float is not None:
-            np.subtract(pixels, self._mean.astype(np.float32), out=self._float)
+            np.subtract(self._canvas, self._mean.astype(np.float32), out=self._float)
             np.divide(self._float, self._std.astype(np.float32), out=self._float)
             out = self._float
-        else:
-            out = pixels
         return out[None], transform
