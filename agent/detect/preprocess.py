@@ -12,6 +12,7 @@ from frame to frame.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import cv2
 import numpy as np
@@ -65,7 +66,7 @@ def quantization_lut(mean: NDArray[np.float64], std: NDArray[np.float64], scale:
     return (q & 0xFF).astype(np.uint8)
 
 
-def _into(target: NDArray[np.uint8], result: NDArray[np.uint8]) -> None:
+def _into(target: NDArray[np.uint8], result: NDArray[Any]) -> None:
     """Copy an OpenCV result into ``target`` when OpenCV allocated instead of writing there (a
     layout or dtype it does not write into in place)."""
     if result is not target:
