@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import functools
 import hashlib
 import itertools
@@ -11,6 +12,7 @@ import json
 import logging
 import os
 import re
+import stat
 import time
 from pathlib import Path
 from typing import Any
@@ -57,6 +59,64 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, *, fsync: bool
         raise
     if fsync:
         fsync_dir(os.path.dirname(target) or ".")
+
+
+_LASTING_LINK_ERRORS = (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EACCES)
+
+
+class LinkRefused(Exception):
+    """A hard link cannot be made here for a reason that will not go away (another file system,
+    no permission, links unsupported): stop trying."""
+
+
+def atomic_link(
+    source: str | os.PathLike[str],
+    path: str | os.PathLike[str],
+    *,
+    size: int,
+    mtime_ns: int,
+    fsync: bool = True,
+) -> bool:
+    """Make ``path`` a hard link to ``source``, atomically (a temp link renamed into place), when
+    ``source`` is still the file it was (``size`` bytes, modified at ``mtime_ns``) and others may
+    read it as they may read the files written here; True when done. False (nothing changed) when
+    the file is not the same or not readable by group and others; ``LinkRefused`` for a lasting
+    reason. ``fsync`` as for ``atomic_write_bytes``."""
+    target = os.fspath(path)
+    folder, name = os.path.split(target)
+    while True:
+        tmp = f"{folder or '.'}/.{name}.{os.getpid()}-{next(_temp_names)}.tmp"
+        try:
+            os.link(source, tmp)
+            break
+        except FileExistsError:  # left by an earlier process with the same pid
+            continue
+        except FileNotFoundError:
+            return False
+        except OSError as exc:
+            if exc.errno in _LASTING_LINK_ERRORS:
+                raise LinkRefused(exc.strerror or str(exc)) from None
+            raise
+    try:
+        st = os.stat(tmp)
+        readable = st.st_mode & (stat.S_IRGRP | stat.S_IROTH) == stat.S_IRGRP | stat.S_IROTH
+        if not (st.st_size == size and st.st_mtime_ns == mtime_ns and readable):
+            os.unlink(tmp)
+            return False
+        if fsync:
+            fd = os.open(tmp, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    if fsync:
+        fsync_dir(folder or ".")
+    return True
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str, *, fsync: bool = True) -> None:

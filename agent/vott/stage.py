@@ -20,13 +20,16 @@ from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agent.encode import EncodedImage, stored_image
 from agent.flow import EventBus, Outputs, Stage
 from agent.frames import Frame, FrameResult
 from agent.harvest.decision import EvictionDone, FrameEvicted, KeepDecision
 from agent.vott.writer import AssetWrite, VottProject, WriteOutcome
+
+if TYPE_CHECKING:
+    from agent.sources.resume import FileMark
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +95,7 @@ class VottStage(Stage):
                 self.counts[WriteOutcome.KEPT_REVIEWED] += 1
                 reviewed = AssetWrite(self.project.asset_id_for(path), WriteOutcome.KEPT_REVIEWED)
                 return StoredFrame(path, image, reviewed)
-            self.project.write_frame(path, image.data)
+            self.project.write_frame(path, image.data, same_as=_source_file(frame, image))
             self.counts["frames_written"] += 1
         asset = self.project.add_frame(
             path, frame.width, frame.height, result.detections, model=result.model, timestamp=frame.timestamp
@@ -137,3 +140,14 @@ class VottStage(Stage):
     def stats(self) -> Mapping[str, Any]:
         """Frames written and what happened to their assets, project name."""
         return {"project": self.project.name, **{str(k): v for k, v in sorted(self.counts.items())}}
+
+
+def _source_file(frame: Frame, image: EncodedImage) -> tuple[Path, FileMark] | None:
+    """The file a frame's stored bytes are, unchanged (a folder's image, as the source read it),
+    for a hard link instead of a copy: no second write of the same bytes (the kernel's work of
+    creating a 150 kB file, and the SD card's); None for any other frame."""
+    point = frame.resume_point
+    if image.data is not frame.encoded or point is None or point.frame_index or frame.origin is None:
+        return None
+    origin = Path(frame.origin)
+    return (origin, point.file) if origin.name == point.file.name else None

@@ -34,12 +34,12 @@ from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agent.config.output import DEFAULT_SECURITY_TOKEN
 from agent.detections import Detections
 from agent.errors import ConfigError, UserError
-from agent.fsutil import GroupSync, atomic_write_bytes, remove_stale_temp_files
+from agent.fsutil import GroupSync, LinkRefused, atomic_link, atomic_write_bytes, remove_stale_temp_files
 from agent.vott.asset import VOTT_VERSION, asset_metadata, scored_regions
 from agent.vott.paths import PathMapping, asset_id, reviewer_frame_path
 from agent.vott.project_file import (
@@ -52,6 +52,9 @@ from agent.vott.project_file import (
     reconcile,
 )
 from agent.vott.records import AgentRecords, file_sha256_or_none, sha256_hex, sidecar_record
+
+if TYPE_CHECKING:
+    from agent.sources.resume import FileMark
 
 log = logging.getLogger(__name__)
 
@@ -131,6 +134,7 @@ class VottProject:
         # the asset id ``_reviewed`` last found new (no entry, no file) and when (monotonic s): the
         # stage asks, then writes the same frame, which then needs no second look at the disk
         self._checked_new: tuple[str, float] | None = None
+        self._link_frames = True  # False once a frame could not be linked to its source file
         root = (
             local_root if local_root is not None else os.path.commonpath([self.target_dir, self.frames_dir])
         )
@@ -375,10 +379,27 @@ class VottProject:
                 self._changed()
         return found
 
-    def write_frame(self, path: str | os.PathLike[str], data: bytes) -> None:
-        """Write a frame's image file atomically, flushed to the device like the asset files."""
+    def write_frame(
+        self, path: str | os.PathLike[str], data: bytes, *, same_as: tuple[Path, FileMark] | None = None
+    ) -> None:
+        """Write a frame's image file atomically, flushed to the device like the asset files.
+        ``same_as``: a file holding exactly ``data`` (and its mark when it was read): the frame
+        becomes a hard link to it when that file is unchanged and on the same file system."""
+        if same_as is not None and self._link_frames and self._link(path, *same_as):
+            return
         atomic_write_bytes(path, data, fsync=self._fsync_each)
         self._wrote()
+
+    def _link(self, path: str | os.PathLike[str], source: Path, mark: FileMark) -> bool:
+        try:
+            linked = atomic_link(source, path, size=mark.size, mtime_ns=mark.mtime_ns, fsync=self._fsync_each)
+        except (LinkRefused, OSError) as exc:
+            self._link_frames = False
+            log.info("kept frames are copied, not linked to their source files (%s: %s)", source, exc)
+            return False
+        if linked:
+            self._wrote()
+        return linked
 
     # ---- saving -------------------------------------------------------------------------------
     def _note_change(self) -> None:
