@@ -14,6 +14,7 @@ import os
 import re
 import stat
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,17 +23,36 @@ log = logging.getLogger(__name__)
 _temp_names = itertools.count()  # next() on it is atomic under the GIL: safe from any thread
 
 
+def _temp_name(target: str) -> str:
+    folder, name = os.path.split(target)
+    return f"{folder or '.'}/.{name}.{os.getpid()}-{next(_temp_names)}.tmp"
+
+
 def create_temp(target: str | os.PathLike[str]) -> tuple[int, str]:
     """A new ``.<name>.<pid>-<n>.tmp`` beside ``target``, open for writing, with an ordinary file's
     permissions (0666 less the umask, as ``open()`` gives; ``mkstemp`` would give 0600, which hides
     kept frames and exports from a reviewer's sync or share running as another user)."""
-    folder, name = os.path.split(os.fspath(target))
     while True:
-        tmp = f"{folder or '.'}/.{name}.{os.getpid()}-{next(_temp_names)}.tmp"
+        tmp = _temp_name(os.fspath(target))
         try:
             return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666), tmp
         except FileExistsError:  # left by an earlier process with the same pid
             continue
+
+
+@contextlib.contextmanager
+def _renamed_into_place(tmp: str, target: str, *, fsync: bool) -> Iterator[None]:
+    """After the block, rename ``tmp`` over ``target`` (and with ``fsync`` flush the folder);
+    when the block raises, remove ``tmp``."""
+    try:
+        yield
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    if fsync:
+        fsync_dir(os.path.dirname(target) or ".")
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, *, fsync: bool = True) -> None:
@@ -43,7 +63,7 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, *, fsync: bool
     """
     target = os.fspath(path)  # strings, not Paths: a few microseconds a file
     fd, tmp = create_temp(target)
-    try:
+    with _renamed_into_place(tmp, target, fsync=fsync):
         try:
             view = memoryview(data)
             while view:
@@ -52,13 +72,6 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, *, fsync: bool
                 os.fsync(fd)
         finally:
             os.close(fd)
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    if fsync:
-        fsync_dir(os.path.dirname(target) or ".")
 
 
 _LASTING_LINK_ERRORS = (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EACCES)
@@ -67,6 +80,10 @@ _LASTING_LINK_ERRORS = (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, e
 class LinkRefused(Exception):
     """A hard link cannot be made here for a reason that will not go away (another file system,
     no permission, links unsupported): stop trying."""
+
+
+class _NotTheSameFile(Exception):
+    pass
 
 
 def atomic_link(
@@ -83,9 +100,8 @@ def atomic_link(
     the file is not the same or not readable by group and others; ``LinkRefused`` for a lasting
     reason. ``fsync`` as for ``atomic_write_bytes``."""
     target = os.fspath(path)
-    folder, name = os.path.split(target)
     while True:
-        tmp = f"{folder or '.'}/.{name}.{os.getpid()}-{next(_temp_names)}.tmp"
+        tmp = _temp_name(target)
         try:
             os.link(source, tmp)
             break
@@ -98,24 +114,19 @@ def atomic_link(
                 raise LinkRefused(exc.strerror or str(exc)) from None
             raise
     try:
-        st = os.stat(tmp)
-        readable = st.st_mode & (stat.S_IRGRP | stat.S_IROTH) == stat.S_IRGRP | stat.S_IROTH
-        if not (st.st_size == size and st.st_mtime_ns == mtime_ns and readable):
-            os.unlink(tmp)
-            return False
-        if fsync:
-            fd = os.open(tmp, os.O_RDONLY | os.O_CLOEXEC)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    if fsync:
-        fsync_dir(folder or ".")
+        with _renamed_into_place(tmp, target, fsync=fsync):
+            st = os.stat(tmp)
+            readable = st.st_mode & (stat.S_IRGRP | stat.S_IROTH) == stat.S_IRGRP | stat.S_IROTH
+            if not (st.st_size == size and st.st_mtime_ns == mtime_ns and readable):
+                raise _NotTheSameFile
+            if fsync:
+                fd = os.open(tmp, os.O_RDONLY | os.O_CLOEXEC)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+    except _NotTheSameFile:
+        return False
     return True
 
 
