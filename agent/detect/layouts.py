@@ -288,5 +288,7 @@ def _raw_bound(threshold: float, output: OutputTensor) -> float:
 
 def _looks_normalized(boxes_raw: NDArray[Any], output: OutputTensor) -> bool:
     # Centre x of the right-most anchors reaches the input width in pixel outputs, ~1.0 in normalised ones.
-    peak = float(output.dequantize(boxes_raw[0:2].max(axis=1, keepdims=True)).max())
+    # one max over both rows, then dequantised (a monotonic mapping): a max per row along the
+    # anchors of a transposed [N, 5+nc] table is a strided loop, ~0.09 ms for 6,300 anchors
+    peak = float(output.dequantize(np.asarray(boxes_raw[0:2].max())))
     return peak <= 2.0
