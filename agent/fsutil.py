@@ -86,6 +86,10 @@ class _NotTheSameFile(Exception):
     pass
 
 
+class _AlreadyLinked(Exception):
+    pass
+
+
 def atomic_link(
     source: str | os.PathLike[str],
     path: str | os.PathLike[str],
@@ -119,6 +123,10 @@ def atomic_link(
             readable = st.st_mode & (stat.S_IRGRP | stat.S_IROTH) == stat.S_IRGRP | stat.S_IROTH
             if not (st.st_size == size and st.st_mtime_ns == mtime_ns and readable):
                 raise _NotTheSameFile
+            if _is_file(target, st):
+                # renaming a link over another link to the same file does nothing (rename(2)) and
+                # would leave the temp link behind
+                raise _AlreadyLinked
             if fsync:
                 fd = os.open(tmp, os.O_RDONLY | os.O_CLOEXEC)
                 try:
@@ -127,7 +135,17 @@ def atomic_link(
                     os.close(fd)
     except _NotTheSameFile:
         return False
+    except _AlreadyLinked:
+        return True
     return True
+
+
+def _is_file(path: str, st: os.stat_result) -> bool:
+    """Whether ``path`` is the file ``st`` describes (another hard link to it)."""
+    try:
+        return os.path.samestat(os.stat(path), st)
+    except FileNotFoundError:
+        return False
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str, *, fsync: bool = True) -> None:

@@ -69,6 +69,35 @@ def test_a_kept_folder_frame_is_a_link_to_its_file(tmp_path: Path) -> None:
     assert not [p for p in kept.parent.iterdir() if p.name.endswith(".tmp")]
 
 
+def test_a_frame_kept_again_stays_one_link_and_leaves_no_temp_link(tmp_path: Path) -> None:
+    """A second run over the same folder keeps the same frame at the same path: renaming a link over
+    a link to the same file does nothing, so the temp link must not be left behind."""
+    source = tmp_path / "in" / "frame1.jpg"
+    source.parent.mkdir()
+    data = _jpeg(source)
+    kept = _store(tmp_path, _folder_frame(source, data))
+    assert _store(tmp_path, _folder_frame(source, data)) == kept
+    assert os.path.samefile(kept, source) and source.stat().st_nlink == 2
+    assert [p.name for p in kept.parent.iterdir()] == [kept.name]
+
+
+def test_a_linked_frame_written_again_is_a_new_file_and_the_users_file_stays(tmp_path: Path) -> None:
+    """Writing a kept frame that is a link to the user's file replaces the link (a new file renamed
+    into place), never writes into the user's file."""
+    source = tmp_path / "in" / "frame1.jpg"
+    source.parent.mkdir()
+    data = _jpeg(source)
+    kept = _store(tmp_path, _folder_frame(source, data))
+    assert os.path.samefile(kept, source)
+    other = _jpeg(tmp_path / "other.jpg", seed=2)
+    again = Frame(
+        np.zeros((48, 64, 3), np.uint8), "cam", 1, 0.0, source.stem, encoded=other, origin=str(source)
+    )
+    assert _store(tmp_path, again) == kept  # same frame id, bytes that are not the file's: written
+    assert kept.read_bytes() == other
+    assert source.read_bytes() == data and source.stat().st_nlink == 1
+
+
 def test_a_file_changed_since_it_was_read_is_copied_as_read(tmp_path: Path) -> None:
     source = tmp_path / "in" / "frame1.jpg"
     source.parent.mkdir()
