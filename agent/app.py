@@ -200,6 +200,7 @@ def _vott_project(config: AgentConfig, labels: Sequence[str]) -> VottProject:
         max_unsaved_s=out.max_unsaved_s,
         fsync=out.fsync,
         group_sync=group_sync,
+        link_frames=out.link_source_frames,
     )
 
 

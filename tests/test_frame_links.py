@@ -1,6 +1,6 @@
-"""A kept frame from an image folder is a hard link to its source file, when that file is still
-what the source read and others may read it; otherwise (changed, private, another file system)
-the bytes are written as before."""
+"""With ``output.link_source_frames``, a kept frame from an image folder is a hard link to its
+source file, when that file is still what the source read and others may read it; otherwise
+(changed, private, another file system), and by default, the bytes are written as a copy."""
 
 from __future__ import annotations
 
@@ -45,8 +45,8 @@ def _folder_frame(path: Path, data: bytes) -> Frame:
     )
 
 
-def _store(tmp_path: Path, frame: Frame) -> Path:
-    project = VottProject(tmp_path / "vott", tmp_path / "frames", name="p", tags=["kite"])
+def _store(tmp_path: Path, frame: Frame, *, link: bool = True) -> Path:
+    project = VottProject(tmp_path / "vott", tmp_path / "frames", name="p", tags=["kite"], link_frames=link)
     stage = VottStage(project)
     outputs = Outputs()
     outputs.add(KeepDecision(keep=True, reasons=("all",)))
@@ -55,6 +55,17 @@ def _store(tmp_path: Path, frame: Frame) -> Path:
     stage.close()
     assert stored.image_path is not None
     return stored.image_path
+
+
+def test_by_default_a_kept_folder_frame_is_a_copy(tmp_path: Path) -> None:
+    """The user's images and the kept frames stay two files unless the config asks for links: an
+    editor that rewrites a photo in place must not change a frame a reviewer labelled."""
+    source = tmp_path / "photos" / "img_001.jpg"
+    source.parent.mkdir()
+    data = _jpeg(source)
+    kept = _store(tmp_path, _folder_frame(source, data), link=False)
+    assert kept.read_bytes() == data and not os.path.samefile(kept, source)
+    assert source.stat().st_nlink == 1
 
 
 def test_a_kept_folder_frame_is_a_link_to_its_file(tmp_path: Path) -> None:

@@ -43,6 +43,12 @@ class OutputSettings(StrictModel):
         description="whatever save_every and save_interval_s say, a kept frame is listed in the .vott "
         "within this many seconds (what VoTT, or a crash, sees of a running agent)",
     )
+    link_source_frames: bool = Field(
+        default=False,
+        description="a kept frame from an image folder becomes a hard link to its file instead of a "
+        "copy (one write less a frame, on the same file system only); the two are then one file: only "
+        "for folders whose images nothing edits in place (a timelapse that writes new files)",
+    )
     fsync: bool = Field(default=True, description="flush written files to the device (SD cards lose less)")
     fsync_interval_s: float = Field(
         default=1.0,

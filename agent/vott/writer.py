@@ -109,6 +109,7 @@ class VottProject:
         description: str | None = None,
         fsync: bool = True,
         group_sync: GroupSync | None = None,
+        link_frames: bool = False,
     ) -> None:
         self.target_dir = Path(os.path.abspath(target_dir))
         self.frames_dir = Path(os.path.abspath(frames_dir))
@@ -134,7 +135,7 @@ class VottProject:
         # the asset id ``_reviewed`` last found new (no entry, no file) and when (monotonic s): the
         # stage asks, then writes the same frame, which then needs no second look at the disk
         self._checked_new: tuple[str, float] | None = None
-        self._link_frames = True  # False once a frame could not be linked to its source file
+        self._link_frames = link_frames  # False too once a frame could not be linked to its source
         root = (
             local_root if local_root is not None else os.path.commonpath([self.target_dir, self.frames_dir])
         )
