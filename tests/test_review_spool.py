@@ -145,6 +145,15 @@ def test_the_inbox_serves_spooled_turns_after_queued_messages_round_robin() -> N
     inbox.put("b", "b0", 1)
     inbox.add_spooled("c")
     assert inbox.holds_fair_share("a") and not inbox.holds_fair_share("b")
+    by_bytes: FairInbox[str] = FairInbox(100, 1000)
+    by_bytes.put("a", "big", 600)
+    by_bytes.put("b", "small", 10)
+    assert by_bytes.holds_fair_share("a") and not by_bytes.holds_fair_share("b"), "a share of bytes too"
+    alone: FairInbox[str] = FairInbox(100, 1000)
+    alone.put("a", "a0", 400)
+    assert alone.get(timeout_s=0) == ("a", "a0")  # a worker holds it: its bytes still count
+    alone.put("a", "a1", 400)
+    assert not alone.put("a", "a2", 400, block=False) and alone.holds_fair_share("a")
     turns = []
     while (got := inbox.get(timeout_s=0)) is not None:
         turns.append(got)

@@ -92,12 +92,18 @@ class FairInbox(Generic[T]):
             return len(fifo) if fifo is not None else 0
 
     def holds_fair_share(self, device: str) -> bool:
-        """True when ``device`` has at least its share of ``max_messages`` among the devices with
-        queued messages."""
+        """True when ``device`` holds at least an average share (among the devices with messages
+        queued or being stored) of what fills the queue: its messages when ``max_messages`` is
+        reached, else its bytes (queued and being stored)."""
         with self._cond:
-            fifo = self._queues.get(device)
-            devices = sum(1 for q in self._queues.values() if q)
-            return fifo is not None and len(fifo) >= max(1, self.max_messages // max(1, devices))
+            fifo = self._queues.get(device) or deque()
+            if not fifo and device not in self._busy:
+                return False
+            devices = len({d for d, q in self._queues.items() if q} | self._busy.keys())
+            if self._messages >= self.max_messages:
+                return len(fifo) * devices >= self._messages
+            held = sum(size for _, size in fifo) + self._busy.get(device, 0)
+            return held * devices >= self._bytes
 
     def get(self, timeout_s: float) -> tuple[str, T | None] | None:
         """``(device, message)``, the devices taking turns, skipping devices another worker has

@@ -263,6 +263,8 @@ class ReviewReceiver:
             left = self.inbox.stats().messages + sum(len(w.retry) for w in self._workers)
             if left:
                 log.info("review: %d message(s) not processed; the broker sends them again next time", left)
+            if spooled := spool_stats(self.spool)["messages"]:
+                log.info("review: %d message(s) wait in the spool for the next start", spooled)
             log.info("review: stopped; %s%s", self.stats.interval_summary(), self._batch_summary())
             self._write_stats()
             self.store.presence.leave()
@@ -477,9 +479,11 @@ class ReviewReceiver:
 
     def _batch_summary(self) -> str:
         c = self.store.counters
+        spool = spool_stats(self.spool)
         return (
             f"; batches sealed {c['batches_sealed']}, closed {c['batches_closed']}, "
-            f"assets written {c['assets_written']}"
+            f"assets written {c['assets_written']}; spool {spool['messages']} messages "
+            f"({spool['spooled_total']} spooled since start)"
         )
 
     def _write_stats(self) -> None:
