@@ -1,7 +1,8 @@
 """A device publishing valid frames faster than the receiver stores them (issue 21), with the
 receiver as its own process on a real Mosquitto: its backlog goes to the spool on disk, the other
 devices' frames are stored while it drains, memory stays under the documented bound
-(docs/review.md), and a receiver killed with a full spool stores it all after a restart."""
+(docs/review.md), a receiver killed with a full spool stores it all after a restart, and one
+started on a damaged spool stores the rest."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from agent.review.spool import Spool
 from tests.mosquitto import mosquitto  # noqa: F401 (fixture)
 from tests.test_review_fuzz import RSS_BOUND_MB
 from tests.test_review_load import Receiver, publisher, real_jpeg
@@ -132,3 +134,26 @@ def test_a_receiver_killed_with_a_spool_stores_it_all_after_a_restart(mosquitto,
     files = frame_files(receiver.root)
     assert len(files) == len(set(files)) == total, "every frame stored exactly once"
     assert stats["dropped_total"] == 0 and spool_files(receiver.root) == []
+
+
+@pytest.mark.timeout(120)
+def test_a_receiver_started_on_a_damaged_spool_stores_the_rest_and_counts_the_damage(mosquitto, tmp_path):  # noqa: F811
+    broker = mosquitto()
+    receiver = Receiver(tmp_path, broker)
+    spool = Spool(receiver.root / ".edge-agent-review" / "spool" / "load", 10**9, fsync=False)
+    frame = real_jpeg(1)
+    for i in range(3):
+        spool.put("cam-a", f"edge-agent/cam-a/frames/f{i}", frame, block=False, then=lambda: None)
+    spool.put("cam-b", "edge-agent/cam-c/frames/x", frame, block=False, then=lambda: None)  # by hand
+    cut = spool.folder / "cam-a" / "000000000001.msg"
+    cut.write_bytes(cut.read_bytes()[:1000])  # a power cut before the flush
+    receiver.start()
+    try:
+        receiver.wait(lambda s: s.get("received", 0) >= 3 and s["spool"]["messages"] == 0, 60, "the spool")
+        stats = receiver.stats()
+    finally:
+        receiver.stop()
+    assert sorted(frame_files(receiver.root)) == ["cam-a/f0", "cam-a/f2"]
+    assert stats["spool"]["corrupt"] == 1 and stats["dropped"] == {"bad_topic": 1}
+    assert spool_files(receiver.root) == []
+    assert "Traceback" not in receiver.log.read_text()

@@ -331,6 +331,8 @@ class ReviewReceiver:
         assert self.spool is not None
         try:
             device, kind, frame_id = parse_topic(message.topic, self.settings.mqtt.topic_prefix)
+            if device != message.device:  # a file put there by hand
+                raise Rejected("bad_topic", f"a message of {device!r} in the spool of {message.device!r}")
         except Rejected as exc:
             self._finish(0, 0, 0, "other", drop=(exc.reason, exc.detail), topic=message.topic)
             self.spool.remove(message.device, message.seq)

@@ -193,16 +193,18 @@ class Spool:
             state.next_take += 1
             state.waiting -= 1
             path = self._path(device, seq)
+        size, data = 0, b""
         try:
+            size = path.stat().st_size  # what put() or the start-up counted, even if it cannot be read
             data = path.read_bytes()
         except OSError as exc:
             log.warning("review: cannot read the spool file %s: %s", path, exc)
-            data = b""
         with self._cond:
-            state.taken[seq] = len(data)
+            state.taken[seq] = size
         message = _parse(device, seq, data)
         if message is None:
-            self._corrupt += 1
+            with self._cond:
+                self._corrupt += 1
             log.warning("review: skipped the spool file %s: not a whole message (%d bytes)", path, len(data))
             self.remove(device, seq)
         return message
