@@ -286,7 +286,7 @@ def wait_for(condition, timeout_s: float, what: str, log_path: Path) -> None:
 
 ALLOWED_IN_ROOT = re.compile(
     r"^(\.edge-agent-review(/locks(/[a-z]+-?[A-Za-z0-9._-]*\.lock)?|/receivers(/[A-Za-z0-9._-]+\.json)?"
-    r"|/[A-Za-z0-9._-]+\.json)?"
+    r"|/[A-Za-z0-9._-]+\.json|/spool(/[A-Za-z0-9._-]+(/[A-Za-z0-9_][A-Za-z0-9._-]*(/\d{12}\.msg)?)?)?)?"
     r"|[A-Za-z0-9_][A-Za-z0-9._-]*(/\d{8}-\d{6}(-\d+)?(/(SEALED|CLOSED|frames|annotations)"
     r"(/[A-Za-z0-9_][A-Za-z0-9._-]*\.(jpg|json))?)?)?)$"
 )

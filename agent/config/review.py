@@ -4,7 +4,8 @@ Top-level keys: ``mqtt`` (broker connection, topic prefix, shared group), ``root
 ``reviewer_root`` (where projects are written and where the reviewer sees them), batching
 (``batch_by``, ``batch_size``, ``close_grace_s``), caps on untrusted input (``max_jpeg_mb``,
 ``max_annotation_kb``, ``max_image_px``, ``max_image_mpx``, ``max_devices``, ``max_regions``,
-``max_label_chars``, ``min_free_mb``), memory (``queue_max_messages``, ``queue_max_mb``), locks
+``max_label_chars``, ``min_free_mb``), memory (``queue_max_messages``, ``queue_max_mb``), a flooding
+device's spool on disk (``spool_max_mb``), locks
 on a shared root (``lock_lease_s``, ``lock_wait_s``), ``security_token``, ``fsync`` and
 ``stats_interval_s``. Every key has a
 default that works against a broker on localhost.
@@ -139,6 +140,13 @@ class ReviewSettings(StrictModel):
         le=4096,
         description="bytes of messages read but not yet stored; when full, reading pauses",
     )
+    spool_max_mb: float = Field(
+        1024.0,
+        ge=0,
+        le=1_048_576,
+        description="disk under root/.edge-agent-review/spool for a device sending faster than it is "
+        "stored while the queue is full, so others are not held up behind it; 0: no spool",
+    )
     lock_lease_s: float = Field(
         30.0,
         ge=1,
@@ -178,6 +186,11 @@ class ReviewSettings(StrictModel):
     def queue_max_bytes(self) -> int:
         """``queue_max_mb`` in bytes."""
         return int(self.queue_max_mb * 1024 * 1024)
+
+    @property
+    def spool_max_bytes(self) -> int:
+        """``spool_max_mb`` in bytes."""
+        return int(self.spool_max_mb * 1024 * 1024)
 
     @property
     def max_annotation_bytes(self) -> int:

@@ -56,7 +56,7 @@ How a reviewer works through batches
 
 More: ``docs/review.md`` (drop reasons, memory bound, several receivers on shared storage, systemd).
 Modules: ``connection`` (MQTT session) and ``guard`` (oversized packets) -> ``receiver`` (fast
-refusals, the fair ``inbox``, worker threads) -> ``checks`` / ``annotation`` (untrusted input) ->
-``store`` (batches under ``locks``) -> ``closing`` (the VoTT project); ``service`` (systemd),
+refusals, the fair ``inbox`` and a flooding device's ``spool``, worker threads) -> ``checks`` /
+``annotation`` (untrusted input) -> ``store`` (batches under ``locks``) -> ``closing`` (the VoTT project); ``service`` (systemd),
 ``cli``, ``stats``, ``presence``.
 """

@@ -7,6 +7,10 @@ back and the messages wait in the broker's session, not in our memory, whatever 
 idea of our Receive Maximum. One message larger than the byte bound is let in when the queue is
 empty (the size caps on messages keep it bounded), so nothing can block for good.
 
+A device may also have messages in the receiver's spool (``spool.py``), counted here by
+``add_spooled``: it takes its turns like a device with queued messages, its queued messages
+first (they are older), and ``get`` then returns ``(device, None)``: take it from the spool.
+
 ``get`` serves devices round-robin: a message, once read, waits behind at most one message of
 each other device with queued messages, however many one device has queued. With several
 workers, a device's messages go to one worker at a time (``get`` marks the device busy until
@@ -50,6 +54,7 @@ class FairInbox(Generic[T]):
         self._blocked_s = 0.0
         self._closed = False
         self._busy: dict[str, int] = {}  # device -> bytes of the message a worker has
+        self._spooled: dict[str, int] = {}  # device -> its messages waiting in the spool
         self._cond = threading.Condition()
 
     def put(self, device: str, item: T, size: int, *, block: bool = True) -> bool:
@@ -73,9 +78,37 @@ class FairInbox(Generic[T]):
             self._cond.notify_all()
             return True
 
-    def get(self, timeout_s: float) -> tuple[str, T] | None:
+    def add_spooled(self, device: str, count: int = 1) -> None:
+        """``count`` more messages of ``device`` wait in the spool (served after its queued ones)."""
+        with self._cond:
+            self._spooled[device] = self._spooled.get(device, 0) + count
+            self._queues.setdefault(device, deque())
+            self._cond.notify_all()
+
+    def queued(self, device: str) -> int:
+        """Messages of ``device`` in the queue (not counting the spool)."""
+        with self._cond:
+            fifo = self._queues.get(device)
+            return len(fifo) if fifo is not None else 0
+
+    def holds_fair_share(self, device: str) -> bool:
+        """True when ``device`` holds at least an average share (among the devices with messages
+        queued or being stored) of what fills the queue: its messages when ``max_messages`` is
+        reached, else its bytes (queued and being stored)."""
+        with self._cond:
+            fifo = self._queues.get(device) or deque()
+            if not fifo and device not in self._busy:
+                return False
+            devices = len({d for d, q in self._queues.items() if q} | self._busy.keys())
+            if self._messages >= self.max_messages:
+                return len(fifo) * devices >= self._messages
+            held = sum(size for _, size in fifo) + self._busy.get(device, 0)
+            return held * devices >= self._bytes
+
+    def get(self, timeout_s: float) -> tuple[str, T | None] | None:
         """``(device, message)``, the devices taking turns, skipping devices another worker has
-        (call ``done(device)`` after it); None after ``timeout_s`` with none."""
+        (call ``done(device)`` after it); ``(device, None)`` when that device's turn is a message
+        in the spool; None after ``timeout_s`` with none."""
         deadline = time.monotonic() + timeout_s
         with self._cond:
             while (device := self._next_device()) is None:
@@ -84,13 +117,18 @@ class FairInbox(Generic[T]):
                     return None
                 self._cond.wait(remaining)
             fifo = self._queues[device]
-            item, size = fifo.popleft()
+            item: T | None = None
+            size = 0
             if fifo:
+                item, size = fifo.popleft()
+                self._messages -= 1
+            else:
+                self._take_spooled(device)
+            if fifo or device in self._spooled:
                 self._queues.move_to_end(device)  # its next message waits for the others' turns
             else:
                 del self._queues[device]
             self._busy[device] = size  # its bytes count until done(): the worker still holds them
-            self._messages -= 1
             self._cond.notify_all()
             return device, item
 
@@ -107,10 +145,26 @@ class FairInbox(Generic[T]):
                 items.append(item)
                 self._busy[device] += size
                 self._messages -= 1
-            if not fifo:
+            if not fifo and device not in self._spooled:
                 del self._queues[device]
             self._cond.notify_all()
             return items
+
+    def take_spooled(self, device: str) -> bool:
+        """Take one more spool turn of ``device``, which the caller got from ``get``: True when it
+        had one (the caller then takes that message from the spool)."""
+        with self._cond:
+            if device not in self._busy or not self._spooled.get(device) or self._queues[device]:
+                return False
+            self._take_spooled(device)
+            if device not in self._spooled:
+                del self._queues[device]
+            return True
+
+    def _take_spooled(self, device: str) -> None:
+        self._spooled[device] -= 1
+        if not self._spooled[device]:
+            del self._spooled[device]
 
     def done(self, device: str) -> None:
         """The worker that got a message of ``device`` has finished with it."""
@@ -119,7 +173,9 @@ class FairInbox(Generic[T]):
             self._cond.notify_all()
 
     def _next_device(self) -> str | None:
-        return next((d for d in self._queues if d not in self._busy), None)
+        return next(
+            (d for d, q in self._queues.items() if d not in self._busy and (q or d in self._spooled)), None
+        )
 
     def close(self) -> None:
         """Wake and refuse every waiting and later ``put``; ``get`` returns what is left, then None."""

@@ -7,7 +7,10 @@ Threads and what bounds them:
   needs no payload parsing: a topic that is not ours, bad ids, a payload over its size cap, a
   QoS 0 message while the queue is full. Everything else goes into the ``FairInbox`` (bounded by
   ``queue_max_messages`` and ``queue_max_mb``); while it is full, the network thread waits there
-  and stops reading the socket, so the broker keeps the rest in our session.
+  and stops reading the socket, so the broker keeps the rest in our session. Unless the device of
+  a QoS 1 message holds its fair share of the full inbox: then it goes to the spool on disk
+  (``spool.py``, bounded by ``spool_max_mb``) and is acknowledged at once, and so do that device's
+  next messages until its spool is empty, so one device's backlog does not hold up the others.
 * ``workers`` worker threads take messages round-robin per device (one device to one worker
   at a time), check the payload (JPEG, the annotation's schema), store it, and only then
   acknowledge it: a message leaves our broker session once it is on disk or refused. Several
@@ -44,6 +47,7 @@ from agent.review.checks import Rejected, check_jpeg, parse_topic
 from agent.review.connection import ReviewConnection
 from agent.review.inbox import FairInbox
 from agent.review.locks import LockLost, LockTimeout
+from agent.review.spool import SpooledMessage, open_spool, spool_stats
 from agent.review.stats import ReviewStats
 from agent.review.store import ReviewStore
 from agent.utc import utc_iso
@@ -54,6 +58,7 @@ HOUSEKEEPING_INTERVAL_S = 1.0
 HEARTBEAT_INTERVAL_S = 5.0
 RETRY_DELAY_S = 1.0
 DEVICE_RUN = 16  # a device's queued messages stored under one hold of its lock, at most
+SPOOL_RUN_BYTES = 1024 * 1024  # a run of spooled messages read into memory, at most (and one message)
 _PACKET_HEADROOM = 65536  # topic and properties on top of the largest payload we accept
 
 
@@ -67,6 +72,7 @@ class _Item:
     qos: int
     mid: int
     connection: int
+    spool_seq: int | None = None  # a message from the spool: acknowledged already; removed when done
 
 
 @dataclass
@@ -94,6 +100,11 @@ class ReviewReceiver:
         self.store = store if store is not None else ReviewStore(settings, owner=settings.mqtt.client_id)
         self.stats = ReviewStats()
         self.inbox: FairInbox[_Item] = FairInbox(settings.queue_max_messages, settings.queue_max_bytes)
+        self.spool = open_spool(
+            self.store.state_dir, settings.mqtt.client_id, settings.spool_max_bytes, fsync=settings.fsync
+        )
+        for device, count in self.spool.pending().items() if self.spool is not None else ():
+            self.inbox.add_spooled(device, count)  # left by an earlier run: served first
         self._workers = [_WorkerState() for _ in range(settings.workers)]
         self._on_progress = on_progress
         self._stop = threading.Event()
@@ -124,6 +135,8 @@ class ReviewReceiver:
             self._finish(mid, qos, connection, kind, drop=(exc.reason, exc.detail), topic=topic)
             return
         item = _Item(topic, device, kind, frame_id, bytes(payload), qos, mid, connection)
+        if qos > 0 and self._spooled(item):
+            return
         if not self.inbox.put(device, item, len(payload), block=qos > 0) and qos == 0:
             self._finish(
                 mid,
@@ -134,6 +147,29 @@ class ReviewReceiver:
                 topic=topic,
             )
         # a QoS 1 message refused by a closed inbox: we are stopping; the broker sends it again
+
+    def _spooled(self, item: _Item) -> bool:
+        """Queue ``item`` if there is room; else, or when its device has spooled messages already,
+        write it to the spool and acknowledge it. False: the caller queues it, waiting for room."""
+        device, spool = item.device, self.spool
+        if spool is None:
+            return False
+        keep_order = spool.holds(device)
+        if not keep_order:
+            if self.inbox.put(device, item, len(item.payload), block=False):
+                return True
+            if not self.inbox.holds_fair_share(device):
+                return False
+        if not spool.put(
+            device,
+            item.topic,
+            item.payload,
+            block=keep_order,
+            then=lambda: self.connection.ack(item.mid, item.qos, item.connection),
+        ):
+            return False  # full (or a write failed, logged): wait for room in the queue
+        self.inbox.add_spooled(device)
+        return True
 
     def _check_size(self, kind: str, payload: bytes | bytearray) -> None:
         s = self.settings
@@ -165,6 +201,20 @@ class ReviewReceiver:
         elif outcome is not None:
             self.stats.outcome(outcome)
         self.connection.ack(mid, qos, connection)
+
+    def _finish_item(
+        self, item: _Item, *, outcome: str | None = None, drop: tuple[str, str] | None = None
+    ) -> None:
+        """``_finish`` for a message taken from the queue or the spool (which is acknowledged
+        already: its file is removed instead)."""
+        if item.spool_seq is None:
+            self._finish(
+                item.mid, item.qos, item.connection, item.kind, outcome=outcome, drop=drop, topic=item.topic
+            )
+            return
+        self._finish(0, 0, item.connection, item.kind, outcome=outcome, drop=drop, topic=item.topic)
+        if self.spool is not None:
+            self.spool.remove(item.device, item.spool_seq)
 
     # ---- the worker ---------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
@@ -205,12 +255,16 @@ class ReviewReceiver:
         finally:
             self._stop.set()
             self.inbox.close()
+            if self.spool is not None:
+                self.spool.close()
             self.connection.stop()
             for worker in workers:
                 worker.join(max(5.0, s.lock_wait_s + 5.0))
             left = self.inbox.stats().messages + sum(len(w.retry) for w in self._workers)
             if left:
                 log.info("review: %d message(s) not processed; the broker sends them again next time", left)
+            if spooled := spool_stats(self.spool)["messages"]:
+                log.info("review: %d message(s) wait in the spool for the next start", spooled)
             log.info("review: stopped; %s%s", self.stats.interval_summary(), self._batch_summary())
             self._write_stats()
             self.store.presence.leave()
@@ -225,27 +279,65 @@ class ReviewReceiver:
         """One worker: messages from the inbox (or its own due retries), one device at a time; the
         device's other queued messages (up to ``DEVICE_RUN``) go with the first under one lock."""
         while not self._stop.is_set():
-            item = self._next_item(state)
-            if item is None:
+            got = self._next_item(state)
+            if got is None:
                 continue
-            items = [item, *self.inbox.take_more(item.device, DEVICE_RUN - 1)]
+            device, item = got
             state.busy = True
+            items: list[_Item] = []
             try:
-                self._process_run(items, state)
+                if item is None:
+                    items = self._spooled_run(device)
+                else:
+                    items = [item, *self.inbox.take_more(device, DEVICE_RUN - 1)]
+                if items:
+                    self._process_run(items, state)
             finally:
-                self.inbox.done(item.device)
+                self.inbox.done(device)
                 state.busy = False
-                state.finished += len(items)
+                state.finished += max(1, len(items))
 
-    def _next_item(self, state: _WorkerState) -> _Item | None:
-        """A retried message that is due, else the inbox's next (waiting up to 0.2 s)."""
+    def _next_item(self, state: _WorkerState) -> tuple[str, _Item | None] | None:
+        """A retried message that is due, else the inbox's next (waiting up to 0.2 s); its device
+        and None for a turn of the device's spooled messages."""
         if state.retry and state.retry[0][0] <= time.monotonic():
-            return state.retry.popleft()[1]
+            item = state.retry.popleft()[1]
+            return item.device, item
         if len(state.retry) >= self.settings.queue_max_messages:
             time.sleep(0.05)  # the retries are our queue now: take nothing new meanwhile
             return None
-        got = self.inbox.get(timeout_s=0.2)
-        return got[1] if got is not None else None
+        return self.inbox.get(timeout_s=0.2)
+
+    def _spooled_run(self, device: str) -> list[_Item]:
+        """The device's oldest spooled messages, read from disk: up to ``DEVICE_RUN`` of them and
+        ``SPOOL_RUN_BYTES`` (one at least)."""
+        assert self.spool is not None
+        items: list[_Item] = []
+        size = 0
+        while True:
+            message = self.spool.take(device)
+            item = self._spooled_item(message) if message is not None else None
+            if item is not None:
+                items.append(item)
+                size += len(item.payload)
+            if len(items) >= DEVICE_RUN or size + (self.spool.next_size(device) or 0) > SPOOL_RUN_BYTES:
+                return items
+            if not self.inbox.take_spooled(device):
+                return items
+
+    def _spooled_item(self, message: SpooledMessage) -> _Item | None:
+        """A spooled message as a queue item; None when its topic no longer parses (the topic
+        prefix changed since it was spooled: dropped and removed)."""
+        assert self.spool is not None
+        try:
+            device, kind, frame_id = parse_topic(message.topic, self.settings.mqtt.topic_prefix)
+            if device != message.device:  # a file put there by hand
+                raise Rejected("bad_topic", f"a message of {device!r} in the spool of {message.device!r}")
+        except Rejected as exc:
+            self._finish(0, 0, 0, "other", drop=(exc.reason, exc.detail), topic=message.topic)
+            self.spool.remove(message.device, message.seq)
+            return None
+        return _Item(message.topic, device, kind, frame_id, message.payload, 1, 0, -1, message.seq)
 
     def _workers_progress(self) -> bool:
         """True unless a worker has been on one message since the last call (stuck, or slow)."""
@@ -284,7 +376,7 @@ class ReviewReceiver:
             log.exception("review: unexpected error on device %r", items[0].device)
             drop = "internal_error", f"{type(exc).__name__}: {exc}"
         for item, _ in checked:
-            self._finish(item.mid, item.qos, item.connection, item.kind, drop=drop, topic=item.topic)
+            self._finish_item(item, drop=drop)
 
     def _check(self, item: _Item) -> tuple[bool, Annotation | None]:
         """``(True, annotation)`` or ``(True, None)`` for a frame when the payload passes;
@@ -307,7 +399,7 @@ class ReviewReceiver:
         except Exception as exc:  # a bug must not stop the receiver; the message is dropped
             log.exception("review: unexpected error on %r", item.topic[:200])
             drop = "internal_error", f"{type(exc).__name__}: {exc}"
-        self._finish(item.mid, item.qos, item.connection, item.kind, drop=drop, topic=item.topic)
+        self._finish_item(item, drop=drop)
         return False, None
 
     def _put(self, item: _Item, note: Annotation | None, state: _WorkerState) -> None:
@@ -330,9 +422,7 @@ class ReviewReceiver:
         except Exception as exc:  # a bug must not stop the receiver; the message is dropped
             log.exception("review: unexpected error on %r", item.topic[:200])
             drop = "internal_error", f"{type(exc).__name__}: {exc}"
-        self._finish(
-            item.mid, item.qos, item.connection, item.kind, outcome=outcome, drop=drop, topic=item.topic
-        )
+        self._finish_item(item, outcome=outcome, drop=drop)
 
     def _housekeeping(self) -> None:
         try:
@@ -371,8 +461,10 @@ class ReviewReceiver:
                 "reading_paused_s": queue.blocked_s,
                 "retrying": retrying,
             },
+            "spool": spool_stats(self.spool),
             "oversized_cut": guard.oversized if guard is not None else 0,
         }
+        out["waiting"] += out["spool"]["messages"]
         out.update(self.stats.snapshot())
         out.update(dict(self.store.counters))
         out["locks_broken"] = self.store.locks.broken
@@ -389,9 +481,11 @@ class ReviewReceiver:
 
     def _batch_summary(self) -> str:
         c = self.store.counters
+        spool = spool_stats(self.spool)
         return (
             f"; batches sealed {c['batches_sealed']}, closed {c['batches_closed']}, "
-            f"assets written {c['assets_written']}"
+            f"assets written {c['assets_written']}; spool {spool['messages']} messages "
+            f"({spool['spooled_total']} spooled since start)"
         )
 
     def _write_stats(self) -> None:
