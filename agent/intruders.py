@@ -346,26 +346,42 @@ def _position(layout: ReplayLayout, index: int) -> str:
     return f"h{index + 1}"
 
 
-def outcome(layout: ReplayLayout, records: Sequence[dict[str, Any]]) -> Outcome:
-    """Sort the per-frame records of ``edge-agent replay --json`` (or ``point_record``) of
-    ``layout``'s folder into false events and events on the failure."""
-    if len(records) != len(layout.frames):
-        raise ValueError(f"{len(records)} frames replayed, {len(layout.frames)} written in {layout.folder}")
+def _sorted_events(
+    layout: ReplayLayout, records: Sequence[dict[str, Any]]
+) -> tuple[dict[str, list[str]], dict[str, int]]:
+    """Warn and act events: before the failure (false, by position) and on it (the first sample
+    frame of each)."""
     false: dict[str, list[str]] = {"warn": [], "act": []}
     on_failure: dict[str, int] = {}
-    peak: tuple[float, float] | None = None
-    start = max(layout.first_intruder, 0)
     for i, (frame, record) in enumerate(zip(layout.frames, records, strict=True)):
         for kind in (e["kind"] for e in record["events"]):
             if frame.kind != "failure" and kind in false:
                 false[kind].append(_position(layout, i))
             elif frame.kind == "failure" and kind in ("warn", "act"):
                 on_failure.setdefault(kind, int(frame.shows.removeprefix("sample_")))
-        judged = (
-            i >= start and frame.kind != "failure" and record.get("counted") and not record.get("in_grace")
-        )
-        if judged and (peak is None or record["signal"] - record["warn_level"] > peak[0] - peak[1]):
+    return false, on_failure
+
+
+def _peak_signal(layout: ReplayLayout, records: Sequence[dict[str, Any]]) -> tuple[float, float] | None:
+    """(signal, warn level) of the judged frame from the intrusion on, before the failure, whose
+    signal came closest to (or furthest over) its warn level."""
+    start = max(layout.first_intruder, 0)
+    peak: tuple[float, float] | None = None
+    for i, (frame, record) in enumerate(zip(layout.frames, records, strict=True)):
+        if i < start or frame.kind == "failure" or not record.get("counted") or record.get("in_grace"):
+            continue
+        if peak is None or record["signal"] - record["warn_level"] > peak[0] - peak[1]:
             peak = (record["signal"], record["warn_level"])
+    return peak
+
+
+def outcome(layout: ReplayLayout, records: Sequence[dict[str, Any]]) -> Outcome:
+    """Sort the per-frame records of ``edge-agent replay --json`` (or ``point_record``) of
+    ``layout``'s folder into false events and events on the failure."""
+    if len(records) != len(layout.frames):
+        raise ValueError(f"{len(records)} frames replayed, {len(layout.frames)} written in {layout.folder}")
+    false, on_failure = _sorted_events(layout, records)
+    peak = _peak_signal(layout, records)
     scores = [
         r["score"]
         for f, r in zip(layout.frames, records, strict=True)
