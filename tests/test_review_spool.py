@@ -172,3 +172,59 @@ def test_take_spooled_gives_a_worker_more_of_its_devices_spooled_turns() -> None
     assert inbox.get(timeout_s=0) == ("b", None)
     inbox.done("b")
     assert inbox.get(timeout_s=0) is None and inbox.stats().devices == 0
+
+
+def test_a_message_that_cannot_be_read_now_stays_the_next_one(tmp_path: Path) -> None:
+    """A spooled message was acknowledged when it was written: a read that fails now (here: its
+    path is a folder, as an EIO or EMFILE would fail) must leave it for a later turn, not delete it."""
+    spool = Spool(tmp_path / "spool", 10_000_000, fsync=False)
+    for i in range(2):
+        spool.put("cam-a", f"t/cam-a/frames/f{i}", b"p%d" % i, block=False, then=noop)
+    path = tmp_path / "spool" / "cam-a" / "000000000000.msg"
+    saved = path.read_bytes()
+    path.unlink()
+    path.mkdir()
+    with pytest.raises(OSError):
+        spool.take("cam-a")
+    assert spool.pending() == {"cam-a": 2} and spool.stats().corrupt == 0
+    path.rmdir()
+    path.write_bytes(saved)
+    assert drain(spool, "cam-a") == [b"p0", b"p1"]
+
+
+def test_a_message_larger_than_the_whole_spool_is_refused_at_once_even_when_blocking(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool", 1000, fsync=False)
+    assert spool.put("cam-a", "t/cam-a/frames/small", b"x" * 100, block=False, then=noop)
+    assert not spool.put("cam-a", "t/cam-a/frames/big", b"x" * 2000, block=True, then=noop)
+    assert drain(spool, "cam-a") == [b"x" * 100]
+
+
+def test_an_acknowledgement_that_fails_does_not_stop_the_others(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool", 10_000_000, fsync=True)
+    acked: list[int] = []
+    done = threading.Event()
+
+    def failing() -> None:
+        raise RuntimeError("paho said no")
+
+    def ack(n: int) -> None:
+        acked.append(n)
+        if len(acked) == 2:
+            done.set()
+
+    spool.put("cam-a", "t/cam-a/frames/f0", b"0", block=False, then=failing)
+    spool.put("cam-a", "t/cam-a/frames/f1", b"1", block=False, then=lambda: ack(1))
+    spool.put("cam-a", "t/cam-a/frames/f2", b"2", block=False, then=lambda: ack(2))
+    assert done.wait(10.0), acked
+    assert sorted(acked) == [1, 2]
+    spool.close()
+
+
+def test_a_spool_smaller_than_two_frames_is_a_config_error() -> None:
+    from pydantic import ValidationError
+
+    from agent.config.review import ReviewSettings
+
+    with pytest.raises(ValidationError, match="spool_max_mb"):
+        ReviewSettings(spool_max_mb=5, max_jpeg_mb=8)
+    assert ReviewSettings(spool_max_mb=0, max_jpeg_mb=8).spool_max_bytes == 0

@@ -166,6 +166,15 @@ class ReviewSettings(StrictModel):
     fsync: bool = Field(True, description="flush every file to the device before acknowledging")
     stats_interval_s: float = Field(60.0, gt=0, le=86400, description="log and write stats this often")
 
+    @model_validator(mode="after")
+    def _spool_holds_a_frame(self) -> ReviewSettings:
+        if 0 < self.spool_max_mb < 2 * self.max_jpeg_mb:
+            raise ValueError(
+                f"spool_max_mb ({self.spool_max_mb:g}) must be 0 (no spool) or at least twice max_jpeg_mb "
+                f"({self.max_jpeg_mb:g}): the spool must hold the largest frame a device may send"
+            )
+        return self
+
     @field_validator("security_token")
     @classmethod
     def _token_printable(cls, value: str) -> str:

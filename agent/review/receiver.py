@@ -29,6 +29,7 @@ since its previous look: a stuck worker, or a stuck main thread, stops it.
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -165,9 +166,13 @@ class ReviewReceiver:
             item.topic,
             item.payload,
             block=keep_order,
-            then=lambda: self.connection.ack(item.mid, item.qos, item.connection),
+            then=functools.partial(
+                self.connection.ack, item.mid, item.qos, item.connection
+            ),  # not the payload
         ):
-            return False  # full (or a write failed, logged): wait for room in the queue
+            # full, or a write failed (logged): wait for room in the queue; after a failed write the
+            # message may be stored before the device's older spooled ones (a disk error, rare)
+            return False
         self.inbox.add_spooled(device)
         return True
 
@@ -315,7 +320,12 @@ class ReviewReceiver:
         items: list[_Item] = []
         size = 0
         while True:
-            message = self.spool.take(device)
+            try:
+                message = self.spool.take(device)
+            except OSError:  # unreadable now (logged): its turn comes again, after a pause
+                self.inbox.add_spooled(device)
+                self._stop.wait(RETRY_DELAY_S)
+                return items
             item = self._spooled_item(message) if message is not None else None
             if item is not None:
                 items.append(item)
@@ -464,7 +474,8 @@ class ReviewReceiver:
             "spool": spool_stats(self.spool),
             "oversized_cut": guard.oversized if guard is not None else 0,
         }
-        out["waiting"] += out["spool"]["messages"]
+        spooled_retrying = sum(item.spool_seq is not None for w in self._workers for _, item in w.retry)
+        out["waiting"] += out["spool"]["messages"] - spooled_retrying  # their files count in the spool
         out.update(self.stats.snapshot())
         out.update(dict(self.store.counters))
         out["locks_broken"] = self.store.locks.broken

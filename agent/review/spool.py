@@ -121,6 +121,8 @@ class Spool:
         when it was not written: the spool is full (and not ``block``), closed, or the write
         failed (logged)."""
         data = b"%s %d %s\n" % (MAGIC, len(payload), topic.encode()) + payload
+        if len(data) > self.max_bytes:  # would never fit, however empty: never wait for it
+            return False
         with self._cond:
             while self._bytes + len(data) > self.max_bytes and not self._closed:
                 if not block:
@@ -174,11 +176,15 @@ class Spool:
                 continue
             self.syncs += 1
             for then in done:
-                then()
+                try:
+                    then()
+                except Exception:  # one failed acknowledgement must not stop all the others
+                    log.exception("review: acknowledging a spooled message failed")
 
     def take(self, device: str) -> SpooledMessage | None:
         """The oldest message of ``device`` not yet taken; None when there is none, or when the next
-        file cannot be read whole (deleted and counted)."""
+        file is not a whole message (deleted and counted). ``OSError`` when it cannot be read now
+        (it stays the next one: it was acknowledged, so it must not be lost)."""
         with self._cond:
             state = self._devices.get(device)
             if state is None or not state.waiting:
@@ -193,14 +199,16 @@ class Spool:
             state.next_take += 1
             state.waiting -= 1
             path = self._path(device, seq)
-        size, data = 0, b""
         try:
-            size = path.stat().st_size  # what put() or the start-up counted, even if it cannot be read
             data = path.read_bytes()
         except OSError as exc:
-            log.warning("review: cannot read the spool file %s: %s", path, exc)
+            log.warning("review: cannot read the spool file %s: %s; trying again later", path, exc)
+            with self._cond:
+                state.next_take = min(state.next_take, seq)
+                state.waiting += 1
+            raise
         with self._cond:
-            state.taken[seq] = size
+            state.taken[seq] = len(data)  # what put() or the start-up counted
         message = _parse(device, seq, data)
         if message is None:
             with self._cond:
