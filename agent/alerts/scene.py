@@ -179,6 +179,10 @@ class SceneCheck:
             self._learn(picture, diff, context, frame_size)
             return SceneVerdict("learning", float(changed.mean()), reason="learning the scene")
         verdict, suspect = self._verdict(changed, picture, context, frame_size)
+        if not verdict.counts:
+            restored = self._earlier_scene_matching(picture, context, frame_size)
+            if restored is not None:
+                verdict, diff, suspect = restored
         if verdict.counts:
             # what may be something in the way teaches nothing: neither its pixels nor its "parts"
             self._blocked = 0
@@ -189,11 +193,6 @@ class SceneCheck:
             )
             self._learn(picture, diff, near, frame_size, ~suspect)
             return verdict
-        restored = self._earlier_scene_matching(picture, context, frame_size)
-        if restored is not None:
-            self._blocked = 0
-            self._learn(picture, restored[1], context, frame_size, ~restored[2])
-            return restored[0]
         self._blocked += 1
         if self._blocked >= s.relearn_after_samples and len(context):
             blocked = self._blocked

@@ -21,7 +21,6 @@ leaves asset files the project file does not list yet; opening the project again
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import math
@@ -58,6 +57,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+_REVIEWER_PATHS_CACHED = 64  # frames whose reviewer path is remembered, at most
 _LOGGED_SKIPS = 10  # frames kept as the reviewer saved them that are logged one by one
 _CHECKED_NEW_S = 1.0  # how long a frame found new stays new without another look at the disk
 
@@ -135,6 +135,7 @@ class VottProject:
         # the asset id ``_reviewed`` last found new (no entry, no file) and when (monotonic s): the
         # stage asks, then writes the same frame, which then needs no second look at the disk
         self._checked_new: tuple[str, float] | None = None
+        self._reviewer_paths: dict[str, str] = {}
         self._link_frames = link_frames  # False too once a frame could not be linked to its source
         root = (
             local_root if local_root is not None else os.path.commonpath([self.target_dir, self.frames_dir])
@@ -235,13 +236,16 @@ class VottProject:
     # ---- frames -------------------------------------------------------------------------------
     def reviewer_path(self, image_path: str | os.PathLike[str]) -> str:
         """The reviewer-side native path of a frame (which must sit directly in ``frames_dir``)."""
-        return self._reviewer_path(os.fspath(image_path))
-
-    @functools.lru_cache(maxsize=64)  # noqa: B019 - one project a process, a frame asked for 3-4 times
-    def _reviewer_path(self, image_path: str) -> str:
-        return reviewer_frame_path(
-            Path(os.path.abspath(image_path)), self.frames_dir, self.reviewer_frames_dir, self.mapping.windows
-        )
+        key = os.fspath(image_path)
+        found = self._reviewer_paths.get(key)
+        if found is None:  # a frame is asked for 3-4 times while it is kept
+            if len(self._reviewer_paths) >= _REVIEWER_PATHS_CACHED:
+                self._reviewer_paths.clear()
+            found = reviewer_frame_path(
+                Path(os.path.abspath(key)), self.frames_dir, self.reviewer_frames_dir, self.mapping.windows
+            )
+            self._reviewer_paths[key] = found
+        return found
 
     def asset_id_for(self, image_path: str | os.PathLike[str]) -> str:
         """The VoTT asset id the reviewer's VoTT gives the frame ``image_path``."""
