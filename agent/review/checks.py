@@ -16,6 +16,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from agent.config.review import ReviewSettings
 from agent.jpeg import JpegError, JpegInfo, jpeg_info
 
 MAX_DEVICE_ID_CHARS = 64  # the agent's mqtt.device_id allows as many
@@ -119,6 +120,23 @@ def parse_topic(topic: str, prefix: str) -> tuple[str, str, str]:
     if problem:
         raise Rejected("bad_frame_id", f"frame id {shown(frame_id)} {problem}")
     return device, kind, frame_id
+
+
+def check_size(
+    kind: str, payload: bytes | bytearray, oversized_prefix: bytes | None, settings: ReviewSettings
+) -> None:
+    """Refuse a ``frames`` payload over ``max_jpeg_mb`` or an ``annotations`` one over
+    ``max_annotation_kb``; ``oversized_prefix`` marks a payload the socket guard cut (its size
+    follows the prefix)."""
+    s = settings
+    oversized = oversized_prefix is not None and payload.startswith(oversized_prefix)
+    size = (
+        int(payload[len(oversized_prefix) :]) if oversized and oversized_prefix is not None else len(payload)
+    )
+    if kind == "frames" and (oversized or size > s.max_jpeg_bytes):
+        raise Rejected("frame_too_large", f"{size} bytes, max_jpeg_mb is {s.max_jpeg_mb:g}")
+    if kind == "annotations" and (oversized or size > s.max_annotation_bytes):
+        raise Rejected("annotation_too_large", f"{size} bytes, max_annotation_kb is {s.max_annotation_kb:g}")
 
 
 def shown(text: str, limit: int = 80) -> str:

@@ -44,7 +44,7 @@ from agent.config.review import ReviewSettings
 from agent.fsutil import atomic_write_json
 from agent.naming import safe_name
 from agent.review.annotation import Annotation, parse_annotation
-from agent.review.checks import Rejected, check_jpeg, parse_topic
+from agent.review.checks import Rejected, check_jpeg, check_size, parse_topic
 from agent.review.connection import ReviewConnection
 from agent.review.inbox import FairInbox
 from agent.review.locks import LockLost, LockTimeout
@@ -131,7 +131,7 @@ class ReviewReceiver:
             self._finish(mid, qos, connection, "other", drop=(exc.reason, exc.detail), topic=topic)
             return
         try:
-            self._check_size(kind, payload)
+            check_size(kind, payload, self.connection.oversized_prefix(), self.settings)
         except Rejected as exc:
             self._finish(mid, qos, connection, kind, drop=(exc.reason, exc.detail), topic=topic)
             return
@@ -175,18 +175,6 @@ class ReviewReceiver:
             return False
         self.inbox.add_spooled(device)
         return True
-
-    def _check_size(self, kind: str, payload: bytes | bytearray) -> None:
-        s = self.settings
-        prefix = self.connection.oversized_prefix()
-        oversized = prefix is not None and payload.startswith(prefix)
-        size = int(payload[len(prefix) :]) if oversized and prefix is not None else len(payload)
-        if kind == "frames" and (oversized or size > s.max_jpeg_bytes):
-            raise Rejected("frame_too_large", f"{size} bytes, max_jpeg_mb is {s.max_jpeg_mb:g}")
-        if kind == "annotations" and (oversized or size > s.max_annotation_bytes):
-            raise Rejected(
-                "annotation_too_large", f"{size} bytes, max_annotation_kb is {s.max_annotation_kb:g}"
-            )
 
     def _finish(
         self,
