@@ -10,8 +10,10 @@ from __future__ import annotations
 import socket
 import threading
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any, Literal
+
+from tests.helpers import serve_on_loopback
 
 Mode = Literal["ok", "cut", "stall"]
 STALL_LIMIT_S = 60.0  # a stalled answer gives up after this, or when the mirror closes
@@ -62,11 +64,7 @@ class ModelMirror:
             def log_message(self, *args: Any) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self._thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True)
-        self._thread.start()
+        self.server, self.url = serve_on_loopback(Handler)
 
     def close(self) -> None:
         """Release stalled answers and stop the server."""

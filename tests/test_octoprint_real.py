@@ -15,10 +15,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import yaml
 
-from tests.helpers import REPO, run_cli
+from tests.helpers import run_cli
 from tests.octoprint_server import RealOctoPrint, octoprint_executable
+from tests.test_printer_run import write_config as write_printer_config
 
 KEY_ENV = "REAL_OCTOPRINT_KEY"
 JOB = "benchy_real.gcode"
@@ -40,20 +40,10 @@ def octoprint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RealOctoPrin
 
 
 def write_config(tmp_path: Path, url: str) -> Path:
-    config = {
-        "source": {"url": str(REPO / "agent" / "data" / "sample_timelapse"), "id": "sample"},
-        "detector": {
-            "model": str(REPO / "agent" / "data" / "print3d_guidance.tflite"),
-            "score_threshold": 0.3,
-        },
-        "output": {"dir": str(tmp_path / "data"), "fsync": False},
-        "alerts": {"enabled": True, "action": "pause", "startup_grace_samples": 5},
-        "printer": {"kind": "octoprint", "url": url, "api_key_env": KEY_ENV, "poll_interval_s": 0.5},
-        "mqtt": {"enabled": False},
-    }
-    path = tmp_path / "agent.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
+    """The printer tests' demo config, with the real OctoPrint at ``url`` and its key from the
+    environment."""
+    printer = {"kind": "octoprint", "url": url, "api_key_env": KEY_ENV, "poll_interval_s": 0.5}
+    return write_printer_config(tmp_path, printer)
 
 
 @pytest.mark.e2e

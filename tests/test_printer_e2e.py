@@ -35,7 +35,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +46,7 @@ import yaml
 
 from agent.mqtt.messages import MessageClass
 from agent.mqtt.outbox import Outbox
-from tests.helpers import REPO
+from tests.helpers import REPO, serve_on_loopback
 from tests.printer_hosts import FakeOctoPrint
 
 MODEL_NAME = "print3d_2020-10-23_ssd_uint8.tflite"
@@ -187,10 +187,8 @@ class MjpegWebcam:
             def log_message(self, *args: Any) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/webcam/?action=stream"
-        threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True).start()
+        self.server, base = serve_on_loopback(Handler)
+        self.url = f"{base}/webcam/?action=stream"
 
     def _take(self) -> bytes:
         with self._lock:

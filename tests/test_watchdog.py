@@ -15,7 +15,7 @@ import contextlib
 import threading
 import time
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,7 @@ from agent.frames import FrameResult
 from agent.pipeline import Pipeline
 from agent.sdnotify import Watchdog
 from agent.sources import open_source
+from tests.helpers import serve_on_loopback
 from tests.test_run import MODEL, HangingDetector, NotifyListener, make_frames
 
 pytestmark = pytest.mark.timeout(180)
@@ -172,12 +173,10 @@ class Camera:
             def log_message(self, format: str, *args: object) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True).start()
+        self.server, self.base_url = serve_on_loopback(Handler)
 
     def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}{path}"
+        return f"{self.base_url}{path}"
 
     def snapshot(self, handler: BaseHTTPRequestHandler) -> None:
         handler.send_response(200)
